@@ -1,0 +1,454 @@
+"""The robot's configuration: one YAML file, checked against a strict schema.
+
+A robot that starts with a typo in its config can drive off a table, so every
+key is checked: unknown keys are errors, values are range-checked, and the
+error names the file, the line, the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim-donkey.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file could not be used; ``str()`` is meant for the robot builder."""
+
+    def __init__(self, path: str | os.PathLike[str], problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration {self.path}:\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------- robot
+
+
+class RobotConfig(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "continuon-sim"
+    kind: Literal["car", "arm"] = "car"
+
+
+# ----------------------------------------------------------------------------- sensors
+
+
+class CameraConfig(_Strict):
+    driver: Literal["sim", "picamera2", "realsense"] = "sim"
+    width: Annotated[int, Field(ge=32, le=4096)] = 640
+    height: Annotated[int, Field(ge=32, le=4096)] = 480
+    fps: Annotated[float, Field(gt=0, le=120)] = 30.0
+    # picamera2: index in Picamera2.global_camera_info(); realsense: serial number or null.
+    index: Annotated[int, Field(ge=0, le=7)] = 0
+    serial: str | None = None
+
+
+class DepthConfig(_Strict):
+    driver: Literal["sim", "realsense"] = "sim"
+    width: Annotated[int, Field(ge=32, le=4096)] = 640
+    height: Annotated[int, Field(ge=32, le=4096)] = 480
+    fps: Annotated[float, Field(gt=0, le=120)] = 30.0
+    serial: str | None = None
+    max_depth_m: Annotated[float, Field(gt=0, le=65)] = 6.0
+
+
+# ----------------------------------------------------------------------------- actuators
+
+
+class PCA9685Config(_Strict):
+    i2c_bus: Annotated[int, Field(ge=0, le=22)] = 1
+    address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x40
+    frequency_hz: Annotated[float, Field(ge=24, le=1526)] = 60.0
+
+
+_PULSE = Annotated[int, Field(ge=400, le=2600)]
+_CHANNEL = Annotated[int, Field(ge=0, le=15)]
+
+
+class SteeringConfig(_Strict):
+    """Servo pulse widths in microseconds, calibrated per car (``continuon hw-check --move``)."""
+
+    channel: _CHANNEL = 0
+    left_us: _PULSE = 1000
+    center_us: _PULSE = 1500
+    right_us: _PULSE = 2000
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SteeringConfig:
+        lo, hi = sorted((self.left_us, self.right_us))
+        if not lo < self.center_us < hi:
+            raise ValueError(
+                f"center_us {self.center_us} must lie strictly between left_us {self.left_us} "
+                f"and right_us {self.right_us}"
+            )
+        return self
+
+
+class ThrottleConfig(_Strict):
+    """ESC pulse widths in microseconds; the ESC arms by seeing neutral for ``arm_seconds``."""
+
+    channel: _CHANNEL = 1
+    reverse_us: _PULSE = 1000
+    neutral_us: _PULSE = 1500
+    forward_us: _PULSE = 2000
+    arm_seconds: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThrottleConfig:
+        lo, hi = sorted((self.reverse_us, self.forward_us))
+        if not lo < self.neutral_us < hi:
+            raise ValueError(
+                f"neutral_us {self.neutral_us} must lie strictly between reverse_us "
+                f"{self.reverse_us} and forward_us {self.forward_us}"
+            )
+        return self
+
+
+class CarActuatorsConfig(_Strict):
+    driver: Literal["sim", "pca9685_car"] = "sim"
+    pca9685: PCA9685Config = PCA9685Config()
+    steering: SteeringConfig = SteeringConfig()
+    throttle: ThrottleConfig = ThrottleConfig()
+
+    @model_validator(mode="after")
+    def _distinct_channels(self) -> CarActuatorsConfig:
+        if self.steering.channel == self.throttle.channel:
+            raise ValueError(
+                f"steering.channel and throttle.channel are both {self.steering.channel}"
+            )
+        return self
+
+
+class JointConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    channel: _CHANNEL
+    min_us: _PULSE = 500
+    max_us: _PULSE = 2500
+    min_deg: Annotated[float, Field(ge=-360, le=360)] = 0.0
+    max_deg: Annotated[float, Field(ge=-360, le=360)] = 180.0
+    # Soft limits inside the servo's travel; commands are clamped to these.
+    limit_min_deg: float | None = None
+    limit_max_deg: float | None = None
+    max_speed_deg_s: Annotated[float, Field(gt=0, le=2000)] = 90.0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> JointConfig:
+        if not self.min_us < self.max_us:
+            raise ValueError(f"min_us {self.min_us} must be below max_us {self.max_us}")
+        if not self.min_deg < self.max_deg:
+            raise ValueError(f"min_deg {self.min_deg} must be below max_deg {self.max_deg}")
+        lo = self.min_deg if self.limit_min_deg is None else self.limit_min_deg
+        hi = self.max_deg if self.limit_max_deg is None else self.limit_max_deg
+        if not self.min_deg <= lo < hi <= self.max_deg:
+            raise ValueError(
+                f"soft limits [{lo}, {hi}] must be increasing and inside the servo travel "
+                f"[{self.min_deg}, {self.max_deg}]"
+            )
+        return self
+
+    @property
+    def soft_limits(self) -> tuple[float, float]:
+        lo = self.min_deg if self.limit_min_deg is None else self.limit_min_deg
+        hi = self.max_deg if self.limit_max_deg is None else self.limit_max_deg
+        return lo, hi
+
+
+class ArmActuatorsConfig(_Strict):
+    driver: Literal["pca9685_arm"] = "pca9685_arm"
+    pca9685: PCA9685Config = PCA9685Config()
+    joints: Annotated[list[JointConfig], Field(min_length=1, max_length=16)]
+    # What a stop leaves the servos doing: hold their last position, or no pulse (limp).
+    on_stop: Literal["hold", "release"] = "hold"
+
+    @model_validator(mode="after")
+    def _unique(self) -> ArmActuatorsConfig:
+        names = [j.name for j in self.joints]
+        chans = [j.channel for j in self.joints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"joint names must be unique, got {names}")
+        if len(set(chans)) != len(chans):
+            raise ValueError(f"joint channels must be unique, got {chans}")
+        return self
+
+
+class HardwareConfig(_Strict):
+    camera: CameraConfig | None = CameraConfig()
+    depth: DepthConfig | None = None
+    actuators: Annotated[
+        CarActuatorsConfig | ArmActuatorsConfig, Field(discriminator="driver")
+    ] = CarActuatorsConfig()
+
+
+# ----------------------------------------------------------------------------- sim
+
+
+class SimConfig(_Strict):
+    """The built-in simulated robot (used by every ``driver: sim`` above)."""
+
+    track: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] = "oval"
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    lighting: Literal["day", "dusk", "overcast", "glare"] = "day"
+    texture: Literal["asphalt", "concrete", "carpet"] = "asphalt"
+    image_noise_std: Annotated[float, Field(ge=0, le=50)] = 2.0
+    depth_noise_std_m: Annotated[float, Field(ge=0, le=1)] = 0.005
+    steering_offset: Annotated[float, Field(ge=-0.5, le=0.5)] = 0.0
+    max_speed_mps: Annotated[float, Field(gt=0, le=20)] = 3.0
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+class ControlConfig(_Strict):
+    rate_hz: Annotated[float, Field(ge=5, le=100)] = 20.0
+    max_frame_age_ms: Annotated[float, Field(gt=0, le=2000)] = 150.0
+    # Who drives in AUTONOMOUS: the ONNX policy, or the sim's expert (sim only).
+    autopilot: Literal["policy", "expert"] = "policy"
+    record_autonomous: bool = False
+    stats_window: Annotated[int, Field(ge=100, le=1_000_000)] = 6000
+
+
+class SafetyConfig(_Strict):
+    teleop_timeout_ms: Annotated[float, Field(ge=20, le=5000)] = 250.0
+    # Per-action clamp inside the actuator's own range, e.g. {throttle: [-0.3, 0.5]}.
+    limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # Per-action slew limit in units per second when moving away from neutral.
+    slew_per_s: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits_ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"limits.{name}: [{lo}, {hi}] must be finite and increasing")
+        return v
+
+
+class PolicyConfig(_Strict):
+    model: Path | None = None
+    threads: Annotated[int, Field(ge=1, le=4)] = 1
+    # Inference slower than this is dropped for the tick (neutral); default: 60 % of the period.
+    deadline_ms: Annotated[float, Field(gt=0, le=1000)] | None = None
+    # Run the policy every tick even when it is not driving, to compare it with the driver.
+    shadow: bool = False
+
+
+class SupervisorConfig(_Strict):
+    backoff_initial_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    backoff_max_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    crash_loop_limit: Annotated[int, Field(ge=1, le=100)] = 5
+    crash_loop_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    shutdown_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+    watchdog_max_tick_age_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class PathsConfig(_Strict):
+    # Defaults: systemd's $STATE_DIRECTORY / $RUNTIME_DIRECTORY, else under ~/.local/state.
+    state_dir: Path | None = None
+    runtime_dir: Path | None = None
+
+
+class Config(_Strict):
+    robot: RobotConfig = RobotConfig()
+    hardware: HardwareConfig = HardwareConfig()
+    sim: SimConfig = SimConfig()
+    control: ControlConfig = ControlConfig()
+    safety: SafetyConfig = SafetyConfig()
+    policy: PolicyConfig = PolicyConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    logging: LoggingConfig = LoggingConfig()
+    paths: PathsConfig = PathsConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        hw = self.hardware
+        act = hw.actuators
+        if self.robot.kind == "car" and not isinstance(act, CarActuatorsConfig):
+            raise ValueError("robot.kind 'car' needs hardware.actuators.driver sim or pca9685_car")
+        if self.robot.kind == "arm" and not isinstance(act, ArmActuatorsConfig):
+            raise ValueError("robot.kind 'arm' needs hardware.actuators.driver pca9685_arm")
+        if hw.depth is not None and hw.depth.driver == "realsense":
+            if hw.camera is None or hw.camera.driver != "realsense":
+                raise ValueError(
+                    "hardware.depth.driver realsense aligns depth to the RealSense colour "
+                    "stream, so hardware.camera.driver must be realsense too"
+                )
+        if self.control.autopilot == "expert" and act.driver != "sim":
+            raise ValueError("control.autopilot 'expert' exists only on the simulated robot")
+        names = set(self.action_names)
+        for section in ("limits", "slew_per_s"):
+            unknown = set(getattr(self.safety, section)) - names
+            if unknown:
+                raise ValueError(
+                    f"safety.{section} names unknown actions {sorted(unknown)}; "
+                    f"this robot's actions are {sorted(names)}"
+                )
+        return self
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        act = self.hardware.actuators
+        if isinstance(act, ArmActuatorsConfig):
+            return tuple(j.name for j in act.joints)
+        return ("steering", "throttle")
+
+    @property
+    def uses_sim(self) -> bool:
+        hw = self.hardware
+        drivers = [hw.actuators.driver]
+        drivers += [s.driver for s in (hw.camera, hw.depth) if s is not None]
+        return "sim" in drivers
+
+    def config_hash(self) -> str:
+        """A stable hash of the effective configuration, recorded with every episode."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def state_dir(self) -> Path:
+        if self.paths.state_dir is not None:
+            return self.paths.state_dir
+        env = os.environ.get("STATE_DIRECTORY")
+        if env:
+            return Path(env.split(":")[0])
+        return Path.home() / ".local" / "state" / "continuon"
+
+    def runtime_dir(self) -> Path:
+        if self.paths.runtime_dir is not None:
+            return self.paths.runtime_dir
+        env = os.environ.get("RUNTIME_DIRECTORY")
+        if env:
+            return Path(env.split(":")[0])
+        return self.state_dir() / "run"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path of a YAML document to its 1-based line, for error messages."""
+    index: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = (*path, str(key.value))
+                index[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                p = (*path, str(i))
+                index[p] = item.start_mark.line + 1
+                walk(item, p)
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _data_path(raw: Any, loc: tuple[Any, ...]) -> tuple[tuple[str, ...], Any, bool]:
+    """Follow pydantic's error location through the raw data.
+
+    Drops the union tags pydantic inserts (``pca9685_car`` for a discriminated
+    union) and returns (key path, value found there, whether the value exists).
+    """
+    path: list[str] = []
+    node: Any = raw
+    found = True
+    for part in loc:
+        if isinstance(node, dict):
+            if part in node:
+                path.append(str(part))
+                node = node[part]
+                continue
+            if isinstance(part, str) and part in {"sim", "pca9685_car", "pca9685_arm"}:
+                continue  # discriminated-union tag, not a key
+            path.append(str(part))
+            found = False
+            node = None
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(str(part))
+            node = node[part]
+        else:
+            if isinstance(part, str) and part.startswith("function-"):
+                continue
+            path.append(str(part))
+            found = False
+            node = None
+    return tuple(path), node, found
+
+
+def _describe(err: dict[str, Any], raw: Any, lines: dict[tuple[str, ...], int], fname: str) -> str:
+    path, value, found = _data_path(raw, tuple(err.get("loc", ())))
+    key = ".".join(path) if path else "(top level)"
+    line = None
+    for n in range(len(path), 0, -1):
+        line = lines.get(path[:n])
+        if line is not None:
+            break
+    where = f"{fname}:{line}" if line else fname
+    kind = err.get("type", "")
+    msg = err.get("msg", "invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key {key!r} (value {value!r}); remove it or check its spelling"
+    if kind == "missing":
+        return f"{where}: missing required key {key!r}"
+    for prefix in ("Input should be ", "Value should be "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    shown = repr(value) if found else "(absent)"
+    return f"{where}: {key} = {shown}: expected {msg}"
+
+
+def parse_config(raw: Any, source: str = "<config>", text: str | None = None) -> Config:
+    """Validate already-loaded YAML data; ``text`` lets errors carry line numbers."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"the top level must be a mapping of sections, not {type(raw).__name__}"])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = _line_index(text) if text else {}
+        problems = [_describe(e, raw, lines, source) for e in exc.errors()]
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a YAML config file.  Raises ConfigError naming what is wrong."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(p, [f"{p}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(p, [f"{p}: cannot be read: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(p, [f"{where}: not valid YAML: {problem}"]) from None
+    return parse_config(raw, str(p), text)

@@ -1,0 +1,1 @@
+"""Cloud jobs: training at scale, evaluation, export, bundling and publishing."""

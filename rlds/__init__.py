@@ -1,0 +1,1 @@
+"""RLDS episode files: writing, reading, recovery and export. Depends on nothing of ours."""
