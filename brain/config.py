@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim-donkey.yaml"
 
@@ -183,11 +192,18 @@ class ArmActuatorsConfig(_Strict):
         return self
 
 
+def _actuator_kind(value: Any) -> str:
+    """Pick the schema by driver; a missing driver means the simulated car."""
+    driver = value.get("driver", "sim") if isinstance(value, dict) else value.driver
+    return "arm" if driver == "pca9685_arm" else "car"
+
+
 class HardwareConfig(_Strict):
     camera: CameraConfig | None = CameraConfig()
     depth: DepthConfig | None = None
     actuators: Annotated[
-        CarActuatorsConfig | ArmActuatorsConfig, Field(discriminator="driver")
+        Annotated[CarActuatorsConfig, Tag("car")] | Annotated[ArmActuatorsConfig, Tag("arm")],
+        Discriminator(_actuator_kind),
     ] = CarActuatorsConfig()
 
 
@@ -283,12 +299,12 @@ class Config(_Strict):
             raise ValueError("robot.kind 'car' needs hardware.actuators.driver sim or pca9685_car")
         if self.robot.kind == "arm" and not isinstance(act, ArmActuatorsConfig):
             raise ValueError("robot.kind 'arm' needs hardware.actuators.driver pca9685_arm")
-        if hw.depth is not None and hw.depth.driver == "realsense":
-            if hw.camera is None or hw.camera.driver != "realsense":
-                raise ValueError(
-                    "hardware.depth.driver realsense aligns depth to the RealSense colour "
-                    "stream, so hardware.camera.driver must be realsense too"
-                )
+        depth_rs = hw.depth is not None and hw.depth.driver == "realsense"
+        if depth_rs and (hw.camera is None or hw.camera.driver != "realsense"):
+            raise ValueError(
+                "hardware.depth.driver realsense aligns depth to the RealSense colour "
+                "stream, so hardware.camera.driver must be realsense too"
+            )
         if self.control.autopilot == "expert" and act.driver != "sim":
             raise ValueError("control.autopilot 'expert' exists only on the simulated robot")
         names = set(self.action_names)
@@ -380,7 +396,7 @@ def _data_path(raw: Any, loc: tuple[Any, ...]) -> tuple[tuple[str, ...], Any, bo
                 path.append(str(part))
                 node = node[part]
                 continue
-            if isinstance(part, str) and part in {"sim", "pca9685_car", "pca9685_arm"}:
+            if isinstance(part, str) and part in {"car", "arm"}:
                 continue  # discriminated-union tag, not a key
             path.append(str(part))
             found = False
@@ -426,7 +442,9 @@ def parse_config(raw: Any, source: str = "<config>", text: str | None = None) ->
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(source, [f"the top level must be a mapping of sections, not {type(raw).__name__}"])
+        raise ConfigError(
+            source, [f"the top level must be a mapping of sections, not {type(raw).__name__}"]
+        )
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -1,0 +1,69 @@
+# Continuon Brain — every entry point a robot builder or CI needs.
+# `make run` and `make test` work on a fresh Debian/Ubuntu machine: they create
+# the virtualenv and install what is missing (pip packages, and Debian packages
+# the tests use, with apt-get).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+CONFIG ?= configs/sim-donkey.yaml
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages used by the tests (systemd-analyze verifies the unit file).
+APT_PACKAGES := systemd
+
+.PHONY: help venv run test bench hw-check lint format install-service system-deps clean
+
+help:
+	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
+	@echo "make test             install everything needed and run the test suite"
+	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
+	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
+	@echo "make lint             ruff check + format check"
+	@echo "make install-service  install the systemd unit on the robot (root)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/continuon run --config $(CONFIG)
+
+system-deps:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	@mkdir -p bench/results
+	$(BIN)/python bench/control_loop.py --seconds 20 --json bench/results/control_loop.json
+	$(BIN)/python bench/sim_render.py --seconds 5 --json bench/results/sim_render.json
+	$(BIN)/python bench/policy_runner.py --seconds 5 --json bench/results/policy_runner.json
+
+hw-check: venv
+	$(BIN)/continuon hw-check --config $(CONFIG) $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+install-service:
+	$(SUDO) systemd/install.sh $(CONFIG)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench/results *.egg-info

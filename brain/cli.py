@@ -1,0 +1,163 @@
+"""The `continuon` command.
+
+Subcommands of other packages (the edge agent's `status`, `mode`, ...) plug in
+through the ``continuon.cli`` entry-point group, so the brain stays unaware of
+them.  Exit codes: 0 ok, 1 the thing checked failed, 2 usage/config errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from brain import __version__
+from brain.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+
+_log = logging.getLogger("continuon")
+
+SYSTEM_CONFIG = Path("/etc/continuon/robot.yaml")
+
+
+def default_config_path() -> Path:
+    """$CONTINUON_CONFIG, else the installed robot's config, else the simulated donkey car."""
+    env = os.environ.get("CONTINUON_CONFIG")
+    if env:
+        return Path(env)
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return DEFAULT_CONFIG
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="robot config YAML (default: $CONTINUON_CONFIG, /etc/continuon/robot.yaml, "
+        "or configs/sim-donkey.yaml)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config or default_config_path())
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from brain.logs import setup_logging
+
+    config = args.load_config()
+    setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    from brain.daemon import Daemon
+
+    try:
+        daemon = Daemon(config)
+    except Exception as exc:
+        _log.critical("cannot start: %s", exc)
+        return 1
+    asyncio.run(daemon.run())
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        print(
+            f"{path}: OK (robot {cfg.robot.id}, {cfg.robot.kind}, actions "
+            f"{', '.join(cfg.action_names)}, {'sim' if cfg.uses_sim else 'hardware'})"
+        )
+    return status
+
+
+def cmd_safe_stop(args: argparse.Namespace) -> int:
+    from brain.hardware.pca9685 import safe_stop
+
+    config = args.load_config()
+    try:
+        lines = safe_stop(config)
+    except Exception as exc:
+        print(f"continuon safe-stop: FAILED: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(f"safe-stop: {line}")
+    return 0
+
+
+def cmd_hw_check(args: argparse.Namespace) -> int:
+    from brain.hwcheck.report import run_cli
+
+    return run_cli(args)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="continuon", description="Continuon Brain: robot runtime and tools."
+    )
+    parser.add_argument("--version", action="version", version=f"continuon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    _add_config(p)
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["auto", "json", "text"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    pc = csub.add_parser("check", help="validate config files and explain every problem")
+    pc.add_argument("files", nargs="+", type=Path)
+    pc.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("safe-stop", help="write neutral straight to the PWM board (ExecStopPost)")
+    _add_config(p)
+    p.set_defaults(func=cmd_safe_stop)
+
+    p = sub.add_parser("hw-check", help="check the robot's hardware (PASS/WARN/FAIL per check)")
+    _add_config(p)
+    p.add_argument("--sim", action="store_true", help="run the checks against the simulated robot")
+    p.add_argument(
+        "--move", action="store_true", help="also move actuators (wheels off the ground!)"
+    )
+    p.add_argument("--log-json", type=Path, help="write the results as JSON here")
+    p.set_defaults(func=cmd_hw_check)
+
+    for ep in entry_points(group="continuon.cli"):
+        try:
+            ep.load()(sub, _add_config)
+        except Exception as exc:  # a broken plugin must not take the safety commands with it
+            print(f"continuon: plugin {ep.name} unavailable: {exc}", file=sys.stderr)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.load_config = functools.partial(_load, args)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

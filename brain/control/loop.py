@@ -1,0 +1,316 @@
+"""The fixed-rate control loop.
+
+It runs on its own thread rather than as an asyncio task: the event loop's
+timers round sleeps up to whole milliseconds and share the thread with network
+handlers, which would put milliseconds of jitter on every tick.  A dedicated
+thread sleeping on the monotonic clock towards absolute deadlines keeps the
+period steady, and the supervisor still owns it as one task.
+
+Each tick:  freshest observation -> command source by mode -> safety layer ->
+actuators -> step to the recorder hook.  Whatever way the thread ends (stop,
+exception, interpreter exit), the ``finally`` writes neutral.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from brain.capture import SensorHub
+from brain.config import Config
+from brain.control.safety import SafetyLayer, SafetyOutput
+from brain.control.timing import LoopTiming
+from brain.hardware.protocols import Actuators, DepthFrame, Frame
+from brain.modes import Mode, ModeManager
+from brain.threads import run_thread
+
+_log = logging.getLogger(__name__)
+
+
+class Inference(Protocol):
+    """What the loop needs from the policy runner (brain.policy.PolicyRunner)."""
+
+    def infer(self, image: np.ndarray, t_obs: float) -> Any | None: ...
+
+    def reset_state(self) -> None: ...
+
+    @property
+    def has_model(self) -> bool: ...
+
+
+class TeleopInput:
+    """The latest teleop command and when it arrived; written by the API, read each tick."""
+
+    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._cmd: np.ndarray | None = None
+        self._t: float | None = None
+        self._size = size
+        self._clock = clock
+        self.received = 0
+
+    def set(self, action: Any) -> None:
+        arr = np.asarray(action, dtype=np.float64).reshape(-1)
+        if arr.shape != (self._size,):
+            raise ValueError(f"teleop command needs {self._size} values, got {arr.size}")
+        with self._lock:
+            self._cmd = arr
+            self._t = self._clock()
+            self.received += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cmd = None
+            self._t = None
+
+    def get(self) -> tuple[np.ndarray | None, float | None]:
+        with self._lock:
+            return self._cmd, self._t
+
+
+@dataclass(slots=True)
+class Step:
+    """One tick as the recorder sees it.  Frames are references, never copies."""
+
+    tick: int
+    t: float
+    mode: Mode
+    source: str
+    frame: Frame | None
+    depth: DepthFrame | None
+    command: np.ndarray | None
+    action: np.ndarray
+    neutral: bool
+    safety_reason: str | None
+    recordable: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RecorderHook = Callable[[Step], None]
+
+
+class ControlLoop:
+    """Owns the actuators while it runs; everyone else talks to it through modes and teleop."""
+
+    def __init__(
+        self,
+        config: Config,
+        modes: ModeManager,
+        sensors: SensorHub,
+        actuators: Actuators,
+        safety: SafetyLayer,
+        *,
+        policy: Inference | None = None,
+        expert: Callable[[], np.ndarray] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = config
+        self.modes = modes
+        self.sensors = sensors
+        self.actuators = actuators
+        self.safety = safety
+        self.policy = policy
+        self.expert = expert
+        self.clock = clock
+        self.period = 1.0 / config.control.rate_hz
+        self.max_age = config.control.max_frame_age_ms / 1000.0
+        self.teleop = TeleopInput(actuators.action_spec.size, clock)
+        self.timing = LoopTiming(config.control.stats_window)
+        self.faults: dict[str, int] = {"stale_frame": 0, "policy_miss": 0, "recorder": 0}
+        self.recorder: RecorderHook | None = None
+        self.last_tick_t: float | None = None
+        self.last_output: SafetyOutput | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._mode_gen = -1
+        self._running = False
+        modes.subscribe(self._on_mode_change)
+
+    # ------------------------------------------------------------------ control from outside
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def tick_age(self) -> float | None:
+        """Seconds since the last tick started, for the systemd watchdog."""
+        return None if self.last_tick_t is None else self.clock() - self.last_tick_t
+
+    def _on_mode_change(self, change: Any) -> None:
+        # Wake the thread so a stop takes effect now, not at the next deadline.
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the thread
+
+    def run_blocking(self) -> None:
+        """The control thread's body.  Returns when stop() is called; raises on a crash."""
+        self._stop.clear()
+        self._running = True
+        try:
+            self.actuators.neutral()
+            deadline = self.clock()
+            while not self._stop.is_set():
+                start = self.clock()
+                self.timing.jitter.add(abs(start - deadline))
+                self._tick(start)
+                self.timing.ticks += 1
+                deadline += self.period
+                end = self.clock()
+                if end > deadline:
+                    self.timing.overruns += 1
+                    missed = int((end - deadline) // self.period) + 1
+                    self.timing.skipped += missed
+                    deadline += missed * self.period
+                self._sleep_until(deadline)
+        finally:
+            self._running = False
+            self._write_neutral("loop_exit")
+
+    def _sleep_until(self, deadline: float) -> None:
+        while not self._stop.is_set():
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return
+            if self._wake.wait(remaining):
+                self._wake.clear()
+                if not self.modes.flags.motion:
+                    self._write_neutral("mode")
+
+    def _write_neutral(self, reason: str) -> None:
+        try:
+            self.safety.force_neutral(self.clock(), reason)
+            self.actuators.neutral()
+        except Exception:
+            _log.exception("writing neutral failed (%s)", reason)
+
+    def _tick(self, now: float) -> None:
+        self.last_tick_t = now
+        mode = self.modes.mode
+        flags = self.modes.flags
+        if self.modes.generation != self._mode_gen:
+            self._mode_gen = self.modes.generation
+            self._enter_mode(mode)
+
+        frame, depth = self.sensors.latest()
+        stale = False
+        if self.sensors.has_camera:
+            if frame is None:
+                stale = True
+            else:
+                age = now - frame.t_capture
+                self.timing.frame_age.add(age)
+                stale = age > self.max_age
+            if stale:
+                self.faults["stale_frame"] += 1
+
+        source, command, command_t, extra = self._choose_command(mode, frame, now, stale)
+        motion = flags.motion and not stale
+        out = self.safety.filter(
+            command,
+            command_t=command_t,
+            now=now,
+            motion_allowed=motion,
+            block_reason="stale_frame" if flags.motion and stale else "no_motion",
+        )
+        if out.neutral:
+            self.actuators.neutral()
+        else:
+            self.actuators.write(out.action)
+        t_act = self.clock()
+        self.timing.compute.add(t_act - now)
+        if frame is not None:
+            self.timing.latency.add(t_act - frame.t_capture)
+        self.last_output = out
+
+        hook = self.recorder
+        if hook is not None:
+            recordable = flags.record and (
+                mode is not Mode.AUTONOMOUS or self.cfg.control.record_autonomous
+            )
+            step = Step(
+                tick=self.timing.ticks,
+                t=now,
+                mode=mode,
+                source=source,
+                frame=frame,
+                depth=depth,
+                command=command,
+                action=out.action,
+                neutral=out.neutral,
+                safety_reason=out.reason,
+                recordable=recordable,
+                extra=extra,
+            )
+            try:
+                hook(step)
+            except Exception:  # the recorder must never stop the car from being driven
+                self.faults["recorder"] += 1
+                if self.faults["recorder"] == 1:
+                    _log.exception("recorder hook failed")
+
+    def _enter_mode(self, mode: Mode) -> None:
+        if mode is Mode.AUTONOMOUS and self.policy is not None:
+            self.policy.reset_state()
+        if mode is not Mode.MANUAL:
+            # A stale joystick position must not resume when MANUAL is entered again.
+            self.teleop.clear()
+
+    def _choose_command(
+        self, mode: Mode, frame: Frame | None, now: float, stale: bool
+    ) -> tuple[str, np.ndarray | None, float | None, dict[str, Any]]:
+        extra: dict[str, Any] = {}
+        if mode is Mode.MANUAL:
+            cmd, t = self.teleop.get()
+            source = "teleop"
+        elif mode is Mode.AUTONOMOUS and self.cfg.control.autopilot == "expert":
+            cmd, t, source = (self.expert() if self.expert else None), now, "expert"
+        elif mode is Mode.AUTONOMOUS:
+            cmd, t, source = self._run_policy(frame, now, stale, extra), now, "policy"
+            return source, cmd, t, extra
+        else:
+            return "neutral", None, None, extra
+        if self.cfg.policy.shadow and self.policy is not None and not stale:
+            extra["shadow_action"] = self._run_policy(frame, now, stale, extra)
+        return source, cmd, t, extra
+
+    def _run_policy(
+        self, frame: Frame | None, now: float, stale: bool, extra: dict[str, Any]
+    ) -> np.ndarray | None:
+        if self.policy is None or frame is None or stale:
+            return None
+        res = self.policy.infer(frame.data, frame.t_capture)
+        if res is None:
+            self.faults["policy_miss"] += 1
+            return None
+        extra["inference_ms"] = round(res.latency_s * 1000, 3)
+        extra["model_version"] = res.model_version
+        return res.action
+
+    # ------------------------------------------------------------------ the supervised task
+
+    async def run(self) -> None:
+        """Run the control thread as one supervised task; a crash propagates to the supervisor."""
+        await run_thread("control", self.run_blocking, self.stop, join_timeout_s=1.0)
+
+    def stats(self) -> dict[str, Any]:
+        out = self.last_output
+        return {
+            "rate_hz": self.cfg.control.rate_hz,
+            "running": self._running,
+            **self.timing.summary(),
+            "faults": dict(self.faults),
+            "safety": self.safety.stats(),
+            "last_action": None if out is None else [round(float(v), 4) for v in out.action],
+            "last_neutral": None if out is None else out.neutral,
+            "teleop_received": self.teleop.received,
+        }

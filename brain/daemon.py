@@ -1,0 +1,218 @@
+"""The daemon: wires config, devices, control loop, policy and services under one supervisor.
+
+Start-up order matters for safety: actuators are put in neutral (and an ESC
+armed) before anything can command them, the control loop starts in IDLE,
+and READY=1 goes to systemd only once the loop has really ticked.  Shutdown
+runs the same path whatever triggered it: STOPPING=1, stop the tasks (the
+control thread writes neutral as it exits), neutral again, close devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from importlib.metadata import entry_points
+from typing import Any
+
+from brain.capture import CaptureWorker, SensorHub
+from brain.config import ArmActuatorsConfig, Config
+from brain.control.loop import ControlLoop
+from brain.control.safety import SafetyLayer
+from brain.handle import BrainHandle
+from brain.hardware.devices import RobotDevices, open_devices
+from brain.interface import BrainInterface, ServiceFactory
+from brain.logs import log_fields
+from brain.modes import ModeManager
+from brain.policy import PolicyRunner, load_model
+from brain.sdnotify import SdNotifier
+from brain.supervisor import RestartPolicy, Supervisor
+
+_log = logging.getLogger(__name__)
+
+
+def discover_services() -> list[ServiceFactory]:
+    """Network services installed beside the brain (edge_agent registers its own)."""
+    factories: list[ServiceFactory] = []
+    for ep in entry_points(group="continuon.services"):
+        try:
+            factories.append(ep.load())
+        except Exception:
+            _log.exception("service %s could not be loaded; running without it", ep.name)
+    return factories
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        devices: RobotDevices | None = None,
+        services: list[ServiceFactory] | None = None,
+        notifier: SdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier or SdNotifier()
+        self.devices = devices or open_devices(config)
+        self.modes = ModeManager()
+        self.sensors = SensorHub(window=config.control.stats_window)
+        spec = self.devices.actuators.action_spec
+        self.safety = SafetyLayer(spec, config.safety, default_slew_per_s=_joint_speeds(config))
+        self.policy = PolicyRunner(None, deadline_s=_deadline_s(config))
+        sim = self.devices.sim
+        self.control = ControlLoop(
+            config,
+            self.modes,
+            self.sensors,
+            self.devices.actuators,
+            self.safety,
+            policy=self.policy,
+            expert=sim.expert_action if sim is not None else None,
+        )
+        self.supervisor = Supervisor(
+            RestartPolicy.from_config(config.supervisor), on_crash_loop=self._on_crash_loop
+        )
+        self.brain: BrainInterface = BrainHandle(
+            config,
+            self.modes,
+            self.control,
+            self.sensors,
+            policy_stats=self.policy.stats,
+            task_status=self._task_status,
+            sim_metrics=sim.metrics if sim is not None else None,
+        )
+        self._service_factories = services
+        self._ready = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            await self._start()
+            await self.supervisor.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+
+    def request_stop(self, why: str = "request") -> None:
+        """Begin a clean shutdown (signal handlers, tests).  Safe to call twice."""
+        _log.info("stopping (%s)", why, extra=log_fields(reason=why))
+        self.notifier.stopping()
+        self.control.stop()
+        self.supervisor.stop()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        _log.info(
+            "starting %s (%s) with %s",
+            cfg.robot.id,
+            cfg.robot.kind,
+            "the simulated robot" if cfg.uses_sim else "hardware",
+            extra=log_fields(robot_id=cfg.robot.id, config_hash=cfg.config_hash()[:12]),
+        )
+        # Neutral before anything else can happen; start() may block (ESC arming).
+        self.devices.actuators.neutral()
+        await asyncio.to_thread(self.devices.start)
+        if cfg.policy.model is not None:
+            try:
+                model = await asyncio.to_thread(load_model, cfg.policy.model, cfg.policy.threads)
+                self.policy.swap(model)
+            except Exception as exc:  # the robot still boots (IDLE/MANUAL work without a model)
+                _log.error("policy %s not loaded: %s", cfg.policy.model, exc)
+        self.policy.start()
+
+        sup = self.supervisor
+        sup.add("control", self.control.run)
+        if self.devices.camera is not None:
+            sup.add("capture-camera", CaptureWorker.for_camera(self.devices.camera, self.sensors).run)
+        if self.devices.depth is not None:
+            sup.add("capture-depth", CaptureWorker.for_depth(self.devices.depth, self.sensors).run)
+        sup.add("systemd-watchdog", self._watchdog)
+        sup.add("ready", self._announce_ready, restart=False)
+        factories = self._service_factories
+        for factory in discover_services() if factories is None else factories:
+            service = factory(self.brain, cfg)
+            if service is not None:
+                sup.add(service.name, service.run)
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once the control loop has ticked, not merely once we got this far."""
+        while self.control.timing.ticks == 0:
+            await asyncio.sleep(0.005)
+        self.ready_at = time.monotonic()
+        self._ready.set()
+        self.notifier.ready()
+        self.notifier.status(f"mode={self.modes.mode.value}")
+        _log.info(
+            "ready in %.2f s",
+            self.ready_at - self.started_at,
+            extra=log_fields(startup_s=round(self.ready_at - self.started_at, 3)),
+        )
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the control loop is really ticking: a hung loop gets killed."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        max_age = self.config.supervisor.watchdog_max_tick_age_s
+        warned = False
+        while True:
+            age = self.control.tick_age()
+            if age is not None and age <= max_age:
+                self.notifier.watchdog()
+                warned = False
+            elif not warned:
+                _log.error("control loop not ticking (last tick %s s ago); withholding WATCHDOG", age)
+                warned = True
+            await asyncio.sleep(min(interval, max_age / 2))
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        self.control.stop()
+        self.policy.close()
+        await asyncio.to_thread(self.devices.close)
+        _log.info("stopped; actuators neutral")
+
+    # ------------------------------------------------------------------ supervision
+
+    def _on_crash_loop(self, name: str, exc: BaseException) -> None:
+        reason = f"crash loop in {name}: {type(exc).__name__}: {exc}"
+        _log.critical(reason)
+        self.modes.estop(reason)
+
+    def _task_status(self) -> dict[str, Any]:
+        out = {}
+        for name, st in self.supervisor.status().items():
+            out[name] = {
+                "state": st.state,
+                "restarts": st.restarts,
+                "last_error": st.last_error,
+            }
+        return out
+
+
+def _deadline_s(config: Config) -> float:
+    if config.policy.deadline_ms is not None:
+        return config.policy.deadline_ms / 1000.0
+    return 0.6 / config.control.rate_hz
+
+
+def _joint_speeds(config: Config) -> dict[str, float]:
+    act = config.hardware.actuators
+    if isinstance(act, ArmActuatorsConfig):
+        return {j.name: j.max_speed_deg_s for j in act.joints}
+    return {}
+
+
+async def run_daemon(config: Config) -> None:
+    await Daemon(config).run()

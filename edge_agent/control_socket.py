@@ -1,0 +1,194 @@
+"""The local control socket: the `continuon` CLI's way into a running daemon.
+
+A Unix socket in the daemon's runtime directory, protected by file
+permissions (owner and group only), speaking one JSON object per line.  It
+is for the person logged into the robot (and for benchmarks and tests); the
+LAN-facing Robot API with pairing and tokens is a separate service.
+
+Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "mode", "mode": "manual"}
+          {"cmd": "estop", "reason": "..."} | {"cmd": "reset"} | {"cmd": "teleop", "action": [s, t]}
+Response: {"ok": true, "result": ...} or {"ok": false, "error": "what was wrong"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from brain.config import Config
+from brain.interface import BrainInterface, CommandError, Service
+
+MAX_REQUEST_BYTES = 64 * 1024
+SOCKET_NAME = "control.sock"
+
+
+def socket_path(config: Config) -> Path:
+    return config.runtime_dir() / SOCKET_NAME
+
+
+def make_service(brain: BrainInterface, config: Config) -> Service:
+    path = socket_path(config)
+    return Service(name="control-socket", run=lambda: serve(brain, path))
+
+
+def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
+    """Dispatch one decoded request; never raises, so a bad client cannot crash the service."""
+    if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+        return {"ok": False, "error": 'a request is a JSON object with a string "cmd"'}
+    cmd = req["cmd"]
+    try:
+        if cmd == "status":
+            result: Any = brain.status()
+        elif cmd == "stats":
+            result = brain.stats()
+        elif cmd == "mode":
+            mode = req.get("mode")
+            if not isinstance(mode, str):
+                raise CommandError('"mode" needs a string field "mode"')
+            result = brain.set_mode(mode, str(req.get("reason", "cli")))
+        elif cmd == "estop":
+            result = brain.estop(str(req.get("reason", "cli")))
+        elif cmd == "reset":
+            result = brain.reset_estop()
+        elif cmd == "teleop":
+            action = req.get("action")
+            if not isinstance(action, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in action
+            ):
+                raise CommandError('"teleop" needs "action": a list of numbers')
+            brain.teleop([float(v) for v in action])
+            result = None
+        else:
+            known = "status, stats, mode, estop, reset, teleop"
+            raise CommandError(f"unknown command {cmd!r}; known: {known}")
+    except CommandError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "result": result}
+
+
+async def serve(brain: BrainInterface, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket from a killed daemon
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    writer.write(_encode({"ok": False, "error": "request too large"}))
+                    await writer.drain()
+                    return
+                try:
+                    req = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    resp = {"ok": False, "error": f"not valid JSON: {exc}"}
+                else:
+                    resp = handle_request(brain, req)
+                writer.write(_encode(resp))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_REQUEST_BYTES)
+    os.chmod(path, 0o660)
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, default=str).encode() + b"\n"
+
+
+# ----------------------------------------------------------------------------- client
+
+
+class DaemonUnavailable(RuntimeError):
+    pass
+
+
+def request(path: Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One blocking request to a running daemon."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(_encode(payload))
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise DaemonUnavailable(
+            f"no daemon is listening on {path} ({exc.strerror}); is `continuon run` running "
+            "with the same --config?"
+        ) from None
+    except PermissionError:
+        raise DaemonUnavailable(
+            f"permission denied on {path}; run as the daemon's user or a member of its group"
+        ) from None
+    return json.loads(buf)
+
+
+def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
+    """Adds `status`, `stats`, `mode`, `estop`, `reset` to the continuon command."""
+    for name, helptext in (
+        ("status", "show the running daemon's mode and tasks"),
+        ("stats", "show control-loop timing, sensors, safety and policy counters"),
+        ("reset", "reset a latched e-stop (back to idle)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        add_config(p)
+        p.set_defaults(func=_cli_simple, cmd=name)
+    p = sub.add_parser("mode", help="change mode: idle, manual, autonomous, training")
+    add_config(p)
+    p.add_argument("mode")
+    p.set_defaults(func=_cli_mode)
+    p = sub.add_parser("estop", help="latch the e-stop now")
+    add_config(p)
+    p.add_argument("--reason", default="cli")
+    p.set_defaults(func=_cli_estop)
+
+
+def _run_cli(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    config = args.load_config()
+    try:
+        resp = request(socket_path(config), payload)
+    except DaemonUnavailable as exc:
+        print(f"continuon: {exc}", file=sys.stderr)
+        return 2
+    if not resp.get("ok"):
+        print(f"continuon: {resp.get('error')}", file=sys.stderr)
+        return 1
+    print(json.dumps(resp.get("result"), indent=2, default=str))
+    return 0
+
+
+def _cli_simple(args: argparse.Namespace) -> int:
+    return _run_cli(args, {"cmd": args.cmd})
+
+
+def _cli_mode(args: argparse.Namespace) -> int:
+    return _run_cli(args, {"cmd": "mode", "mode": args.mode})
+
+
+def _cli_estop(args: argparse.Namespace) -> int:
+    return _run_cli(args, {"cmd": "estop", "reason": args.reason})
