@@ -95,7 +95,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
             await self._start()
-            await self.supervisor.run()
+            await self.supervisor.run(shutdown_timeout_s=self.config.supervisor.shutdown_timeout_s)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -131,7 +131,9 @@ class Daemon:
         sup = self.supervisor
         sup.add("control", self.control.run)
         if self.devices.camera is not None:
-            sup.add("capture-camera", CaptureWorker.for_camera(self.devices.camera, self.sensors).run)
+            sup.add(
+                "capture-camera", CaptureWorker.for_camera(self.devices.camera, self.sensors).run
+            )
         if self.devices.depth is not None:
             sup.add("capture-depth", CaptureWorker.for_depth(self.devices.depth, self.sensors).run)
         sup.add("systemd-watchdog", self._watchdog)
@@ -172,7 +174,9 @@ class Daemon:
                 self.notifier.watchdog()
                 warned = False
             elif not warned:
-                _log.error("control loop not ticking (last tick %s s ago); withholding WATCHDOG", age)
+                _log.error(
+                    "control loop not ticking (last tick %s s ago); withholding WATCHDOG", age
+                )
                 warned = True
             await asyncio.sleep(min(interval, max_age / 2))
 

@@ -73,6 +73,10 @@ class BrainHandle:
             out["sim"] = self._sim_metrics()
         return out
 
+    def reset_stats(self) -> None:
+        self._control.timing.reset()
+        self._sensors.skew.reset()
+
     def set_mode(self, mode: str, reason: str = "") -> dict[str, Any]:
         if mode == "autonomous" and self._cfg.control.autopilot == "policy":
             ps = self._policy_stats() if self._policy_stats else {}

@@ -5,7 +5,8 @@ permissions (owner and group only), speaking one JSON object per line.  It
 is for the person logged into the robot (and for benchmarks and tests); the
 LAN-facing Robot API with pairing and tokens is a separate service.
 
-Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "mode", "mode": "manual"}
+Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "reset_stats"}
+          {"cmd": "mode", "mode": "manual"}
           {"cmd": "estop", "reason": "..."} | {"cmd": "reset"} | {"cmd": "teleop", "action": [s, t]}
 Response: {"ok": true, "result": ...} or {"ok": false, "error": "what was wrong"}
 """
@@ -48,6 +49,9 @@ def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
             result: Any = brain.status()
         elif cmd == "stats":
             result = brain.stats()
+        elif cmd == "reset_stats":
+            brain.reset_stats()
+            result = None
         elif cmd == "mode":
             mode = req.get("mode")
             if not isinstance(mode, str):
@@ -66,7 +70,7 @@ def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
             brain.teleop([float(v) for v in action])
             result = None
         else:
-            known = "status, stats, mode, estop, reset, teleop"
+            known = "status, stats, reset_stats, mode, estop, reset, teleop"
             raise CommandError(f"unknown command {cmd!r}; known: {known}")
     except CommandError as exc:
         return {"ok": False, "error": str(exc)}

@@ -124,3 +124,49 @@ def test_config_hash_changes_with_content(tmp_path):
     assert (
         a.config_hash() == load_config(write(tmp_path, "control:\n  rate_hz: 20\n")).config_hash()
     )
+
+
+def _leaf_keys(model, prefix=""):
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    keys = []
+    for name, field in model.model_fields.items():
+        sub = [a for a in get_args(field.annotation) if isinstance(a, type)] or [field.annotation]
+        nested = [t for t in sub if isinstance(t, type) and issubclass(t, BaseModel)]
+        if nested and name != "actuators":
+            for t in nested:
+                keys += _leaf_keys(t, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def test_configuration_reference_documents_every_key():
+    from brain.config import (
+        ArmActuatorsConfig,
+        CarActuatorsConfig,
+        Config,
+        JointConfig,
+        PCA9685Config,
+        SteeringConfig,
+        ThrottleConfig,
+    )
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    names = {k.rsplit(".", 1)[-1] for k in _leaf_keys(Config)}
+    for model in (
+        CarActuatorsConfig,
+        ArmActuatorsConfig,
+        JointConfig,
+        PCA9685Config,
+        SteeringConfig,
+        ThrottleConfig,
+    ):
+        names |= set(model.model_fields)
+    def mentioned(n):
+        return any(f"{a}{n}{b}" in doc for a in ("`", ".") for b in ("`", "."))
+
+    missing = sorted(n for n in names if not mentioned(n))
+    assert not missing, f"docs/configuration.md does not mention {missing}"

@@ -1,0 +1,317 @@
+"""The daemon end to end on the simulated robot: boot, modes, teleop watchdog, crashes, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from brain.config import parse_config
+from brain.daemon import Daemon
+from brain.hardware.devices import open_devices
+from brain.modes import Mode
+from edge_agent.control_socket import make_service, request
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_SITE = Path(__file__).resolve().parent / "fakes" / "site"
+
+
+def sim_config(tmp_path: Path, **overrides) -> dict:
+    raw = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
+    raw["paths"] = {"state_dir": str(tmp_path / "state")}
+    raw["logging"] = {"level": "WARNING", "format": "text"}
+    raw["hardware"]["camera"].update(width=160, height=120)  # fast renders for tests
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+class RecordingActuators:
+    """Wraps the sim's real actuators and records every call with its time."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.action_spec = inner.action_spec
+        self.calls: list[tuple[float, str, np.ndarray | None]] = []
+        self._lock = threading.Lock()
+
+    def start(self):
+        self.inner.start()
+
+    def write(self, action):
+        with self._lock:
+            self.calls.append((time.monotonic(), "write", np.array(action)))
+        self.inner.write(action)
+
+    def neutral(self):
+        with self._lock:
+            self.calls.append((time.monotonic(), "neutral", None))
+        self.inner.neutral()
+
+    def close(self):
+        self.inner.close()
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.calls)
+
+
+def make_daemon(tmp_path, services=(), **overrides):
+    cfg = parse_config(sim_config(tmp_path, **overrides))
+    devices = open_devices(cfg)
+    devices.actuators = RecordingActuators(devices.actuators)
+    daemon = Daemon(cfg, devices=devices, services=list(services))
+    return daemon, devices.actuators
+
+
+async def _start(daemon):
+    task = asyncio.create_task(daemon.run())
+    await daemon.wait_ready(10)
+    return task
+
+
+async def _stop(daemon, task):
+    daemon.request_stop("test")
+    await asyncio.wait_for(task, 5)
+
+
+def test_boots_idle_and_never_moves(tmp_path):
+    async def body():
+        daemon, act = make_daemon(tmp_path)
+        task = await _start(daemon)
+        await asyncio.sleep(0.5)
+        assert daemon.modes.mode is Mode.IDLE
+        # teleop in IDLE is ignored: motion is not allowed
+        daemon.brain.teleop([1.0, 1.0])
+        await asyncio.sleep(0.2)
+        await _stop(daemon, task)
+        return act.snapshot()
+
+    calls = asyncio.run(body())
+    assert calls, "the loop never touched the actuators"
+    assert all(kind == "neutral" for _, kind, _ in calls)
+
+
+def test_teleop_drives_and_watchdog_stops_within_300ms(tmp_path):
+    async def body():
+        daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}})
+        task = await _start(daemon)
+        daemon.brain.set_mode("manual")
+        last_cmd = 0.0
+        for _ in range(20):  # 1 s of joystick at 20 Hz
+            daemon.brain.teleop([0.3, 0.5])
+            last_cmd = time.monotonic()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # the phone goes silent
+        await _stop(daemon, task)
+        return act.snapshot(), last_cmd, daemon
+
+    calls, last_cmd, daemon = asyncio.run(body())
+    writes = [(t, a) for t, k, a in calls if k == "write" and t <= last_cmd + 0.01]
+    assert writes and np.allclose(writes[-1][1], [0.3, 0.5])
+    after = [(t, k) for t, k, _ in calls if t > last_cmd]
+    first_neutral = next(t for t, k in after if k == "neutral")
+    assert first_neutral - last_cmd <= 0.300
+    # and it stays stopped
+    assert all(k == "neutral" for t, k in after if t >= first_neutral)
+    assert daemon.safety.stats()["watchdog"] >= 1
+
+
+def test_estop_is_immediate_and_latched(tmp_path):
+    async def body():
+        daemon, act = make_daemon(tmp_path)
+        task = await _start(daemon)
+        daemon.brain.set_mode("manual")
+        for _ in range(10):
+            daemon.brain.teleop([0.0, 0.5])
+            await asyncio.sleep(0.05)
+        t_estop = time.monotonic()
+        daemon.brain.estop("test button")
+        await asyncio.sleep(0.05)
+        daemon.brain.teleop([0.0, 0.5])
+        await asyncio.sleep(0.2)
+        with pytest.raises(Exception, match="latched"):
+            daemon.brain.set_mode("manual")
+        await _stop(daemon, task)
+        return act.snapshot(), t_estop
+
+    calls, t_estop = asyncio.run(body())
+    after = [(t, k) for t, k, _ in calls if t >= t_estop]
+    assert after[0][1] == "neutral" and after[0][0] - t_estop < 0.02
+    assert all(k == "neutral" for _, k in after)
+
+
+def test_expert_autopilot_drives_the_sim(tmp_path):
+    async def body():
+        daemon, _ = make_daemon(tmp_path)
+        task = await _start(daemon)
+        daemon.brain.set_mode("autonomous")
+        await asyncio.sleep(3.0)
+        metrics = daemon.brain.stats()["sim"]
+        stats = daemon.brain.stats()["control"]
+        await _stop(daemon, task)
+        return metrics, stats
+
+    metrics, stats = asyncio.run(body())
+    assert metrics["progress_m"] > 1.0
+    assert metrics["off_track_events"] == 0
+    assert stats["ticks"] >= 50
+    assert stats["faults"]["stale_frame"] <= 2
+
+
+def test_task_crash_restarts_and_crash_loop_latches_estop(tmp_path):
+    crashes = []
+
+    def crashing_service(brain, config):
+        async def run():
+            crashes.append(time.monotonic())
+            await asyncio.sleep(0.01)
+            raise RuntimeError("boom")
+
+        from brain.interface import Service
+
+        return Service("flaky", run)
+
+    async def body():
+        daemon, _ = make_daemon(
+            tmp_path,
+            services=[crashing_service],
+            **{
+                "supervisor.backoff_initial_s": 0.02,
+                "supervisor.backoff_max_s": 0.05,
+                "supervisor.crash_loop_limit": 3,
+            },
+        )
+        task = await _start(daemon)
+        daemon.brain.set_mode("manual")
+        await asyncio.sleep(1.0)
+        status = daemon.brain.status()
+        await _stop(daemon, task)
+        return status
+
+    status = asyncio.run(body())
+    assert len(crashes) == 3  # started, restarted twice, then given up
+    assert status["mode"] == "estop"
+    assert "flaky" in status["estop_reason"]
+    assert status["tasks"]["flaky"]["state"] == "failed"
+    assert status["tasks"]["control"]["state"] == "running"
+
+
+def test_control_socket_round_trip(tmp_path):
+    async def body():
+        cfg = parse_config(sim_config(tmp_path))
+        daemon = Daemon(cfg, services=[make_service])
+        task = await _start(daemon)
+        path = cfg.runtime_dir() / "control.sock"
+        for _ in range(100):
+            if path.exists():
+                break
+            await asyncio.sleep(0.02)
+        r = await asyncio.to_thread(request, path, {"cmd": "mode", "mode": "manual"})
+        assert r == {"ok": True, "result": {"from": "idle", "to": "manual"}}
+        bad = await asyncio.to_thread(request, path, {"cmd": "mode", "mode": "warp"})
+        assert not bad["ok"] and "unknown mode 'warp'" in bad["error"]
+        bad = await asyncio.to_thread(request, path, {"cmd": "teleop", "action": [1]})
+        assert not bad["ok"] and "needs 2 values" in bad["error"]
+        st = await asyncio.to_thread(request, path, {"cmd": "status"})
+        assert st["result"]["mode"] == "manual"
+        assert oct(path.stat().st_mode & 0o777) == "0o660"
+        await _stop(daemon, task)
+        assert not path.exists()
+
+    asyncio.run(body())
+
+
+def _notify_socket(tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    return sock, path
+
+
+def _recv_until(sock, token):
+    got = []
+    while True:
+        msg = sock.recv(4096).decode()
+        got.append(msg)
+        if token in msg:
+            return got
+
+
+def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
+    """The real daemon process, the real PCA9685 driver, a fake adafruit library that logs."""
+    raw = sim_config(tmp_path)
+    raw["hardware"]["actuators"] = {
+        "driver": "pca9685_car",
+        "throttle": {"arm_seconds": 0.0},
+    }
+    raw["control"]["autopilot"] = "policy"
+    cfg_path = tmp_path / "robot.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "pwm.jsonl"
+    sock, notify = _notify_socket(tmp_path)
+    env = dict(
+        os.environ,
+        NOTIFY_SOCKET=str(notify),
+        FAKE_PCA9685_LOG=str(log),
+        PYTHONPATH=os.pathsep.join([str(FAKE_SITE), str(ROOT)]),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg_path)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _recv_until(sock, "READY=1")
+        ctl = tmp_path / "state" / "run" / "control.sock"
+        for _ in range(100):
+            if ctl.exists():
+                break
+            time.sleep(0.05)
+        assert request(ctl, {"cmd": "mode", "mode": "manual"})["ok"]
+        for _ in range(10):
+            request(ctl, {"cmd": "teleop", "action": [0.8, 0.6]})
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        msgs = _recv_until(sock, "STOPPING=1")
+        rc = proc.wait(timeout=5)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    stderr = proc.stderr.read()
+    assert rc == 0, stderr
+    assert elapsed < 2.0
+    assert any("STOPPING=1" in m for m in msgs)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    duties = [e for e in events if "ch" in e]
+    # the car really moved: some throttle write above neutral happened
+    period_us = 1e6 / 60.0
+
+    def duty(us):
+        return round(us / period_us * 0xFFFF)
+
+    assert any(e["ch"] == 1 and e["duty"] > duty(1600) for e in duties)
+    last = {}
+    for e in duties:
+        last[e["ch"]] = e["duty"]
+    assert last[0] == duty(1500) and last[1] == duty(1500)
