@@ -1,0 +1,698 @@
+"""The real hardware drivers, run against fake driver libraries in ``sys.modules``.
+
+The fakes stand exactly where picamera2, pyrealsense2 and the Adafruit stack
+would be, so what is tested is our driver code: the duty cycles that would
+reach the PCA9685, the order of writes around ESC arming, colour conversion,
+timestamps and frameset sharing.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brain.config import (
+    ArmActuatorsConfig,
+    CameraConfig,
+    CarActuatorsConfig,
+    Config,
+    DepthConfig,
+    JointConfig,
+    PCA9685Config,
+    SteeringConfig,
+    ThrottleConfig,
+)
+from brain.hardware import factory
+from brain.hardware.lazy import require
+from brain.hardware.pca9685 import PCA9685Arm, PCA9685Car, PwmBoard, safe_stop
+from brain.hardware.picamera2_camera import Picamera2Camera, list_cameras
+from brain.hardware.protocols import (
+    CAR_ACTION_SPEC,
+    Actuators,
+    Camera,
+    DepthCamera,
+    HardwareUnavailable,
+)
+from brain.hardware.realsense_camera import RealSenseCamera, list_devices
+
+try:
+    from fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib, FakeRealSenseLib
+except ImportError:  # tests/ collected as a package
+    from tests.fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib, FakeRealSenseLib
+
+REPO = Path(__file__).resolve().parent.parent
+HW_LIBS = (
+    "picamera2",
+    "pyrealsense2",
+    "adafruit_pca9685",
+    "board",
+    "busio",
+    "adafruit_extended_bus",
+)
+
+# Duty cycles at 60 Hz (period 16666.67 us): round(us / period * 0xFFFF).
+D60 = {1000: 3932, 1450: 5702, 1500: 5898, 1520: 5977, 1725: 6783, 1750: 6881, 2000: 7864}
+
+
+@pytest.fixture
+def pca(monkeypatch: pytest.MonkeyPatch) -> FakePCALib:
+    return FakePCALib().install(monkeypatch)
+
+
+@pytest.fixture
+def picam(monkeypatch: pytest.MonkeyPatch) -> FakePicamera2Lib:
+    return FakePicamera2Lib().install(monkeypatch)
+
+
+@pytest.fixture
+def rs(monkeypatch: pytest.MonkeyPatch) -> FakeRealSenseLib:
+    return FakeRealSenseLib().install(monkeypatch)
+
+
+def car_cfg(**kw) -> CarActuatorsConfig:
+    return CarActuatorsConfig(
+        driver="pca9685_car",
+        pca9685=PCA9685Config(frequency_hz=60, address=kw.pop("address", 0x40)),
+        steering=SteeringConfig(**kw.pop("steering", {})),
+        throttle=ThrottleConfig(**{"arm_seconds": 2.0, **kw.pop("throttle", {})}),
+    )
+
+
+def started_car(cfg: CarActuatorsConfig, sleeps: list[float] | None = None) -> PCA9685Car:
+    car = PCA9685Car(cfg, sleep=(sleeps.append if sleeps is not None else lambda s: None))
+    car.start()
+    return car
+
+
+def arm_cfg(on_stop: str = "hold") -> ArmActuatorsConfig:
+    return ArmActuatorsConfig(
+        pca9685=PCA9685Config(frequency_hz=50),
+        on_stop=on_stop,
+        joints=[
+            JointConfig(
+                name="shoulder",
+                channel=4,
+                min_us=500,
+                max_us=2500,
+                min_deg=0,
+                max_deg=180,
+                limit_min_deg=20,
+                limit_max_deg=160,
+            ),
+            JointConfig(name="elbow", channel=5, min_us=600, max_us=2400, min_deg=-90, max_deg=90),
+        ],
+    )
+
+
+def d50(us: float) -> int:
+    return round(us / 20000 * 0xFFFF)
+
+
+# ----------------------------------------------------------------------------- lazy imports
+
+
+def test_driver_modules_import_without_any_hardware_library() -> None:
+    code = f"""
+import importlib.abc, sys
+BLOCKED = {HW_LIBS!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import brain.hardware.lazy, brain.hardware.pca9685, brain.hardware.picamera2_camera
+import brain.hardware.realsense_camera, brain.hardware.factory
+from brain.hardware.protocols import HardwareUnavailable
+from brain.config import CameraConfig
+loaded = [m for m in BLOCKED if m in sys.modules]
+assert not loaded, loaded
+try:
+    brain.hardware.factory.open_camera(CameraConfig(driver="picamera2"))
+except HardwareUnavailable as exc:
+    print("UNAVAILABLE", exc)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "UNAVAILABLE" in out.stdout and "'picamera2'" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("missing", "opener", "hint"),
+    [
+        (
+            "picamera2",
+            lambda: Picamera2Camera(CameraConfig(driver="picamera2")),
+            "sudo apt install python3-picamera2",
+        ),
+        (
+            "pyrealsense2",
+            lambda: RealSenseCamera(CameraConfig(driver="realsense"), None),
+            "pip install 'continuon-brain[pi]'",
+        ),
+        ("adafruit_pca9685", lambda: PCA9685Car(car_cfg()), "raspi-config"),
+        ("board", lambda: PCA9685Car(car_cfg()), "pip install 'continuon-brain[pi]'"),
+        ("busio", lambda: PCA9685Arm(arm_cfg()), "pip install 'continuon-brain[pi]'"),
+        ("picamera2", list_cameras, "--system-site-packages"),
+        ("pyrealsense2", list_devices, "pyrealsense2"),
+    ],
+)
+def test_missing_library_names_module_and_install_hint(
+    monkeypatch: pytest.MonkeyPatch, pca: FakePCALib, missing: str, opener, hint: str
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail
+    with pytest.raises(HardwareUnavailable) as info:
+        opener()
+    msg = str(info.value)
+    assert f"'{missing}'" in msg
+    assert hint in msg
+
+
+def test_require_returns_the_module_when_present() -> None:
+    assert require("json", driver="x", install_hint="y") is sys.modules["json"]
+
+
+def test_blinka_refusing_the_board_is_hardware_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Refusing:
+        def find_spec(self, name, path, target=None):
+            if name == "refusing_board_lib":
+                raise NotImplementedError("Board not supported")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Refusing(), *sys.meta_path])
+    with pytest.raises(HardwareUnavailable, match="Board not supported"):
+        require("refusing_board_lib", driver="pca9685", install_hint="hint")
+
+
+# ----------------------------------------------------------------------------- PWM board
+
+
+def test_board_opens_bus_1_with_board_pins_and_sets_frequency(pca: FakePCALib) -> None:
+    board = PwmBoard.open(PCA9685Config(address=0x41, frequency_hz=60))
+    assert pca.events[:3] == [
+        ("i2c", "busio", "SCL-pin", "SDA-pin"),
+        ("open", 0, 0x41),
+        ("frequency", 0, 60),
+    ]
+    assert board.set_pulse_us(3, 1500) == D60[1500]
+    assert board.set_pulse_us(3, 10**6) == 0xFFFF  # clamped, not a ValueError from the library
+    assert board.set_pulse_us(3, -5) == 0
+    board.release(3)
+    assert pca.duties() == [(3, D60[1500]), (3, 0xFFFF), (3, 0), (3, 0)]
+    board.close()
+    board.close()
+    assert pca.events[-2:] == [("deinit", 0), ("i2c_deinit", "busio", "SCL-pin", "SDA-pin")]
+    with pytest.raises(RuntimeError):
+        board.set_pulse_us(3, 1500)
+
+
+def test_other_i2c_bus_uses_extended_bus(pca: FakePCALib, monkeypatch: pytest.MonkeyPatch) -> None:
+    PwmBoard.open(PCA9685Config(i2c_bus=3))
+    assert pca.events[0] == ("i2c", "extended", 3)
+    monkeypatch.setitem(sys.modules, "adafruit_extended_bus", None)
+    with pytest.raises(HardwareUnavailable, match="adafruit_extended_bus"):
+        PwmBoard.open(PCA9685Config(i2c_bus=3))
+
+
+def test_absent_chip_is_hardware_unavailable_naming_address(pca: FakePCALib) -> None:
+    pca.absent_addresses.add(0x41)
+    with pytest.raises(HardwareUnavailable, match=r"0x41.*i2cdetect -y 1"):
+        PwmBoard.open(PCA9685Config(address=0x41))
+    assert ("i2c_deinit", "busio", "SCL-pin", "SDA-pin") in pca.events
+
+
+# ----------------------------------------------------------------------------- car
+
+
+def test_car_steering_and_throttle_pulses(pca: FakePCALib) -> None:
+    car = started_car(car_cfg())
+    assert car.action_spec == CAR_ACTION_SPEC
+    assert pca.boards[0].frequency == 60
+    n = len(pca.duties())
+    for value, us in ((-1.0, 1000), (0.0, 1500), (1.0, 2000), (0.5, 1750)):
+        car.write(np.array([value, 0.0]))
+        assert pca.boards[0].channels[0].duty_cycle == D60[us]
+        assert car.last_pulses_us["steering"] == us
+        car.write(np.array([0.0, value]))
+        assert pca.boards[0].channels[1].duty_cycle == D60[us]
+        assert car.last_pulses_us["throttle"] == us
+    assert len(pca.duties()) == n + 16
+
+
+def test_car_inverted_and_asymmetric_calibration(pca: FakePCALib) -> None:
+    cfg = car_cfg(
+        steering={"left_us": 2000, "center_us": 1450, "right_us": 1000},
+        throttle={"reverse_us": 2000, "neutral_us": 1500, "forward_us": 1000},
+    )
+    car = started_car(cfg)
+    assert [car.steering_us(v) for v in (-1, -0.5, 0, 0.5, 1)] == [2000, 1725, 1450, 1225, 1000]
+    assert [car.throttle_us(v) for v in (-1, 0, 1)] == [2000, 1500, 1000]
+    car.write(np.array([-1.0, 1.0]))
+    assert pca.boards[0].channels[0].duty_cycle == D60[2000]
+    assert pca.boards[0].channels[1].duty_cycle == D60[1000]
+    car.write(np.array([-0.5, 0.0]))
+    assert pca.boards[0].channels[0].duty_cycle == D60[1725]
+    assert pca.boards[0].channels[1].duty_cycle == D60[1500]
+
+
+def test_esc_is_armed_with_neutral_before_any_motion(pca: FakePCALib) -> None:
+    sleeps: list[float] = []
+    duties_when_sleeping: list[list[tuple[int, int]]] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        duties_when_sleeping.append(pca.duties())
+
+    car = PCA9685Car(car_cfg(steering={"channel": 5}, throttle={"channel": 9}), sleep=sleep)
+    with pytest.raises(RuntimeError):
+        car.write(np.array([0.0, 0.5]))  # not started: nothing may reach the ESC
+    assert pca.duties() == []
+    car.start()
+    assert sleeps == [2.0]
+    # Before the arming wait: throttle neutral, steering center, nothing else.
+    assert duties_when_sleeping == [[(9, D60[1500]), (5, D60[1500])]]
+    car.write(np.array([0.0, 0.5]))
+    assert pca.duties()[-1] == (9, D60[1750])
+    car.start()  # already armed: no second wait
+    assert sleeps == [2.0]
+
+
+def test_arming_really_waits_with_default_sleep(pca: FakePCALib) -> None:
+    car = PCA9685Car(car_cfg(throttle={"arm_seconds": 0.2}))
+    t0 = time.monotonic()
+    car.start()
+    assert time.monotonic() - t0 >= 0.19
+
+
+@pytest.mark.parametrize("bad", [[math.nan, 0.5], [0.2, math.nan], [0.0, math.inf]])
+def test_car_non_finite_action_writes_neutral(pca: FakePCALib, bad: list[float]) -> None:
+    car = started_car(car_cfg())
+    car.write(np.array([1.0, 1.0]))
+    car.write(np.array(bad))
+    assert pca.boards[0].channels[0].duty_cycle == D60[1500]
+    assert pca.boards[0].channels[1].duty_cycle == D60[1500]
+    assert car.last_pulses_us == {"steering": 1500, "throttle": 1500}
+
+
+def test_car_out_of_range_is_clamped(pca: FakePCALib) -> None:
+    car = started_car(car_cfg())
+    car.write(np.array([5.0, -7.0]))
+    assert car.last_pulses_us == {"steering": 2000, "throttle": 1000}
+    assert pca.boards[0].channels[0].duty_cycle == D60[2000]
+    assert pca.boards[0].channels[1].duty_cycle == D60[1000]
+    with pytest.raises(ValueError):
+        car.write(np.array([0.0, 0.0, 0.0]))
+
+
+def test_car_neutral_before_start_idempotent_and_after_close(pca: FakePCALib) -> None:
+    car = PCA9685Car(car_cfg(), sleep=lambda s: None)
+    car.neutral()  # never opened: nothing to do, no error
+    car.close()
+    assert pca.events == []
+    car.start()
+    car.write(np.array([1.0, 1.0]))
+    n = len(pca.duties())
+    car.neutral()
+    car.neutral()
+    assert pca.duties()[n:] == [(1, D60[1500]), (0, D60[1500])] * 2
+    car.write(np.array([1.0, 1.0]))
+    car.close()
+    kinds = [e[0] for e in pca.events]
+    assert kinds[-4:] == ["duty", "duty", "deinit", "i2c_deinit"]
+    assert pca.duties()[-2:] == [(1, D60[1500]), (0, D60[1500])]
+    events = len(pca.events)
+    car.neutral()
+    car.close()
+    assert len(pca.events) == events
+
+
+def test_car_neutral_tries_every_channel_after_an_i2c_error(pca: FakePCALib) -> None:
+    car = started_car(car_cfg())
+    car.write(np.array([1.0, 1.0]))
+    pca.failing_channels.add(1)
+    with pytest.raises(OSError):
+        car.write(np.array([0.5, 0.5]))
+    with pytest.raises(OSError):
+        car.neutral()  # throttle unreachable: reported, but steering was still centred
+    assert pca.boards[0].channels[0].duty_cycle == D60[1500]
+    pca.failing_channels.clear()
+    car.neutral()
+    assert pca.boards[0].channels[1].duty_cycle == D60[1500]
+    pca.failing_channels.add(0)
+    with pytest.raises(OSError):
+        car.close()
+    assert pca.boards[0].deinited  # closed even though neutral failed
+    car.neutral()  # closed: no error
+
+
+# ----------------------------------------------------------------------------- arm
+
+
+def test_arm_action_spec_from_joints(pca: FakePCALib) -> None:
+    arm = PCA9685Arm(arm_cfg())
+    spec = arm.action_spec
+    assert spec.names == ("shoulder", "elbow")
+    assert spec.low == (20, -90) and spec.high == (160, 90)
+    assert all(math.isnan(v) for v in spec.neutral)
+    assert spec.units == ("deg", "deg")
+
+
+def test_arm_degrees_to_pulses_with_soft_limits(pca: FakePCALib) -> None:
+    arm = PCA9685Arm(arm_cfg())
+    arm.start()
+    assert pca.duties() == []  # opening an arm moves nothing
+    arm.write(np.array([90.0, 0.0]))
+    assert pca.boards[0].channels[4].duty_cycle == d50(1500)
+    assert pca.boards[0].channels[5].duty_cycle == d50(1500)
+    arm.write(np.array([10.0, 200.0]))  # shoulder below its soft limit 20, elbow past 90
+    assert arm.last_pulses_us == {"shoulder": 722, "elbow": 2400}
+    assert pca.boards[0].channels[4].duty_cycle == d50(722) == 2366
+    assert pca.boards[0].channels[5].duty_cycle == d50(2400) == 7864
+    arm.write(np.array([170.0, -45.0]))
+    assert arm.last_pulses_us == {"shoulder": 2278, "elbow": 1050}
+    n = len(pca.duties())
+    arm.write(np.array([math.nan, -90.0]))  # NaN joint: held, not written
+    assert pca.duties()[n:] == [(5, d50(600))]
+    assert arm.last_pulses_us["shoulder"] == 2278
+
+
+def test_arm_neutral_hold_rewrites_last_commanded(pca: FakePCALib) -> None:
+    arm = PCA9685Arm(arm_cfg("hold"))
+    arm.neutral()
+    arm.start()
+    arm.neutral()
+    assert pca.duties() == []  # never commanded: nothing to hold
+    arm.write(np.array([math.nan, 45.0]))
+    arm.neutral()
+    assert pca.duties() == [(5, d50(1950)), (5, d50(1950))]
+    arm.close()
+    assert pca.events[-2][0] == "deinit"
+    arm.neutral()
+
+
+def test_arm_neutral_release_stops_pulses(pca: FakePCALib) -> None:
+    arm = PCA9685Arm(arm_cfg("release"))
+    arm.start()
+    arm.write(np.array([90.0, 0.0]))
+    arm.neutral()
+    assert pca.duties()[-2:] == [(4, 0), (5, 0)]
+    assert arm.last_pulses_us == {"shoulder": 0, "elbow": 0}
+    arm.neutral()
+    arm.close()
+    assert pca.duties()[-2:] == [(4, 0), (5, 0)]
+    assert pca.boards[0].deinited
+
+
+# ----------------------------------------------------------------------------- safe stop
+
+
+def test_safe_stop_car_writes_neutral_on_a_fresh_board(
+    pca: FakePCALib, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    act = car_cfg(
+        address=0x42,
+        steering={"channel": 3, "center_us": 1520},
+        throttle={"channel": 7, "arm_seconds": 10},
+    )
+    car = started_car(act)
+    car.write(np.array([1.0, 1.0]))  # the "daemon" dies while driving
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("safe_stop must not wait"))
+    lines = safe_stop(Config(hardware={"camera": None, "actuators": act}))
+    assert len(pca.boards) == 2  # a new board object, no daemon state
+    fresh = pca.boards[1]
+    assert fresh.address == 0x42 and fresh.frequency == 60
+    assert pca.duties(board=1) == [(7, D60[1500]), (3, D60[1520])]
+    assert fresh.deinited
+    assert any("throttle channel 7" in ln and "1500" in ln for ln in lines)
+    assert any("steering channel 3" in ln and "1520" in ln for ln in lines)
+
+
+def test_safe_stop_arm_release_and_hold(pca: FakePCALib) -> None:
+    def cfg(on_stop: str) -> Config:
+        return Config(
+            robot={"kind": "arm"}, hardware={"camera": None, "actuators": arm_cfg(on_stop)}
+        )
+
+    lines = safe_stop(cfg("release"))
+    assert pca.duties() == [(4, 0), (5, 0)]
+    assert pca.boards[0].deinited
+    assert len(lines) == 2 and "shoulder" in lines[0]
+    lines = safe_stop(cfg("hold"))
+    assert len(pca.boards) == 1  # hold: the board is not even opened
+    assert "hold" in lines[0]
+
+
+def test_safe_stop_sim_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in HW_LIBS:
+        monkeypatch.setitem(sys.modules, name, None)
+    lines = safe_stop(Config())
+    assert len(lines) == 1 and "sim" in lines[0]
+
+
+# ----------------------------------------------------------------------------- picamera2
+
+
+def test_picamera2_configures_and_converts_bgr_to_rgb(picam: FakePicamera2Lib) -> None:
+    cam = Picamera2Camera(CameraConfig(driver="picamera2", width=64, height=48, fps=30))
+    cam.start()
+    assert picam.calls[:4] == [
+        ("open", 0),
+        (
+            "create_video_configuration",
+            {"size": (64, 48), "format": "RGB888"},
+            {"FrameDurationLimits": (33333, 33333)},
+        ),
+        ("configure", picam.calls[2][1]),
+        ("start",),
+    ]
+    bgr = np.zeros((48, 64, 3), np.uint8)
+    bgr[..., 0], bgr[..., 1], bgr[..., 2] = 10, 20, 30  # B, G, R in memory
+    t_sensor = time.monotonic() - 0.015
+    picam.frames.append((bgr, {"SensorTimestamp": int(t_sensor * 1e9), "ExposureTime": 5000}))
+    frame = cam.read(timeout=0.5)
+    assert frame.data.shape == (48, 64, 3) and frame.data.dtype == np.uint8
+    assert tuple(frame.data[0, 0]) == (30, 20, 10)
+    assert frame.data.flags["C_CONTIGUOUS"]
+    assert frame.t_capture == pytest.approx(t_sensor, abs=1e-6)
+    assert picam.requests[0].released and picam.requests[0].arrays_made == ["main"]
+    assert ("capture_request", 0.5) in picam.calls
+    cam.close()
+    cam.close()
+    assert picam.calls[-2:] == [("stop",), ("close",)]
+
+
+def test_picamera2_timestamp_fallback_and_seq(picam: FakePicamera2Lib) -> None:
+    cam = Picamera2Camera(CameraConfig(driver="picamera2", width=32, height=32))
+    cam.start()
+    img = np.zeros((32, 32, 3), np.uint8)
+    picam.frames.append((img, {}))  # no SensorTimestamp
+    picam.frames.append((img, {"SensorTimestamp": int((time.monotonic() + 3600) * 1e9)}))
+    before = time.monotonic()
+    f1, f2 = cam.read(), cam.read()
+    after = time.monotonic()
+    assert before <= f1.t_capture <= after
+    assert before <= f2.t_capture <= after  # an hour off: another clock, not trusted
+    assert f2.seq == f1.seq + 1
+    assert all(r.released for r in picam.requests)
+    with pytest.raises(TimeoutError):
+        cam.read()
+
+
+def test_picamera2_releases_request_when_array_fails(picam: FakePicamera2Lib) -> None:
+    cam = Picamera2Camera(CameraConfig(driver="picamera2"))
+    cam.start()
+    picam.frames.append((None, {}))  # type: ignore[arg-type]  # slicing None fails
+    with pytest.raises(TypeError):
+        cam.read()
+    assert picam.requests[0].released
+
+
+def test_picamera2_missing_camera_and_listing(picam: FakePicamera2Lib) -> None:
+    assert list_cameras() == [
+        {
+            "index": 0,
+            "model": "imx708",
+            "location": 2,
+            "rotation": 180,
+            "id": picam.cameras[0]["Id"],
+        }
+    ]
+    cam = Picamera2Camera(CameraConfig(driver="picamera2", index=1))
+    with pytest.raises(HardwareUnavailable, match="index 1"):
+        cam.start()
+    with pytest.raises(RuntimeError):
+        cam.read()
+
+
+# ----------------------------------------------------------------------------- realsense
+
+
+def rs_cam(serial: str | None = None, depth: bool = True, **dkw) -> RealSenseCamera:
+    color = CameraConfig(driver="realsense", serial=serial)
+    dcfg = DepthConfig(driver="realsense", width=848, height=480, **dkw) if depth else None
+    return RealSenseCamera(color, dcfg)
+
+
+def test_realsense_colour_and_aligned_depth_from_one_frameset(rs: FakeRealSenseLib) -> None:
+    cam = rs_cam(serial="123456789")
+    assert isinstance(cam, Camera) and isinstance(cam, DepthCamera)
+    cam.start()
+    assert ("enable_device", "123456789") in rs.calls
+    assert ("enable_stream", "color", 640, 480, "rgb8", 30) in rs.calls
+    assert ("enable_stream", "depth", 848, 480, "z16", 30) in rs.calls
+    assert ("align", "color") in rs.calls
+    assert cam.depth_scale == 0.00025
+    frame = cam.read()
+    depth = cam.read_depth()
+    assert rs.fetches == 1  # one frameset served both readers
+    assert frame.seq == depth.seq
+    assert frame.data.shape == (480, 640, 3) and int(frame.data[0, 0, 0]) == 1
+    assert depth.data.shape == (480, 640) and depth.data.dtype == np.uint16
+    assert int(depth.data[0, 0]) == 1001  # the aligned depth, not the raw 848x480 one
+    assert depth.depth_scale == 0.00025
+    assert rs.calls.count(("align_process",)) == 1
+    # colour runs ahead: depth then gets the newest frameset, again without fetching
+    cam.read()
+    cam.read()
+    depth = cam.read_depth()
+    assert rs.fetches == 3 and depth.seq == 3 and int(depth.data[0, 0]) == 1003
+    cam.close()
+    cam.close()
+    assert rs.calls.count(("pipeline_stop",)) == 1
+
+
+def test_realsense_max_depth_marks_far_pixels_invalid(rs: FakeRealSenseLib) -> None:
+    rs.depth_scale = 0.001
+    cam = rs_cam(max_depth_m=1.002)  # 1002 units
+    cam.start()
+    assert int(cam.read_depth().data[0, 0]) == 1001
+    assert int(cam.read_depth().data[0, 0]) == 1002
+    assert int(cam.read_depth().data[0, 0]) == 0  # 1003 mm is beyond 1.002 m
+
+
+def test_realsense_colour_only_does_not_align(rs: FakeRealSenseLib) -> None:
+    cam = rs_cam(depth=False)
+    cam.start()
+    cam.read()
+    assert not any(c[0] in ("align", "align_process") for c in rs.calls)
+    assert not any(c[:2] == ("enable_stream", "depth") for c in rs.calls)
+    with pytest.raises(RuntimeError):
+        cam.read_depth()
+
+
+@pytest.mark.parametrize("domain", ["global_time", "system_time"])
+def test_realsense_wall_clock_domains_become_monotonic(
+    rs: FakeRealSenseLib, monkeypatch: pytest.MonkeyPatch, domain: str
+) -> None:
+    real_mono = time.monotonic
+    monkeypatch.setattr(time, "time", lambda: real_mono() + 1_000_000.0)
+    rs.domain = domain
+    rs.timestamp_ms = lambda: (real_mono() + 1_000_000.0 - 0.020) * 1000.0
+    cam = rs_cam()
+    cam.start()
+    before = real_mono()
+    frame = cam.read()
+    depth = cam.read_depth()
+    after = real_mono()
+    assert before - 0.0205 <= frame.t_capture <= after - 0.0195
+    assert depth.t_capture == pytest.approx(frame.t_capture, abs=1e-6)
+
+
+def test_realsense_hardware_clock_and_implausible_stamps_use_arrival(
+    rs: FakeRealSenseLib,
+) -> None:
+    rs.domain = "hardware_clock"
+    rs.timestamp_ms = lambda: 123.0  # the camera's own counter
+    cam = rs_cam()
+    cam.start()
+    before = time.monotonic()
+    t1 = cam.read().t_capture
+    rs.domain = "global_time"
+    rs.timestamp_ms = lambda: (time.time() - 30.0) * 1000.0  # wall clock stepped by NTP
+    t2 = cam.read().t_capture
+    after = time.monotonic()
+    assert before <= t1 <= t2 <= after
+
+
+def test_realsense_two_reader_threads_get_consistent_framesets(rs: FakeRealSenseLib) -> None:
+    rs.fetch_delay_s = 0.003
+    cam = rs_cam()
+    cam.start()
+    colour: list[tuple[int, int]] = []
+    depth: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def reader(fn, out) -> None:
+        try:
+            for _ in range(30):
+                f = fn(timeout=2.0)
+                out.append((f.seq, int(f.data.flat[0])))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=reader, args=(cam.read, colour)),
+        threading.Thread(target=reader, args=(cam.read_depth, depth)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert all(v == seq % 256 for seq, v in colour)
+    assert all(v == 1000 + seq for seq, v in depth)
+    for out in (colour, depth):
+        seqs = [s for s, _ in out]
+        assert seqs == sorted(set(seqs))  # each reader: strictly newer framesets
+    assert set(s for s, _ in colour) & set(s for s, _ in depth)  # shared, not refetched
+    assert rs.fetches < 60
+
+
+def test_realsense_start_failure_and_listing(rs: FakeRealSenseLib) -> None:
+    assert list_devices() == [
+        {"name": "Intel RealSense D435", "serial": "123456789", "firmware": "5.15"}
+    ]
+    rs.fail_start = "No device connected"
+    cam = rs_cam()
+    with pytest.raises(HardwareUnavailable, match="No device connected"):
+        cam.start()
+    with pytest.raises(RuntimeError, match="not started"):
+        cam.read(timeout=0.1)
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def test_factory_opens_real_drivers(
+    pca: FakePCALib, picam: FakePicamera2Lib, rs: FakeRealSenseLib
+) -> None:
+    assert isinstance(factory.open_camera(CameraConfig(driver="picamera2")), Picamera2Camera)
+    cam = factory.open_camera(CameraConfig(driver="realsense"))
+    assert isinstance(cam, RealSenseCamera) and not cam.has_depth
+    depth = factory.open_depth(DepthConfig(driver="realsense"), cam)
+    assert depth is cam and cam.has_depth
+    car = factory.open_actuators(car_cfg())
+    arm = factory.open_actuators(arm_cfg())
+    assert isinstance(car, PCA9685Car) and isinstance(car, Actuators)
+    assert isinstance(arm, PCA9685Arm) and isinstance(arm, Actuators)
+    with pytest.raises(ValueError, match=r"use brain\.hardware\.sim"):
+        factory.open_camera(CameraConfig())
+    with pytest.raises(ValueError, match=r"use brain\.hardware\.sim"):
+        factory.open_depth(DepthConfig(), None)
+    with pytest.raises(ValueError, match=r"use brain\.hardware\.sim"):
+        factory.open_actuators(CarActuatorsConfig())
+    with pytest.raises(ValueError, match="realsense"):
+        factory.open_depth(DepthConfig(driver="realsense"), None)
+    cam.start()
+    with pytest.raises(RuntimeError):
+        cam.enable_depth(DepthConfig(driver="realsense"))
