@@ -122,7 +122,9 @@ class Daemon:
         await asyncio.to_thread(self.devices.start)
         if cfg.policy.model is not None:
             try:
-                model = await asyncio.to_thread(load_model, cfg.policy.model, cfg.policy.threads)
+                model = await asyncio.to_thread(
+                    load_model, cfg.policy.model, cfg.policy.threads, action_names=cfg.action_names
+                )
                 self.policy.swap(model)
             except Exception as exc:  # the robot still boots (IDLE/MANUAL work without a model)
                 _log.error("policy %s not loaded: %s", cfg.policy.model, exc)

@@ -1,0 +1,31 @@
+"""The policy runner: ONNX step graphs run on a worker thread with carried state and hot swap.
+
+See :mod:`brain.policy.model` (the model contract, ``docs/policy-contract.md``)
+and :mod:`brain.policy.runner`.  :mod:`brain.policy.testing` (graph builders,
+needs the ``dev`` extra) is not imported here.
+"""
+
+from .model import (
+    ACTION_OUTPUT,
+    IMAGE_INPUT,
+    RECURRENT_OUTPUT_SUFFIX,
+    LoadedModel,
+    PolicyLoadError,
+    RecurrentSpec,
+    load_model,
+)
+from .runner import InferenceResult, PolicyRunner, SwapTicket, default_deadline_s
+
+__all__ = [
+    "ACTION_OUTPUT",
+    "IMAGE_INPUT",
+    "RECURRENT_OUTPUT_SUFFIX",
+    "InferenceResult",
+    "LoadedModel",
+    "PolicyLoadError",
+    "PolicyRunner",
+    "RecurrentSpec",
+    "SwapTicket",
+    "default_deadline_s",
+    "load_model",
+]
