@@ -62,8 +62,9 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# On the robot: CONFIG defaults to the Pi donkey car here, not to the sim.
 install-service:
-	$(SUDO) systemd/install.sh $(CONFIG)
+	$(SUDO) systemd/install.sh $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),configs/pi5-donkey.yaml)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/results *.egg-info
