@@ -56,8 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = args.load_config()
     setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
-    from brain.daemon import Daemon
+    from brain.daemon import Daemon, tune_process
 
+    tune_process()
     try:
         daemon = Daemon(config)
     except Exception as exc:

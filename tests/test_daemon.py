@@ -286,9 +286,16 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
                 break
             time.sleep(0.05)
         assert request(ctl, {"cmd": "mode", "mode": "manual"})["ok"]
-        for _ in range(10):
+        # drive until the loop reports a non-neutral output (the first camera
+        # frames can take a moment while the sim builds its textures)
+        moving = False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not moving:
             request(ctl, {"cmd": "teleop", "action": [0.8, 0.6]})
             time.sleep(0.05)
+            ctrl = request(ctl, {"cmd": "stats"})["result"]["control"]
+            moving = ctrl["last_neutral"] is False and ctrl["last_action"][1] > 0.3
+        assert moving, ctrl
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         msgs = _recv_until(sock, "STOPPING=1")
@@ -310,7 +317,7 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     def duty(us):
         return round(us / period_us * 0xFFFF)
 
-    assert any(e["ch"] == 1 and e["duty"] > duty(1600) for e in duties)
+    assert any(e["ch"] == 1 and e["duty"] > duty(1600) for e in duties), (duties[-6:], stderr)
     last = {}
     for e in duties:
         last[e["ch"]] = e["duty"]

@@ -129,6 +129,7 @@ class ControlLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._mode_gen = -1
+        self._last_frame_seq: int | None = None
         self._running = False
         modes.subscribe(self._on_mode_change)
 
@@ -228,7 +229,9 @@ class ControlLoop:
             self.actuators.write(out.action)
         t_act = self.clock()
         self.timing.compute.add(t_act - now)
-        if frame is not None:
+        if frame is not None and frame.seq != self._last_frame_seq:
+            # Sensor-to-actuation: a frame's capture to the first write decided on it.
+            self._last_frame_seq = frame.seq
             self.timing.latency.add(t_act - frame.t_capture)
         self.last_output = out
 

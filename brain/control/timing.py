@@ -62,7 +62,7 @@ class LoopTiming:
     def __init__(self, window: int = 6000) -> None:
         self.jitter = RollingSeries(window)  # |tick start - scheduled deadline|
         self.compute = RollingSeries(window)  # tick start -> actuators written
-        self.latency = RollingSeries(window)  # camera capture -> actuators written
+        self.latency = RollingSeries(window)  # frame capture -> first write decided on it
         self.frame_age = RollingSeries(window)  # camera capture -> tick start
         self.ticks = 0
         self.overruns = 0  # ticks that finished after the next deadline

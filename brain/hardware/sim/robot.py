@@ -63,10 +63,23 @@ class SimRobot:
         self.world.advance_to(now - self._t0)
         return now
 
-    def _snapshot(self) -> tuple[float, CarState, int]:
+    def _snapshot(self, due: float | None = None) -> tuple[float, CarState, int]:
+        """The world as of a frame's scheduled exposure time ``due``.
+
+        Like a real sensor timestamp, the frame is stamped with when it was
+        exposed, not when a (possibly GIL-delayed) thread got round to it.  If
+        the world has already moved past ``due`` (another thread advanced it),
+        the frame shows and is stamped with the world's current time instead.
+        """
         with self._lock:
-            now = self._catch_up()
-            return now, self.world.state, self.world.frame_key
+            world_now = self._t0 + self.world.state.t
+            if due is not None and due >= world_now:
+                self.world.advance_to(due - self._t0)
+                return due, self.world.state, self.world.frame_key
+            if due is None:
+                now = self._catch_up()
+                return now, self.world.state, self.world.frame_key
+            return world_now, self.world.state, self.world.frame_key
 
     def _apply(self, action: tuple[float, float]) -> None:
         with self._lock:
@@ -119,7 +132,7 @@ class _Clocked:
     def close(self) -> None:
         self._closed = True
 
-    def _wait_for_frame(self, timeout: float) -> int:
+    def _wait_for_frame(self, timeout: float) -> tuple[int, float]:
         """Sleep until the next frame is due (never a past one: the world cannot rewind)."""
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
@@ -135,7 +148,7 @@ class _Clocked:
             raise TimeoutError(f"no frame within {timeout} s at {self.fps} fps")
         while (remaining := due - r.clock()) > 0:
             r.sleep(remaining)
-        return k
+        return k, due
 
 
 class SimCamera(_Clocked):
@@ -148,8 +161,8 @@ class SimCamera(_Clocked):
         self._renderer = robot.world.rgb_renderer  # built on first use
 
     def read(self, timeout: float = 1.0) -> Frame:
-        seq = self._wait_for_frame(timeout)
-        t, state, key = self._robot._snapshot()
+        seq, due = self._wait_for_frame(timeout)
+        t, state, key = self._robot._snapshot(due)
         return Frame(self._renderer().render(state, key), t_capture=t, seq=seq, sensor="camera")
 
 
@@ -163,8 +176,8 @@ class SimDepthCamera(_Clocked):
         self._renderer = robot.world.depth_renderer
 
     def read_depth(self, timeout: float = 1.0) -> DepthFrame:
-        seq = self._wait_for_frame(timeout)
-        t, _state, key = self._robot._snapshot()
+        seq, due = self._wait_for_frame(timeout)
+        t, _state, key = self._robot._snapshot(due)
         r = self._renderer()
         return DepthFrame(
             r.render(key), t_capture=t, seq=seq, depth_scale=r.depth_scale, sensor="depth"
