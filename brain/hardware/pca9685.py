@@ -93,6 +93,11 @@ class PwmBoard:
         self._pca.channels[channel].duty_cycle = duty
         return duty
 
+    def get_pulse_us(self, channel: int) -> float | None:
+        """The pulse the channel is putting out now, read back from the chip (None: no pulse)."""
+        duty = int(self._pca.channels[channel].duty_cycle)
+        return None if duty <= 0 else duty / 0xFFFF * self.period_us
+
     def release(self, channel: int) -> None:
         """No pulse at all: a servo goes limp, an ESC sees signal loss."""
         if self.closed:
