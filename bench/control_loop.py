@@ -126,6 +126,26 @@ def run_one(hz: float, seconds: float, tmp: Path, model: Path) -> dict:
     }
 
 
+def sleep_floor(hz: float, seconds: float = 5.0) -> dict:
+    """This machine's own wake-up jitter: a bare thread sleeping to absolute deadlines.
+
+    The daemon's jitter cannot be better than this; report both from one run.
+    """
+    period = 1.0 / hz
+    jit = []
+    deadline = time.monotonic() + period
+    end = deadline + seconds
+    while deadline < end:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        jit.append(abs(time.monotonic() - deadline) * 1000)
+        deadline += period
+    arr = sorted(jit)
+    return {
+        "floor_jitter_p50_ms": round(arr[len(arr) // 2], 4),
+        "floor_jitter_p99_ms": round(arr[int(len(arr) * 0.99)], 4),
+    }
+
+
 def _ok(resp: dict) -> dict:
     if not resp.get("ok"):
         raise RuntimeError(f"daemon refused: {resp.get('error')}")
@@ -144,7 +164,8 @@ def main() -> int:
         model = tmp / "dummy.onnx"
         build_dummy_policy(model)
         for hz in args.hz:
-            results.append(run_one(hz, args.seconds, tmp, model))
+            floor = sleep_floor(hz)
+            results.append({**run_one(hz, args.seconds, tmp, model), **floor})
     cols = [
         ("hz", "hz"),
         ("ticks", "ticks"),
@@ -152,6 +173,7 @@ def main() -> int:
         ("jitter_p50_ms", "jit p50"),
         ("jitter_p99_ms", "jit p99"),
         ("jitter_max_ms", "jit max"),
+        ("floor_jitter_p99_ms", "floor p99"),
         ("latency_p50_ms", "lat p50"),
         ("latency_p99_ms", "lat p99"),
         ("cpu_percent", "cpu %"),

@@ -165,6 +165,7 @@ def test_configuration_reference_documents_every_key():
         ThrottleConfig,
     ):
         names |= set(model.model_fields)
+
     def mentioned(n):
         return any(f"{a}{n}{b}" in doc for a in ("`", ".") for b in ("`", "."))
 
