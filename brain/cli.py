@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-json", type=Path, help="write the results as JSON here")
     p.set_defaults(func=cmd_hw_check)
 
+    from brain.episodes_cli import register as register_episodes
+
+    register_episodes(sub, _add_config)
+
     for ep in entry_points(group="continuon.cli"):
         try:
             ep.load()(sub, _add_config)

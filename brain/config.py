@@ -260,6 +260,25 @@ class PolicyConfig(_Strict):
     shadow: bool = False
 
 
+class RecordingConfig(_Strict):
+    """Episode recording (RLDS files under ``<state_dir>/episodes`` unless ``root`` is set)."""
+
+    root: Path | None = None
+    # Start recording by itself whenever the mode records (MANUAL; AUTONOMOUS if allowed).
+    auto_record: bool = False
+    jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 90
+    fsync_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    queue_size: Annotated[int, Field(ge=8, le=100_000)] = 512
+    # Disk budget: eviction removes only episodes already exported, oldest first.
+    quota_gb: Annotated[float, Field(gt=0)] | None = None
+    min_free_mb: Annotated[float, Field(ge=0)] = 500.0
+    # Interrupted episodes shorter than this are discarded (and reported) on recovery.
+    min_steps: Annotated[int, Field(ge=1, le=100_000)] = 10
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:=-]{1,64}$")]] = Field(
+        default_factory=list
+    )
+
+
 class SupervisorConfig(_Strict):
     backoff_initial_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     backoff_max_s: Annotated[float, Field(gt=0, le=600)] = 5.0
@@ -287,6 +306,7 @@ class Config(_Strict):
     control: ControlConfig = ControlConfig()
     safety: SafetyConfig = SafetyConfig()
     policy: PolicyConfig = PolicyConfig()
+    recording: RecordingConfig = RecordingConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     logging: LoggingConfig = LoggingConfig()
     paths: PathsConfig = PathsConfig()
@@ -343,6 +363,9 @@ class Config(_Strict):
         if env:
             return Path(env.split(":")[0])
         return Path.home() / ".local" / "state" / "continuon"
+
+    def episodes_dir(self) -> Path:
+        return self.recording.root or self.state_dir() / "episodes"
 
     def runtime_dir(self) -> Path:
         if self.paths.runtime_dir is not None:

@@ -29,6 +29,7 @@ from brain.interface import BrainInterface, ServiceFactory
 from brain.logs import log_fields
 from brain.modes import ModeManager
 from brain.policy import PolicyRunner, load_model
+from brain.recorder import Recorder
 from brain.sdnotify import SdNotifier
 from brain.supervisor import RestartPolicy, Supervisor
 
@@ -73,6 +74,12 @@ class Daemon:
             policy=self.policy,
             expert=sim.expert_action if sim is not None else None,
         )
+        self.recorder = Recorder(
+            config,
+            sensor_specs=_sensor_specs(config),
+            model_version=lambda: self.policy.stats().get("model_version"),
+        )
+        self.control.recorder = self.recorder.hook
         self.supervisor = Supervisor(
             RestartPolicy.from_config(config.supervisor), on_crash_loop=self._on_crash_loop
         )
@@ -84,6 +91,7 @@ class Daemon:
             policy_stats=self.policy.stats,
             task_status=self._task_status,
             sim_metrics=sim.metrics if sim is not None else None,
+            recorder=self.recorder,
         )
         self._service_factories = services
         self._ready = asyncio.Event()
@@ -132,6 +140,8 @@ class Daemon:
             except Exception as exc:  # the robot still boots (IDLE/MANUAL work without a model)
                 _log.error("policy %s not loaded: %s", cfg.policy.model, exc)
         self.policy.start()
+        await asyncio.to_thread(self.recorder.recover)
+        self.recorder.start()
 
         sup = self.supervisor
         sup.add("control", self.control.run)
@@ -191,6 +201,7 @@ class Daemon:
         self.control.stop()
         self.policy.close()
         await asyncio.to_thread(self.devices.close)
+        await asyncio.to_thread(self.recorder.close)
         _log.info("stopped; actuators neutral")
 
     # ------------------------------------------------------------------ supervision
@@ -215,6 +226,25 @@ def _deadline_s(config: Config) -> float:
     if config.policy.deadline_ms is not None:
         return config.policy.deadline_ms / 1000.0
     return 0.6 / config.control.rate_hz
+
+
+def _sensor_specs(config: Config) -> dict[str, Any]:
+    """What the recorded observations are, for episode metadata."""
+    hw = config.hardware
+    specs: dict[str, Any] = {}
+    if hw.camera is not None:
+        c = hw.camera
+        specs["image"] = {"driver": c.driver, "width": c.width, "height": c.height, "fps": c.fps}
+    if hw.depth is not None:
+        d = hw.depth
+        specs["depth"] = {
+            "driver": d.driver,
+            "width": d.width,
+            "height": d.height,
+            "fps": d.fps,
+            "max_depth_m": d.max_depth_m,
+        }
+    return specs
 
 
 def _joint_speeds(config: Config) -> dict[str, float]:

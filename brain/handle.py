@@ -12,6 +12,7 @@ from brain.config import Config
 from brain.control.loop import ControlLoop
 from brain.interface import CommandError
 from brain.modes import FLAGS, ModeError, ModeManager
+from brain.recorder import Recorder, RecordingRefused
 
 
 class BrainHandle:
@@ -27,6 +28,7 @@ class BrainHandle:
         policy_stats: Callable[[], dict[str, Any]] | None = None,
         task_status: Callable[[], dict[str, Any]] | None = None,
         sim_metrics: Callable[[], dict[str, Any]] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._cfg = config
         self._modes = modes
@@ -35,6 +37,7 @@ class BrainHandle:
         self._policy_stats = policy_stats
         self._task_status = task_status
         self._sim_metrics = sim_metrics
+        self._recorder = recorder
         self._started = time.monotonic()
 
     @property
@@ -61,6 +64,7 @@ class BrainHandle:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "control_running": self._control.running,
             "tasks": self._task_status() if self._task_status else {},
+            "recording": self._recorder.status() if self._recorder else None,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -98,6 +102,19 @@ class BrainHandle:
         except ModeError as exc:
             raise CommandError(str(exc)) from None
         return {"from": change.old.value, "to": change.new.value}
+
+    def start_recording(self, tags: list[str] | None = None) -> dict[str, Any]:
+        if self._recorder is None:
+            raise CommandError("recording is not available")
+        try:
+            return self._recorder.start_recording(tags)
+        except RecordingRefused as exc:
+            raise CommandError(str(exc)) from None
+
+    def stop_recording(self) -> dict[str, Any]:
+        if self._recorder is None:
+            raise CommandError("recording is not available")
+        return self._recorder.stop_recording()
 
     def teleop(self, action: list[float]) -> None:
         try:

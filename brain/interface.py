@@ -45,6 +45,14 @@ class BrainInterface(Protocol):
 
     def reset_estop(self) -> dict[str, Any]: ...
 
+    def start_recording(self, tags: list[str] | None = None) -> dict[str, Any]:
+        """Arm recording: episodes are written while the mode records (MANUAL, ...)."""
+        ...
+
+    def stop_recording(self) -> dict[str, Any]:
+        """Disarm recording; the open episode is committed."""
+        ...
+
     def teleop(self, action: list[float]) -> None:
         """Latest joystick command; the safety watchdog stops the robot if these stop coming."""
         ...

@@ -8,6 +8,7 @@ LAN-facing Robot API with pairing and tokens is a separate service.
 Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "reset_stats"}
           {"cmd": "mode", "mode": "manual"}
           {"cmd": "estop", "reason": "..."} | {"cmd": "reset"} | {"cmd": "teleop", "action": [s, t]}
+          {"cmd": "record", "action": "start" | "stop", "tags": ["..."]}
 Response: {"ok": true, "result": ...} or {"ok": false, "error": "what was wrong"}
 """
 
@@ -61,6 +62,19 @@ def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
             result = brain.estop(str(req.get("reason", "cli")))
         elif cmd == "reset":
             result = brain.reset_estop()
+        elif cmd == "record":
+            action = req.get("action")
+            tags = req.get("tags")
+            if action not in ("start", "stop"):
+                raise CommandError('"record" needs "action": "start" or "stop"')
+            if tags is not None and not (
+                isinstance(tags, list) and all(isinstance(t, str) for t in tags)
+            ):
+                raise CommandError('"tags" must be a list of strings')
+            if action == "start":
+                result = brain.start_recording(tags)
+            else:
+                result = brain.stop_recording()
         elif cmd == "teleop":
             action = req.get("action")
             if not isinstance(action, list) or not all(
@@ -70,7 +84,7 @@ def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
             brain.teleop([float(v) for v in action])
             result = None
         else:
-            known = "status, stats, reset_stats, mode, estop, reset, teleop"
+            known = "status, stats, reset_stats, mode, estop, reset, record, teleop"
             raise CommandError(f"unknown command {cmd!r}; known: {known}")
     except CommandError as exc:
         return {"ok": False, "error": str(exc)}
@@ -166,6 +180,11 @@ def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
     add_config(p)
     p.add_argument("mode")
     p.set_defaults(func=_cli_mode)
+    p = sub.add_parser("record", help="start or stop recording episodes")
+    add_config(p)
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--tag", action="append", dest="tags", help="tag for the episodes (repeatable)")
+    p.set_defaults(func=_cli_record)
     p = sub.add_parser("estop", help="latch the e-stop now")
     add_config(p)
     p.add_argument("--reason", default="cli")
@@ -192,6 +211,10 @@ def _cli_simple(args: argparse.Namespace) -> int:
 
 def _cli_mode(args: argparse.Namespace) -> int:
     return _run_cli(args, {"cmd": "mode", "mode": args.mode})
+
+
+def _cli_record(args: argparse.Namespace) -> int:
+    return _run_cli(args, {"cmd": "record", "action": args.action, "tags": args.tags})
 
 
 def _cli_estop(args: argparse.Namespace) -> int:

@@ -81,6 +81,7 @@ class Step:
     tick: int
     t: float
     mode: Mode
+    mode_generation: int  # changes with every mode change: one episode never spans two
     source: str
     frame: Frame | None
     depth: DepthFrame | None
@@ -244,6 +245,7 @@ class ControlLoop:
                 tick=self.timing.ticks,
                 t=now,
                 mode=mode,
+                mode_generation=self._mode_gen,
                 source=source,
                 frame=frame,
                 depth=depth,

@@ -1,0 +1,141 @@
+"""Benchmark: recording episodes inside the daemon, and what it costs the control loop.
+
+The real daemon (bench/harness.py) runs the sim at 50 Hz with a 640x480 RGB
+camera and a 640x480 depth camera at 30 fps; the expert drives in AUTONOMOUS.
+In one run: a window without recording, then a window recording, so the two
+jitter figures are comparable.  After the run the recorded episode is read
+back to count frames that never made it into a step.
+
+    python bench/recording.py --seconds 60 --json bench/results/recording.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import Daemon, measure, print_table, sim_config
+
+from rlds.reader import list_episodes
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def frame_gaps(seqs: list[int]) -> int:
+    """Frames captured but in no recorded step: gaps in the sequence numbers."""
+    uniq = sorted(set(seqs))
+    return sum(max(0, b - a - 1) for a, b in zip(uniq, uniq[1:], strict=False))
+
+
+def run(seconds: float, hz: float, tmp: Path) -> dict:
+    cfg = sim_config(
+        tmp,
+        "rec",
+        control={"rate_hz": hz, "autopilot": "expert", "stats_window": 200_000},
+        hardware={
+            "camera": {"driver": "sim", "width": 640, "height": 480, "fps": 30},
+            "depth": {"driver": "sim", "width": 640, "height": 480, "fps": 30},
+            "actuators": {"driver": "sim"},
+        },
+        recording={"queue_size": 512},
+    )
+    d = Daemon(cfg, tmp, "rec")
+    episodes = Path(d.state) / "episodes"
+    try:
+        d.wait_ready()
+        d.cmd("mode", mode="autonomous")
+        time.sleep(1.5)
+        d.cmd("reset_stats")
+        idle_usage = measure(d, seconds)
+        idle = d.cmd("stats")["control"]
+
+        d.cmd("record", action="start")
+        time.sleep(0.5)
+        d.cmd("reset_stats")
+        before = d.cmd("status")["recording"]
+        b0 = dir_bytes(episodes)
+        t0 = time.monotonic()
+        rec_usage = measure(d, seconds)
+        elapsed = time.monotonic() - t0
+        b1 = dir_bytes(episodes)
+        stats = d.cmd("stats")
+        after = d.cmd("status")["recording"]
+        d.cmd("record", action="stop")
+        time.sleep(1.0)
+        final = d.cmd("status")["recording"]
+        rc, _ = d.stop()
+    finally:
+        d.kill()
+    rec = stats["control"]
+    eps = list_episodes(episodes)
+    seqs: list[int] = []
+    dseqs: list[int] = []
+    steps_in_files = 0
+    for ep in eps:
+        for s in ep.steps(decode_images=False):
+            steps_in_files += 1
+            seqs.append(s.extra["frame_seq"])
+            dseqs.append(s.extra["depth_seq"])
+    writer = final.get("writer") or {}
+    return {
+        "hz": hz,
+        "seconds": seconds,
+        "ticks_recording": rec["ticks"],
+        "steps_written": after["steps_written"] - before["steps_written"],
+        "steps_in_files": steps_in_files,
+        "steps_dropped": final["steps_dropped"],
+        "frames_dropped": frame_gaps(seqs),
+        "depth_frames_dropped": frame_gaps(dseqs),
+        "episodes": len(eps),
+        "mb_per_s": round((b1 - b0) / elapsed / 1e6, 2),
+        "cpu_percent": rec_usage["cpu_percent"],
+        "cpu_percent_idle": idle_usage["cpu_percent"],
+        "recording_cpu_cores": round(
+            (rec_usage["cpu_percent"] - idle_usage["cpu_percent"]) / 100, 2
+        ),
+        "rss_mb": rec_usage["rss_mb"],
+        "fsync_p99_ms": writer.get("fsync_ms_p99"),
+        "jitter_p99_ms_idle": idle["jitter_ms"]["p99"],
+        "jitter_p99_ms_recording": rec["jitter_ms"]["p99"],
+        "overruns_idle": idle["overruns"],
+        "overruns_recording": rec["overruns"],
+        "exit_code": rc,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of each window")
+    ap.add_argument("--hz", type=float, default=50.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cb-bench-rec-") as d:
+        r = run(args.seconds, args.hz, Path(d))
+    print_table(
+        f"recording in the daemon: sim at {args.hz:g} Hz, RGB + depth 640x480 at 30 fps",
+        [r],
+        [
+            ("steps_written", "steps"),
+            ("steps_dropped", "dropped"),
+            ("frames_dropped", "frames lost"),
+            ("mb_per_s", "MB/s"),
+            ("recording_cpu_cores", "rec cores"),
+            ("fsync_p99_ms", "fsync p99"),
+            ("jitter_p99_ms_idle", "jit idle"),
+            ("jitter_p99_ms_recording", "jit rec"),
+        ],
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(r, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
