@@ -50,6 +50,9 @@ bench: venv
 	$(BIN)/python bench/control_loop.py --seconds 20 --json bench/results/control_loop.json
 	$(BIN)/python bench/sim_render.py --seconds 5 --json bench/results/sim_render.json
 	$(BIN)/python bench/policy_runner.py --seconds 5 --json bench/results/policy_runner.json
+	$(BIN)/python bench/recording_io.py --seconds 10 --json bench/results/recording_io.json
+	$(BIN)/python bench/recording.py --seconds 60 --json bench/results/recording.json
+	$(BIN)/python bench/export.py --episodes 8 --steps 100 --json bench/results/export.json
 
 hw-check: venv
 	$(BIN)/continuon hw-check --config $(CONFIG) $(ARGS)

@@ -12,6 +12,7 @@ back to count frames that never made it into a step.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -30,7 +31,7 @@ def dir_bytes(path: Path) -> int:
 def frame_gaps(seqs: list[int]) -> int:
     """Frames captured but in no recorded step: gaps in the sequence numbers."""
     uniq = sorted(set(seqs))
-    return sum(max(0, b - a - 1) for a, b in zip(uniq, uniq[1:], strict=False))
+    return sum(max(0, b - a - 1) for a, b in itertools.pairwise(uniq))
 
 
 def run(seconds: float, hz: float, tmp: Path) -> dict:
