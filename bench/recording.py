@@ -34,7 +34,7 @@ def frame_gaps(seqs: list[int]) -> int:
     return sum(max(0, b - a - 1) for a, b in itertools.pairwise(uniq))
 
 
-def run(seconds: float, hz: float, tmp: Path) -> dict:
+def run(seconds: float, hz: float, tmp: Path, idle_seconds: float | None = None) -> dict:
     cfg = sim_config(
         tmp,
         "rec",
@@ -53,7 +53,7 @@ def run(seconds: float, hz: float, tmp: Path) -> dict:
         d.cmd("mode", mode="autonomous")
         time.sleep(1.5)
         d.cmd("reset_stats")
-        idle_usage = measure(d, seconds)
+        idle_usage = measure(d, seconds if idle_seconds is None else idle_seconds)
         idle = d.cmd("stats")["control"]
 
         d.cmd("record", action="start")
@@ -113,11 +113,12 @@ def run(seconds: float, hz: float, tmp: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each window")
+    ap.add_argument("--idle-seconds", type=float, help="window without recording (default: same)")
     ap.add_argument("--hz", type=float, default=50.0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cb-bench-rec-") as d:
-        r = run(args.seconds, args.hz, Path(d))
+        r = run(args.seconds, args.hz, Path(d), args.idle_seconds)
     print_table(
         f"recording in the daemon: sim at {args.hz:g} Hz, RGB + depth 640x480 at 30 fps",
         [r],

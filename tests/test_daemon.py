@@ -322,3 +322,16 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     for e in duties:
         last[e["ch"]] = e["duty"]
     assert last[0] == duty(1500) and last[1] == duty(1500)
+
+
+def test_daemon_never_imports_torch():
+    """The daemon runs ONNX Runtime; torch is only for training (DESIGN.md)."""
+    code = (
+        "import sys, brain.cli, brain.daemon, brain.recorder, brain.policy\n"
+        "import edge_agent.control_socket\n"
+        "from brain.cli import build_parser; build_parser()\n"
+        "bad = [m for m in ('torch', 'tensorflow', 'onnx') if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
