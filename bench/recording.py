@@ -44,7 +44,6 @@ def run(seconds: float, hz: float, tmp: Path, idle_seconds: float | None = None)
             "depth": {"driver": "sim", "width": 640, "height": 480, "fps": 30},
             "actuators": {"driver": "sim"},
         },
-        recording={"queue_size": 512},
     )
     d = Daemon(cfg, tmp, "rec")
     episodes = Path(d.state) / "episodes"
@@ -68,8 +67,11 @@ def run(seconds: float, hz: float, tmp: Path, idle_seconds: float | None = None)
         stats = d.cmd("stats")
         after = d.cmd("status")["recording"]
         d.cmd("record", action="stop")
-        time.sleep(1.0)
-        final = d.cmd("status")["recording"]
+        for _ in range(600):  # the writer drains its queue and commits
+            final = d.cmd("status")["recording"]
+            if not final["recording"] and final["queue_depth"] == 0:
+                break
+            time.sleep(0.05)
         rc, _ = d.stop()
     finally:
         d.kill()

@@ -268,7 +268,9 @@ class RecordingConfig(_Strict):
     auto_record: bool = False
     jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 90
     fsync_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    queue_size: Annotated[int, Field(ge=8, le=100_000)] = 512
+    # Steps waiting for the writer hold frame references (~1.5 MB per RGB+depth frame at
+    # 640x480), so the queue bounds memory too; beyond it steps are dropped and counted.
+    queue_size: Annotated[int, Field(ge=8, le=10_000)] = 100
     # Disk budget: eviction removes only episodes already exported, oldest first.
     quota_gb: Annotated[float, Field(gt=0)] | None = None
     min_free_mb: Annotated[float, Field(ge=0)] = 500.0

@@ -9,7 +9,9 @@ appends records.  A mode change ends the episode: one episode is one mode.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -85,6 +87,7 @@ class Recorder:
         self._writer: EpisodeWriter | None = None
         self._writer_gen: int | None = None
         self._encodes: OrderedDict[tuple[str, int], Future[bytes]] = OrderedDict()
+        self._drain_deadline: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,10 +104,16 @@ class Recorder:
             self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Commit the open episode and stop the writer thread."""
+        """Commit the open episode and stop the writer thread, within ``timeout``.
+
+        Steps still queued when 60 % of the time is used up are dropped (and
+        counted) so that what was written is committed in time, rather than
+        the whole episode being left to recovery by a slow drain.
+        """
         thread = self._thread
         if thread is None:
             return
+        self._drain_deadline = time.monotonic() + 0.6 * timeout
         self._put_blocking(_END)
         self._put_blocking(None)
         thread.join(timeout)
@@ -197,14 +206,20 @@ class Recorder:
         encoded once (keyed by its sequence number).
         """
         pending: deque[tuple[Step, dict[str, Future[bytes]]]] = deque()
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="recorder-encode") as pool:
+        with ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="recorder-encode", initializer=_lower_priority
+        ) as pool:
             while True:
                 try:
                     item = self._queue.get(timeout=0.005 if pending else None)
                 except queue.Empty:
                     item = _IDLE
-                if item is not _IDLE and isinstance(item, Step):
-                    pending.append((item, self._encode_async(pool, item)))
+                if isinstance(item, Step):
+                    late = self._drain_deadline is not None
+                    if late and time.monotonic() > self._drain_deadline:
+                        self.stats.steps_dropped += 1  # shutting down: commit what we have
+                    else:
+                        pending.append((item, self._encode_async(pool, item)))
                 flush_all = item is None or item == _END
                 while pending and (
                     flush_all
@@ -348,3 +363,10 @@ class Recorder:
                 _log.info("storage quota: evicted exported episodes %s", evicted)
         except Exception:
             _log.exception("eviction failed")
+
+
+def _lower_priority() -> None:
+    """Encoder threads yield the CPU to the control loop (nice +10 for this thread only)."""
+    # Not Linux, or not permitted: run at normal priority.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
