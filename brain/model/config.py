@@ -1,0 +1,178 @@
+"""``ModelConfig``: every size and switch of the policy network, plus the presets.
+
+Torch-free on purpose: training/evaluation code can read and write configs (JSON via
+``dataclasses.asdict`` / :meth:`ModelConfig.from_dict`) without building a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+IMAGE_HW: tuple[int, int] = (120, 160)
+"""(H, W) of the image the network sees; camera frames are resized to it (INTER_AREA)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of :class:`brain.model.Policy`.  See ``docs/model.md``."""
+
+    preset: str = "pi5"
+
+    # --- input -------------------------------------------------------------------------------
+    image_hw: tuple[int, int] = IMAGE_HW
+    depth: bool = False  # 4th input channel from a uint16 depth image in millimetres
+    depth_max_m: float = 4.0  # depth is clipped to [0, depth_max_m] metres
+
+    # --- encoder ------------------------------------------------------------------------------
+    enc_channels: tuple[int, ...] = (16, 32, 64, 64)
+    enc_kernels: tuple[int, ...] = (5, 3, 3, 3)
+    enc_strides: tuple[int, ...] = (2, 2, 2, 1)
+    enc_groups: int = 8  # GroupNorm groups after each conv; 0 = no normalisation
+    keypoints: int = 32  # spatial-softmax keypoints (2 coordinates each)
+    feature_dim: int = 256  # d: width of the recurrent core
+
+    # --- fast associative memory (gated delta rule) ---------------------------------------------
+    memory: bool = True
+    mem_key_dim: int = 32  # d_k
+    mem_value_dim: int = 64  # d_v
+    mem_decay_bias: float = 4.0  # initial bias of the retention gate alpha (sigmoid(4) ~ 0.982)
+    mem_lr: float = 1.0  # test-time memorization rate multiplier (0 = memory frozen)
+    mem_threshold: float = 0.0  # only write when ||v - M k|| > threshold
+
+    # --- continuum memory system ----------------------------------------------------------------
+    cms_levels: int = 3
+    cms_periods: tuple[int, ...] = (1, 4, 16)  # level l updates every cms_periods[l] ticks
+    cms_hidden_mult: float = 3.0  # hidden width of each level's MLP = mult * d
+
+    # --- action head -----------------------------------------------------------------------------
+    head_hidden: int = 256
+    action_dim: int = 2
+    action_tanh: bool = True
+    action_names: tuple[str, ...] | None = ("steering", "throttle")
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"ModelConfig: {msg}")
+
+        if len(self.image_hw) != 2 or min(self.image_hw) < 8:
+            raise bad(f"image_hw must be (H, W) >= 8, got {self.image_hw}")
+        n = len(self.enc_channels)
+        if n == 0 or len(self.enc_kernels) != n or len(self.enc_strides) != n:
+            raise bad("enc_channels, enc_kernels and enc_strides must have the same length >= 1")
+        if self.enc_groups < 0 or (
+            self.enc_groups and any(c % min(self.enc_groups, c) for c in self.enc_channels)
+        ):
+            raise bad(f"enc_groups={self.enc_groups} must divide every entry of enc_channels")
+        if self.feature_dim < 1 or self.keypoints < 0 or self.head_hidden < 1:
+            raise bad("feature_dim, head_hidden must be >= 1 and keypoints >= 0")
+        if self.mem_key_dim < 1 or self.mem_value_dim < 1:
+            raise bad("mem_key_dim and mem_value_dim must be >= 1")
+        if self.mem_lr < 0 or self.mem_threshold < 0:
+            raise bad("mem_lr and mem_threshold must be >= 0")
+        if self.cms_levels < 0 or len(self.cms_periods) < self.cms_levels:
+            raise bad(
+                f"cms_levels={self.cms_levels} needs at least that many cms_periods "
+                f"(got {self.cms_periods})"
+            )
+        if any(int(p) != p or p < 1 for p in self.cms_periods):
+            raise bad(f"cms_periods must be positive integers, got {self.cms_periods}")
+        if self.action_dim < 1:
+            raise bad("action_dim must be >= 1")
+        if self.action_names is not None and len(self.action_names) != self.action_dim:
+            raise bad(
+                f"action_names {self.action_names} must have action_dim={self.action_dim} entries "
+                "(or be None)"
+            )
+        if self.depth_max_m <= 0:
+            raise bad("depth_max_m must be > 0")
+
+    # --- derived sizes ---------------------------------------------------------------------------
+    @property
+    def periods(self) -> tuple[int, ...]:
+        """Update periods of the active CMS levels."""
+        return tuple(int(p) for p in self.cms_periods[: self.cms_levels])
+
+    @property
+    def tick_cycle(self) -> int:
+        """The tick counter in the state runs modulo this (lcm of the periods): stays exact."""
+        return math.lcm(*self.periods) if self.periods else 1
+
+    @property
+    def state_size(self) -> int:
+        """S: length of the flat ``state`` tensor (tick + per level: accumulator, output)."""
+        return 1 + 2 * self.feature_dim * self.cms_levels
+
+    @property
+    def memory_size(self) -> int:
+        """d_k * d_v: length of the flat ``memory`` tensor (kept even when ``memory`` is off)."""
+        return self.mem_key_dim * self.mem_value_dim
+
+    def state_layout(self) -> dict[str, slice]:
+        """Named slices of the ``state`` tensor's last dim (see ``docs/model.md``)."""
+        d = self.feature_dim
+        layout = {"tick": slice(0, 1)}
+        off = 1
+        for lvl in range(self.cms_levels):
+            layout[f"cms{lvl}.acc"] = slice(off, off + d)
+            layout[f"cms{lvl}.out"] = slice(off + d, off + 2 * d)
+            off += 2 * d
+        return layout
+
+    # --- (de)serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of ``dataclasses.asdict`` (JSON lists become tuples); unknown keys are errors."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # ~1.4 M parameters, ~30 M multiply-adds per step: the on-robot policy (Pi 5 CPU).
+    "pi5": ModelConfig(preset="pi5"),
+    # ~10 M parameters: a bigger model for cloud training / distillation experiments.
+    "large": ModelConfig(
+        preset="large",
+        enc_channels=(32, 64, 128, 128),
+        enc_groups=8,
+        keypoints=64,
+        feature_dim=512,
+        mem_key_dim=64,
+        mem_value_dim=128,
+        cms_hidden_mult=4.0,
+        head_hidden=512,
+    ),
+}
+
+
+def make_config(preset: str = "pi5", **overrides: Any) -> ModelConfig:
+    """A preset with fields overridden.  Changing ``action_dim`` alone drops the car's names."""
+    try:
+        base = PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r} (known: {sorted(PRESETS)})") from None
+    if (
+        "action_dim" in overrides
+        and "action_names" not in overrides
+        and base.action_names is not None
+        and len(base.action_names) != overrides["action_dim"]
+    ):
+        overrides["action_names"] = None
+    for key, value in overrides.items():
+        if isinstance(value, list):
+            overrides[key] = tuple(value)
+    return dataclasses.replace(base, **overrides)

@@ -1,0 +1,94 @@
+"""Image (+ optional depth) -> feature vector: in-graph normalisation and a small conv net."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+# Per-channel RGB statistics (the common ImageNet values; any fixed constants would do, the
+# point is that they live inside the graph so the runtime feeds raw uint8 pixels).
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+
+
+class InputNormalizer(nn.Module):
+    """uint8 NHWC RGB (+ uint16 depth in mm) -> float32 NCHW, normalised."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.depth = cfg.depth
+        self.depth_max_m = float(cfg.depth_max_m)
+        std = torch.tensor(RGB_STD)
+        # (x / 255 - mean) / std == x * scale + shift: one Mul and one Add in the graph.
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "shift", (-torch.tensor(RGB_MEAN) / std).view(1, 3, 1, 1), persistent=False
+        )
+
+    def forward(self, image: Tensor, depth: Tensor | None = None) -> Tensor:
+        if image.dim() != 4 or image.shape[-1] != 3:
+            raise ValueError(f"image must be [N, H, W, 3] uint8 RGB, got {tuple(image.shape)}")
+        x = image.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        if not self.depth:
+            return x
+        if depth is None:
+            raise ValueError("this model was built with depth=True: pass a depth image")
+        if depth.dim() == 4:
+            depth = depth.squeeze(-1)
+        # uint16 millimetres -> metres clipped to [0, max] -> [-1, 1]
+        m = depth.to(torch.float32) * 0.001
+        m = torch.clamp(m, 0.0, self.depth_max_m) * (2.0 / self.depth_max_m) - 1.0
+        return torch.cat([x, m.unsqueeze(1)], dim=1)
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    pad = kernel // 2
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+class ConvEncoder(nn.Module):
+    """Strided conv stack -> [spatial-softmax keypoints, global average] -> Linear -> LayerNorm.
+
+    Spatial-softmax keypoints (expected x/y of K learned feature maps) keep *where* things are
+    (lane edges, obstacles), which global pooling throws away and steering needs; the global
+    average keeps *what* is seen.  Both are cheap.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        in_ch = 4 if cfg.depth else 3
+        layers: list[nn.Module] = []
+        h, w = cfg.image_hw
+        for out_ch, k, s in zip(cfg.enc_channels, cfg.enc_kernels, cfg.enc_strides, strict=True):
+            layers.append(nn.Conv2d(in_ch, out_ch, k, stride=s, padding=k // 2))
+            if cfg.enc_groups:
+                layers.append(nn.GroupNorm(min(cfg.enc_groups, out_ch), out_ch))
+            layers.append(nn.SiLU())
+            in_ch = out_ch
+            h, w = _conv_out(h, k, s), _conv_out(w, k, s)
+        self.convs = nn.Sequential(*layers)
+        self.grid_hw = (h, w)
+        self.keypoints = cfg.keypoints
+        feat_in = in_ch
+        if cfg.keypoints:
+            self.kp_logits = nn.Conv2d(in_ch, cfg.keypoints, 1)
+            ys = torch.linspace(-1.0, 1.0, h).view(h, 1).expand(h, w).reshape(-1)
+            xs = torch.linspace(-1.0, 1.0, w).view(1, w).expand(h, w).reshape(-1)
+            self.register_buffer("pos", torch.stack([xs, ys], dim=1), persistent=False)  # [HW,2]
+            feat_in += 2 * cfg.keypoints
+        self.proj = nn.Linear(feat_in, cfg.feature_dim)
+        self.norm = nn.LayerNorm(cfg.feature_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.convs(x)  # [N, C, h, w]
+        n = f.shape[0]
+        parts = [f.mean(dim=(2, 3))]
+        if self.keypoints:
+            logits = self.kp_logits(f).flatten(2)  # [N, K, hw]
+            attn = F.softmax(logits, dim=-1)
+            kp = torch.matmul(attn, self.pos)  # [N, K, 2]
+            parts.append(kp.reshape(n, 2 * self.keypoints))
+        return self.norm(self.proj(torch.cat(parts, dim=1)))

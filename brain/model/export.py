@@ -1,0 +1,87 @@
+"""Export ``Policy.step`` as an ONNX step graph that follows ``docs/policy-contract.md``.
+
+Inputs ``image`` uint8 [1, H, W, 3], ``state`` float32 [1, S], ``memory`` float32 [1, M];
+outputs ``action`` [1, A], ``state_out``, ``memory_out``.  Needs the ``onnx`` package (dev /
+cloud extra) for the metadata; the robot only needs onnxruntime to run the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .policy import Policy
+
+ONNX_OPSET = 18
+INPUT_NAMES = ("image", "state", "memory")
+OUTPUT_NAMES = ("action", "state_out", "memory_out")
+
+
+class _StepGraph(nn.Module):
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, image: Tensor, state: Tensor, memory: Tensor) -> tuple[Tensor, ...]:
+        return self.policy.step(image, state, memory)
+
+
+def export_onnx(
+    policy: Policy,
+    path: str | os.PathLike[str],
+    *,
+    version: str | None = None,
+    opset: int = ONNX_OPSET,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Write ``policy.step`` (batch 1, fixed shapes) to ``path``; returns the path.
+
+    Metadata: ``action_names`` (from the config), ``version`` (if given), ``model_config``
+    (JSON), plus ``metadata``.  The memorize knobs (``set_memorize``) are baked in as constants.
+    A depth model cannot be exported: the contract has no depth input yet.
+    """
+    cfg = policy.config
+    if cfg.depth:
+        raise ValueError("depth models have no ONNX step-graph contract yet (only `image` input)")
+    path = os.fspath(path)
+    was_training = policy.training
+    policy.eval()
+    device = next(policy.parameters()).device
+    h, w = cfg.image_hw
+    image = torch.zeros(1, h, w, 3, dtype=torch.uint8, device=device)
+    state, memory = policy.initial_state(1, device=device)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _StepGraph(policy),
+                (image, state, memory),
+                path,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        policy.train(was_training)
+
+    import onnx  # dev/cloud extra; only needed here
+
+    model = onnx.load(path)
+    props = {"model_config": json.dumps(cfg.to_dict(), sort_keys=True)}
+    if cfg.action_names is not None:
+        props["action_names"] = ",".join(cfg.action_names)
+    if version is not None:
+        props["version"] = version
+    props.update(metadata or {})
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        entry = existing.get(key) or model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, path)
+    return path

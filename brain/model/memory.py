@@ -1,0 +1,86 @@
+"""Fast associative memory written by a gated delta rule inside the forward pass.
+
+Per sample, a matrix ``M`` (d_v x d_k) maps keys to values.  Each tick::
+
+    e_t   = v_t - M k_t                       (prediction error, "surprise" = ||e_t||)
+    g_t   = [ ||e_t|| > threshold ]           (surprise gate, 0/1)
+    a_t   = 1 - lr * g_t * (1 - alpha_t)      (retention; alpha_t = sigmoid(.) from the input)
+    b_t   = min(lr * beta_t, 1) * g_t         (write strength; beta_t = sigmoid(.) from the input)
+    M    <- a_t * M + b_t * e_t k_t^T
+    o_t   = M q_t                              (read after the write)
+
+with k_t, q_t L2-normalised, so with alpha = beta = 1 one write makes ``M k = v`` exactly.
+``lr`` and ``threshold`` are buffers, settable at evaluation time without retraining:
+``lr = 0`` freezes the memory (no write, no decay); a threshold only lets surprising
+inputs change it.  This running update *is* the test-time memorization.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+
+def delta_rule_update(
+    mem: Tensor,
+    k: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    lr: Tensor | float = 1.0,
+    threshold: Tensor | float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """One gated delta-rule write.
+
+    mem [B, d_v, d_k]; k [B, d_k] (unit norm); v [B, d_v]; alpha, beta [B, 1] in (0, 1).
+    Returns (new mem, surprise ||v - M k|| [B, 1]).
+    """
+    pred = torch.matmul(mem, k.unsqueeze(-1)).squeeze(-1)  # [B, d_v]
+    err = v - pred
+    surprise = torch.sqrt((err * err).sum(dim=-1, keepdim=True))
+    gate = (surprise > threshold).to(mem.dtype)
+    retain = 1.0 - torch.clamp(lr * (1.0 - alpha), 0.0, 1.0) * gate  # [B, 1]
+    write = torch.clamp(lr * beta, 0.0, 1.0) * gate  # [B, 1]
+    new = retain.unsqueeze(-1) * mem + (write * err).unsqueeze(-1) * k.unsqueeze(1)
+    return new, surprise
+
+
+def memory_read(mem: Tensor, q: Tensor) -> Tensor:
+    """o = M q: mem [B, d_v, d_k], q [B, d_k] -> [B, d_v]."""
+    return torch.matmul(mem, q.unsqueeze(-1)).squeeze(-1)
+
+
+class AssociativeMemory(nn.Module):
+    """Projections for q, k, v, alpha, beta and the read-out; state is the flat ``memory``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, dk, dv = cfg.feature_dim, cfg.mem_key_dim, cfg.mem_value_dim
+        self.dk, self.dv = dk, dv
+        self.norm = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 2 * dk + dv)
+        self.gates = nn.Linear(d, 2)  # alpha (retention), beta (write strength) logits
+        with torch.no_grad():
+            self.gates.weight.mul_(0.1)
+            self.gates.bias.copy_(torch.tensor([cfg.mem_decay_bias, 0.0]))
+        self.out = nn.Linear(dv, d)
+        # Evaluation-time knobs (not learned, not saved: they come from the config).
+        self.register_buffer("lr", torch.tensor(float(cfg.mem_lr)), persistent=False)
+        self.register_buffer("threshold", torch.tensor(float(cfg.mem_threshold)), persistent=False)
+
+    def forward(self, h: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """h [B, d], memory [B, d_k*d_v] -> (read-out [B, d], new memory [B, d_k*d_v])."""
+        b = h.shape[0]
+        x = self.norm(h)
+        q, k, v = torch.split(self.qkv(x), [self.dk, self.dk, self.dv], dim=-1)
+        q = F.normalize(q, dim=-1, eps=1e-6)
+        k = F.normalize(k, dim=-1, eps=1e-6)
+        g = torch.sigmoid(self.gates(x))
+        alpha, beta = g[:, 0:1], g[:, 1:2]
+        mem = memory.view(b, self.dv, self.dk)
+        mem, _ = delta_rule_update(mem, k, v, alpha, beta, self.lr, self.threshold)
+        read = memory_read(mem, q)
+        return self.out(read), mem.reshape(b, self.dv * self.dk)

@@ -1,0 +1,183 @@
+"""The policy network: encoder -> associative memory -> CMS levels -> action head.
+
+``step`` is one control tick with explicit recurrent state ``(state, memory)``; it is the graph
+exported to ONNX (see :mod:`brain.model.export` and ``docs/policy-contract.md``).
+``forward_sequence`` runs T ticks for truncated BPTT and equals T calls of ``step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .cms import ContinuumMemory
+from .config import ModelConfig, make_config
+from .encoder import ConvEncoder, InputNormalizer
+from .memory import AssociativeMemory
+
+CHECKPOINT_FORMAT = "continuon-policy/1"
+
+
+class ActionHead(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, hdim = cfg.feature_dim, cfg.head_hidden
+        self.norm = nn.LayerNorm(d)
+        self.net = nn.Sequential(
+            nn.Linear(d, hdim),
+            nn.SiLU(),
+            nn.Linear(hdim, hdim),
+            nn.SiLU(),
+            nn.Linear(hdim, cfg.action_dim),
+        )
+        with torch.no_grad():  # start near the neutral action
+            self.net[-1].weight.mul_(0.1)
+            self.net[-1].bias.zero_()
+        self.tanh = cfg.action_tanh
+
+    def forward(self, h: Tensor) -> Tensor:
+        a = self.net(self.norm(h))
+        return torch.tanh(a) if self.tanh else a
+
+
+class Policy(nn.Module):
+    """Build with :func:`build_policy`.  All recurrence is in ``(state, memory)``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.inputs = InputNormalizer(config)
+        self.encoder = ConvEncoder(config)
+        self.memory = AssociativeMemory(config) if config.memory else None
+        self.cms = ContinuumMemory(config.feature_dim, config.periods, config.cms_hidden_mult)
+        self.head = ActionHead(config)
+        self._tick_cycle = float(config.tick_cycle)
+
+    # --- state -----------------------------------------------------------------------------------
+    def initial_state(
+        self, batch_size: int = 1, device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Zero ``(state [B, S], memory [B, d_k*d_v])`` -- also what the ONNX runner starts from."""
+        if device is None:
+            device = next(self.parameters()).device
+        cfg = self.config
+        return (
+            torch.zeros(batch_size, cfg.state_size, device=device),
+            torch.zeros(batch_size, cfg.memory_size, device=device),
+        )
+
+    def set_memorize(self, lr: float | None = None, threshold: float | None = None) -> None:
+        """Evaluation-time memory knobs: lr multiplier (0 = frozen) and surprise threshold.
+
+        Takes effect immediately (and in any ONNX exported afterwards); ``config`` is updated
+        so a saved checkpoint carries the setting.  No retraining needed.
+        """
+        changes: dict[str, float] = {}
+        if lr is not None:
+            changes["mem_lr"] = float(lr)
+        if threshold is not None:
+            changes["mem_threshold"] = float(threshold)
+        self.config = dataclasses.replace(self.config, **changes)  # validates
+        if self.memory is not None:
+            self.memory.lr.fill_(self.config.mem_lr)
+            self.memory.threshold.fill_(self.config.mem_threshold)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # --- computation -----------------------------------------------------------------------------
+    def encode(self, images: Tensor, depths: Tensor | None = None) -> Tensor:
+        """uint8 [N, H, W, 3] (+ depth [N, H, W]) -> features [N, d]."""
+        hw = tuple(images.shape[1:3])
+        if hw != tuple(self.config.image_hw):
+            raise ValueError(
+                f"image is {hw[0]}x{hw[1]} but the model expects {self.config.image_hw}; "
+                "resize with brain.model.preprocess_frame"
+            )
+        return self.encoder(self.inputs(images, depths))
+
+    def core(self, feat: Tensor, state: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One recurrent tick on encoded features: (action, state', memory')."""
+        tick = state[:, 0:1]
+        h = feat
+        if self.memory is not None:
+            read, memory_out = self.memory(h, memory)
+            h = h + read
+        else:
+            memory_out = memory * 0.0  # unused, but kept as graph I/O (contract: X -> X_out)
+        h, cms_state = self.cms(h, tick, state[:, 1:])
+        action = self.head(h)
+        tick_out = torch.remainder(tick + 1.0, self._tick_cycle)
+        return action, torch.cat([tick_out, cms_state], dim=1), memory_out
+
+    def step(
+        self, image: Tensor, state: Tensor, memory: Tensor, depth: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """ONE tick: image uint8 [B, H, W, 3] -> (action [B, A], state' [B, S], memory' [B, M])."""
+        return self.core(self.encode(image, depth), state, memory)
+
+    def forward(
+        self, image: Tensor, state: Tensor, memory: Tensor, depth: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.step(image, state, memory, depth)
+
+    def forward_sequence(
+        self,
+        images: Tensor,
+        state: Tensor,
+        memory: Tensor,
+        depths: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """T ticks: images uint8 [B, T, H, W, 3] -> (actions [B, T, A], state, memory).
+
+        Frames are encoded in one batched conv call; the recurrent core then runs per tick.
+        Equal to calling :meth:`step` T times.  Gradients flow through the carried state
+        (truncated BPTT: detach the returned state between windows).
+        """
+        if images.dim() != 5:
+            raise ValueError(f"images must be [B, T, H, W, 3], got {tuple(images.shape)}")
+        b, t = images.shape[:2]
+        flat_depths = None if depths is None else depths.reshape(b * t, *depths.shape[2:])
+        feats = self.encode(images.reshape(b * t, *images.shape[2:]), flat_depths)
+        feats = feats.view(b, t, -1)
+        actions = []
+        for i in range(t):
+            a, state, memory = self.core(feats[:, i], state, memory)
+            actions.append(a)
+        return torch.stack(actions, dim=1), state, memory
+
+
+def build_policy(preset: str = "pi5", **overrides: Any) -> Policy:
+    """A fresh policy from a preset (``pi5``, ``large``) with ModelConfig fields overridden.
+
+    ``build_policy(config=cfg)`` builds from a full :class:`ModelConfig` instead.
+    """
+    config = overrides.pop("config", None)
+    if config is not None:
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        return Policy(config)
+    return Policy(make_config(preset, **overrides))
+
+
+def save_policy(policy: Policy, path: str | os.PathLike[str]) -> None:
+    """``torch.save({"format", "config": asdict(cfg), "state_dict"})``: plain data, no classes."""
+    state_dict = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "config": policy.config.to_dict(), "state_dict": state_dict},
+        os.fspath(path),
+    )
+
+
+def load_policy(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Policy:
+    """Inverse of :func:`save_policy` (``torch.load(weights_only=True)``)."""
+    blob = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    policy = Policy(ModelConfig.from_dict(blob["config"]))
+    policy.load_state_dict(blob["state_dict"])
+    return policy.to(map_location)
