@@ -1,0 +1,327 @@
+"""The training configuration: one YAML file, checked against a strict schema.
+
+Every key is checked (unknown keys are errors, values are range-checked) and an
+error names the file, the line, the key, the value and what was expected, so a
+typo is found before an hour of compute is spent.  The reference for every key
+is ``docs/training.md``; ``configs/train/*.yaml`` are worked examples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_PosInt = Annotated[int, Field(ge=1)]
+
+
+class TrainConfigError(ValueError):
+    """A training configuration could not be used; ``str()`` is meant for a person."""
+
+    def __init__(self, source: str | os.PathLike[str], problems: list[str]) -> None:
+        self.source = str(source)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid training configuration {self.source}:\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DataSource(_Strict):
+    """One place episodes come from: a native episode root, or a TFDS (RLDS) export."""
+
+    path: str
+    #: ``auto``: a directory with ``dataset_info.json`` is a TFDS export, else an episode root.
+    format: Literal["auto", "episodes", "tfds"] = "auto"
+    #: TFDS exports only: which of its splits to read (default: all of them).
+    splits: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]] | None = None
+    #: ``auto``: the ``holdout`` rules decide; ``train``/``val``: every episode of this source.
+    role: Literal["auto", "train", "val"] = "auto"
+
+
+class HoldoutConfig(_Strict):
+    """Which episodes are held out for validation (``role: auto`` sources only).
+
+    An episode is held out if its ``sim.track`` metadata is in ``tracks`` (hold out
+    whole layouts, to measure generalisation to unseen tracks), or its id is in
+    ``episodes``.  ``fraction`` then holds out that share of the remaining
+    episodes, chosen by a seeded hash of their ids (stable when episodes are added).
+    """
+
+    tracks: list[str] = []
+    episodes: list[str] = []
+    fraction: Annotated[float, Field(ge=0.0, le=0.9)] = 0.0
+
+
+class DataConfig(_Strict):
+    sources: Annotated[list[DataSource], Field(min_length=1)]
+    holdout: HoldoutConfig = HoldoutConfig()
+    #: Which action is the behaviour-cloning label: the step's ``action`` (the demo
+    #: recorder stores the expert's clean action there; teleop recordings the driver's
+    #: command after the safety layer), or ``extra["expert_action"]`` (the sim expert's
+    #: nominal command; steps without it fall back to ``action``).
+    label: Literal["action", "expert_action"] = "action"
+    #: Centred moving average of the labels over this many steps (odd; 1 = off).
+    label_smoothing: Annotated[int, Field(ge=1, le=31)] = 1
+    #: Decoded-frame cache (default ``<run_dir>/cache``); shared between runs if set.
+    cache_dir: str | None = None
+    #: Threads decoding JPEGs while the cache is built.
+    decode_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    #: DataLoader worker processes (0 = windows are assembled in the training process).
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
+    prefetch_factor: Annotated[int, Field(ge=1, le=64)] = 2
+    #: Use at most this many episodes (after sorting; handy for smoke runs).
+    max_episodes: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _odd_smoothing(self) -> DataConfig:
+        if self.label_smoothing % 2 == 0:
+            raise ValueError(f"label_smoothing must be odd (centred), got {self.label_smoothing}")
+        return self
+
+
+class AugmentConfig(_Strict):
+    """Photometric and geometric jitter, drawn once per window (every frame alike)."""
+
+    enabled: bool = True
+    #: Brightness gain drawn from [1 - b, 1 + b].
+    brightness: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
+    #: Contrast gain around the window's mean drawn from [1 - c, 1 + c].
+    contrast: Annotated[float, Field(ge=0.0, le=0.9)] = 0.2
+    #: Translation by up to this many pixels in x and y (edge pixels repeated).
+    shift_px: Annotated[int, Field(ge=0, le=32)] = 4
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class ModelSection(_Strict):
+    preset: str = "pi5"
+    #: ``ModelConfig`` fields that differ from the preset.
+    overrides: dict[str, Any] = {}
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+class MuonConfig(_Strict):
+    #: Muon's learning rate; default: ``optim.lr`` (with ``adjust_lr: match_rms_adamw``
+    #: Muon's updates have AdamW's RMS, so one learning rate serves both).
+    lr: Annotated[float, Field(gt=0, le=10)] | None = None
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    nesterov: bool = True
+    ns_steps: Annotated[int, Field(ge=1, le=20)] = 5
+    adjust_lr: Literal["original", "match_rms_adamw"] = "match_rms_adamw"
+
+
+class OptimConfig(_Strict):
+    #: ``adamw`` for every parameter, or ``muon`` for the 2-D weight matrices of hidden
+    #: layers and AdamW for the rest (biases, norms, embeddings, convolutions, the head).
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: Annotated[float, Field(gt=0, le=10)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.01
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
+    eps: Annotated[float, Field(gt=0, le=1)] = 1e-8
+    #: Fused AdamW kernel: null = when the device has one.
+    fused: bool | None = None
+    muon: MuonConfig = MuonConfig()
+    #: Linear warm-up from 0, then cosine decay to ``lr * min_lr_ratio`` at the last step.
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    #: Clip the global gradient norm (null = no clipping; the norm is logged either way).
+    grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+
+
+class LossConfig(_Strict):
+    kind: Literal["mse", "smooth_l1"] = "smooth_l1"
+    #: Smooth-L1 switches from quadratic to linear at this error.
+    beta: Annotated[float, Field(gt=0, le=10)] = 0.1
+    steering_weight: Annotated[float, Field(ge=0)] = 2.0
+    throttle_weight: Annotated[float, Field(ge=0)] = 1.0
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class LoopConfig(_Strict):
+    #: Windows per optimiser step and process (the global batch is this x world size).
+    batch_size: _PosInt = 16
+    #: Window length T: steps of truncated back-propagation through time.
+    window: Annotated[int, Field(ge=1, le=4096)] = 16
+    #: Distance between the starts of consecutive windows of an episode.
+    stride: _PosInt = 8
+    #: The first ``burn_in`` steps of a window only warm the recurrent state (no loss).
+    burn_in: Annotated[int, Field(ge=0)] = 0
+    #: Length of the run: exactly one of ``steps`` (optimiser steps) or ``epochs``.
+    steps: _PosInt | None = None
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    log_every: _PosInt = 10
+    #: Validation every this many steps (and at the end); null = only at the end.
+    eval_every: _PosInt | None = 200
+    #: Validation uses at most this many non-overlapping windows (evenly spread).
+    eval_windows: _PosInt = 256
+    checkpoint_every: _PosInt = 500
+    #: ``step-XXXXXXXX.pt`` files kept (``last.pt`` and ``best.pt`` are always kept).
+    keep_checkpoints: Annotated[int, Field(ge=0)] = 3
+    #: Wall-clock budget; the run stops cleanly with a checkpoint (``--max-minutes``).
+    max_minutes: Annotated[float, Field(gt=0)] | None = None
+    progress: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> LoopConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.steps and train.epochs")
+        if self.burn_in >= self.window:
+            raise ValueError(
+                f"burn_in ({self.burn_in}) must be smaller than window ({self.window})"
+            )
+        return self
+
+
+class DistributedConfig(_Strict):
+    #: ``auto``: nccl on CUDA, gloo otherwise (env ``CONTINUON_DIST_BACKEND`` overrides).
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    find_unused_parameters: bool = False
+    timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+
+
+class TrainConfig(_Strict):
+    #: Name of the run (default run directory ``runs/<name>``).
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "train"
+    run_dir: str | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    device: Literal["auto", "cpu", "cuda", "xla"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    #: torch intra-op threads per process (null = torch's default).
+    threads: Annotated[int, Field(ge=1, le=512)] | None = None
+    data: DataConfig
+    model: ModelSection = ModelSection()
+    train: LoopConfig
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    def with_updates(self, **sections: dict[str, Any]) -> TrainConfig:
+        """A copy with some keys of some sections replaced (validated again)."""
+        raw = self.model_dump(mode="json")
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        return TrainConfig.model_validate(raw)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Each key path of a YAML document -> its 1-based line (for error messages)."""
+    index: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = (*path, str(key.value))
+                index[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                p = (*path, str(i))
+                index[p] = item.start_mark.line + 1
+                walk(item, p)
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _describe(err: dict[str, Any], raw: Any, lines: dict[tuple[str, ...], int], src: str) -> str:
+    path: list[str] = []
+    node: Any = raw
+    found = True
+    for part in err.get("loc", ()):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        else:
+            found = False
+            node = None
+        path.append(str(part))
+    key = ".".join(path) if path else "(top level)"
+    line = None
+    for n in range(len(path), 0, -1):
+        line = lines.get(tuple(path[:n]))
+        if line is not None:
+            break
+    where = f"{src}:{line}" if line else src
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid"))
+    msg = msg.removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key {key!r} (value {node!r}); remove it or check its spelling"
+    if kind == "missing":
+        return f"{where}: missing required key {key!r}"
+    for prefix in ("Input should be ", "Value should be "):
+        msg = msg.removeprefix(prefix)
+    shown = repr(node) if found else "(absent)"
+    return f"{where}: {key} = {shown}: expected {msg}"
+
+
+def parse_train_config(raw: Any, source: str = "<config>", text: str | None = None) -> TrainConfig:
+    """Validate already-loaded YAML data; ``text`` lets errors carry line numbers."""
+    if not isinstance(raw, dict):
+        raise TrainConfigError(
+            source, [f"the top level must be a mapping of sections, not {type(raw).__name__}"]
+        )
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = _line_index(text) if text else {}
+        raise TrainConfigError(
+            source, [_describe(e, raw, lines, source) for e in exc.errors()]
+        ) from None
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read and validate a training YAML file; ``TrainConfigError`` says what is wrong.
+
+    Relative ``data.sources[].path``, ``data.cache_dir`` and ``run_dir`` are kept
+    as written: they are resolved against the working directory when used.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrainConfigError(p, [f"{p}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(p, [f"{p}: cannot be read: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TrainConfigError(p, [f"{where}: not valid YAML: {problem}"]) from None
+    return parse_train_config(raw, str(p), text)

@@ -1,0 +1,489 @@
+"""cloud_jobs training: config, data (native + TFDS export), loop, exact resume, DDP, XLA.
+
+Small synthetic episodes (160x120, a bright bar whose position is the steering
+label) and the real ``brain.model`` policy with the tiny overrides of
+``configs/train/tiny.yaml``, so every run takes a few seconds on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from brain.model import load_policy  # noqa: E402
+from cloud_jobs.train import data as D  # noqa: E402
+from cloud_jobs.train import run_training  # noqa: E402
+from cloud_jobs.train.config import (  # noqa: E402
+    AugmentConfig,
+    LossConfig,
+    TrainConfig,
+    TrainConfigError,
+    load_train_config,
+    parse_train_config,
+)
+from cloud_jobs.train.loop import TrainingError, bc_loss  # noqa: E402
+from cloud_jobs.train.optim import build_optimizers, lr_factor, split_params  # noqa: E402
+from cloud_jobs.train.tfds_read import list_tfds_episodes, parse_example  # noqa: E402
+from rlds.export import tf_example as pb  # noqa: E402
+from rlds.export.tfds import export_tfds  # noqa: E402
+from rlds.reader import list_episodes  # noqa: E402
+from rlds.types import StepInput  # noqa: E402
+from rlds.writer import EpisodeWriter  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "train" / "tiny.yaml"
+H, W = 120, 160
+TRACKS = ("oval", "figure8")
+
+
+def write_episodes(root: Path, n: int = 4, steps: int = 40, seed: int = 0) -> None:
+    for e in range(n):
+        rng = np.random.default_rng([seed, e])
+        meta = {
+            "robot_id": "sim",
+            "action_names": ["steering", "throttle"],
+            "rate_hz": 20.0,
+            "sim": {"track": TRACKS[e % len(TRACKS)]},
+        }
+        with EpisodeWriter(root, meta, fsync_interval_s=60) as wr:
+            x = rng.uniform(20, W - 20)
+            for i in range(steps):
+                x = float(np.clip(x + rng.normal(0, 4), 10, W - 10))
+                img = np.full((H, W, 3), 60, np.uint8)
+                img[:, int(x) - 4 : int(x) + 4] = 220
+                steer = (x - W / 2) / (W / 2)
+                wr.append(
+                    StepInput(
+                        t=i * 0.05,
+                        action=[steer, 0.5],
+                        observation={"image": img},
+                        extra={"expert_action": [steer, 0.25], "executed_action": [steer, 0.5]},
+                    )
+                )
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("episodes")
+    write_episodes(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny(episodes: Path, cache_dir: Path, **sections: dict) -> TrainConfig:
+    cfg = load_train_config(TINY)
+    data = {"sources": [{"path": str(episodes)}], "cache_dir": str(cache_dir)}
+    data.update(sections.pop("data", {}))
+    return cfg.with_updates(data=data, **sections)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    recs = [json.loads(x) for x in (run_dir / "metrics.ndjson").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in recs if r["kind"] == "train"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_policy(path).state_dict()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in sorted((ROOT / "configs" / "train").glob("*.yaml")):
+        cfg = load_train_config(path)
+        assert cfg.train.window > cfg.train.burn_in
+    pi5 = load_train_config(ROOT / "configs" / "train" / "pi5.yaml")
+    assert pi5.model.preset == "pi5" and pi5.precision == "fp32"
+
+
+def test_config_errors_name_line_key_and_value(tmp_path: Path) -> None:
+    text = TINY.read_text().replace("  batch_size: 4", "  batch_size: 0\n  bacth: 3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(TrainConfigError) as e:
+        load_train_config(bad)
+    msg = str(e.value)
+    line = text.splitlines().index("  batch_size: 0") + 1
+    assert f"bad.yaml:{line}: train.batch_size = 0" in msg
+    assert "unknown key 'train.bacth'" in msg
+    raw = load_train_config(TINY).model_dump(mode="json")
+    raw["train"]["epochs"] = 2
+    with pytest.raises(TrainConfigError, match=r"exactly one of train\.steps and train\.epochs"):
+        parse_train_config(raw)
+    raw["train"]["epochs"] = None
+    raw["train"]["burn_in"] = raw["train"]["window"]
+    with pytest.raises(TrainConfigError, match="burn_in"):
+        parse_train_config(raw)
+    raw["train"]["burn_in"] = 0
+    raw["data"]["label_smoothing"] = 4
+    with pytest.raises(TrainConfigError, match="odd"):
+        parse_train_config(raw)
+    raw["data"]["label_smoothing"] = 1
+    raw["optim"]["name"] = "sgd"
+    with pytest.raises(TrainConfigError, match=r"optim\.name = 'sgd'"):
+        parse_train_config(raw)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_tfds_export_reads_back_like_the_episodes(episodes: Path, tmp_path: Path) -> None:
+    eps = list_episodes(episodes)
+    out = tmp_path / "tfds"
+    splits = {e.episode_id: ("val" if i == 0 else "train") for i, e in enumerate(eps)}
+    export_tfds(eps, out, splits=splits, include_extra=True)
+    got = list_tfds_episodes(out)
+    assert sorted(g.episode_id for g in got) == sorted(splits)
+    assert {g.split for g in got} == {"train", "val"}
+    assert [g.episode_id for g in list_tfds_episodes(out, ["val"])] == [eps[0].episode_id]
+    by_id = {g.episode_id: g for g in got}
+    for ep in eps:
+        jpegs, actions, extras = by_id[ep.episode_id].steps_arrays()
+        steps = list(ep.steps(decode_images=False))
+        assert jpegs == [s.encoded["image"] for s in steps]
+        np.testing.assert_array_equal(actions, np.stack([s.action for s in steps]))
+        assert extras == [s.extra for s in steps]
+        assert by_id[ep.episode_id].metadata["sim"]["track"] == ep.metadata["sim"]["track"]
+
+
+def test_protobuf_reader_decodes_every_feature_kind() -> None:
+    data = pb.serialize_example(
+        {
+            "b": pb.bytes_feature([b"", b"xyz" * 100]),
+            "f": pb.float_feature(np.array([1.5, -2.25], np.float32)),
+            "i": pb.int64_feature([0, 1, -1, 2**40, -(2**63)]),
+            "e": pb.int64_feature([]),
+        }
+    )
+    got = parse_example(data)
+    assert got["b"][0] == "bytes" and [bytes(v) for v in got["b"][1]] == [b"", b"xyz" * 100]
+    np.testing.assert_array_equal(got["f"][1], [1.5, -2.25])
+    assert got["i"][1].tolist() == [0, 1, -1, 2**40, -(2**63)]
+    assert got["e"][1].tolist() == []
+
+
+def test_holdout_by_track_ids_and_fraction(episodes: Path) -> None:
+    cfg = tiny(episodes, Path("/nonexistent"))
+    by_track = D.list_data(
+        cfg.data.model_copy(
+            update={
+                "holdout": cfg.data.holdout.model_copy(
+                    update={"tracks": ["figure8"], "fraction": 0.0}
+                )
+            }
+        ),
+        seed=0,
+    )
+    assert {r.track for r in by_track if r.role == "val"} == {"figure8"}
+    assert {r.track for r in by_track if r.role == "train"} == {"oval"}
+    one = by_track[0].episode_id
+    by_id = D.list_data(
+        cfg.data.model_copy(
+            update={
+                "holdout": cfg.data.holdout.model_copy(update={"episodes": [one], "fraction": 0.0})
+            }
+        ),
+        seed=0,
+    )
+    assert [r.episode_id for r in by_id if r.role == "val"] == [one]
+    frac = D.list_data(cfg.data, seed=0)  # tiny: fraction 0.25 of 4 -> 1
+    assert sum(r.role == "val" for r in frac) == 1
+    assert [r.role for r in D.list_data(cfg.data, seed=0)] == [r.role for r in frac]
+    with pytest.raises(D.DataError, match="unknown episode"):
+        D.list_data(
+            cfg.data.model_copy(
+                update={"holdout": cfg.data.holdout.model_copy(update={"episodes": ["nope"]})}
+            ),
+            seed=0,
+        )
+
+
+def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> None:
+    from brain.model import preprocess_frame
+
+    cfg = tiny(episodes, tmp_path)
+    refs = D.list_data(cfg.data, seed=0)
+    path = D.build_cache_entry(refs[0], tmp_path, (H, W), preprocess_frame)
+    mtime = (path / "frames.npy").stat().st_mtime_ns
+    assert D.build_cache_entry(refs[0], tmp_path, (H, W), preprocess_frame) == path
+    assert (path / "frames.npy").stat().st_mtime_ns == mtime  # keyed by checksum: reused
+    ep = D.load_cache_entry(path, "action", 1)
+    assert ep.frames.shape == (40, H, W, 3) and ep.frames.dtype == np.uint8
+    assert np.all(ep.labels[:, 1] == 0.5)
+    assert np.all(D.load_cache_entry(path, "expert_action", 1).labels[:, 1] == 0.25)
+    smooth = D.load_cache_entry(path, "action", 5).labels
+    np.testing.assert_allclose(smooth[10, 0], ep.labels[8:13, 0].mean(), rtol=1e-5)
+
+    ws = D.WindowSet([ep, ep], window=8, stride=4)
+    assert len(ws) == 2 * len(range(0, 40 - 8 + 1, 4))
+    frames, labels = ws.get(len(ws) - 1)
+    assert frames.shape == (8, H, W, 3) and labels.shape == (8, 2)
+
+    # ranks get disjoint shards that together cover each epoch; positions resume exactly
+    n, b = 23, 4
+    shards = [D.WindowBatchSampler(n, b, seed=1, rank=r, world=2) for r in range(2)]
+    per_epoch = shards[0].batches_per_epoch
+    ids = []
+    for s in shards:
+        it = iter(s)
+        ids.append([w for _ in range(per_epoch) for _, w in next(it)])
+    assert set(ids[0]) | set(ids[1]) == set(range(n))
+    assert len(ids[0]) == len(ids[1]) == per_epoch * b
+    straight = iter(D.WindowBatchSampler(n, b, seed=1))
+    batches = [next(straight) for _ in range(9)]
+    s1 = D.WindowBatchSampler(n, b, seed=1)
+    e, k = divmod(7, s1.batches_per_epoch)
+    again = next(iter(D.WindowBatchSampler(n, b, seed=1, start_epoch=e, start_batch=k)))
+    assert again == batches[7]
+
+
+def test_augmentation_is_seeded_and_bounded() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (4, H, W, 3), dtype=np.uint8)
+    cfg = AugmentConfig(brightness=0.3, contrast=0.3, shift_px=3)
+    a = D.augment_window(frames, cfg, np.random.default_rng(5))
+    b = D.augment_window(frames, cfg, np.random.default_rng(5))
+    assert a.dtype == np.uint8 and a.shape == frames.shape
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, frames)
+    off = D.augment_window(
+        frames, cfg.model_copy(update={"enabled": False}), np.random.default_rng(5)
+    )
+    assert off is frames
+
+
+def test_loss_masks_weights_and_burn_in() -> None:
+    pred = torch.zeros(1, 4, 2)
+    tgt = torch.tensor([[[1.0, 1.0], [1.0, float("nan")], [1.0, 1.0], [1.0, 1.0]]])
+    cfg = LossConfig(kind="mse", steering_weight=2.0, throttle_weight=1.0)
+    loss, wsum = bc_loss(pred, tgt, cfg)
+    assert float(wsum) == 2 * 4 + 1 * 3 and float(loss) == pytest.approx(1.0)
+    _, wsum_b = bc_loss(pred, tgt, cfg, burn_in=2)
+    assert float(wsum_b) == 2 * 2 + 1 * 2
+
+
+def test_optimizer_groups_and_schedule() -> None:
+    from brain.model import build_policy
+
+    policy = build_policy("pi5")
+    groups = split_params(policy)
+    muon = {n for n, _ in groups["muon"]}
+    assert muon and all(p.ndim == 2 for _, p in groups["muon"])
+    assert not any(n.startswith("head.") for n in muon)
+    assert not any(n.startswith("encoder.convs.0") for n in muon)
+    adam = {n for n, _ in groups["decay"] + groups["no_decay"]}
+    assert "encoder.convs.0.weight" in adam and "head.net.4.weight" in adam
+    assert all(p.ndim < 2 for _, p in groups["no_decay"])
+    opts = build_optimizers(
+        policy,
+        load_train_config(TINY).optim.model_copy(update={"name": "muon"}),
+        100,
+        torch.device("cpu"),
+    )
+    assert opts.names == ["adamw", "muon"]
+    assert isinstance(opts.optimizers[1], torch.optim.Muon)
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10, 0.1) == pytest.approx(0.1, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_run_writes_everything_and_is_seeded(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny(episodes, cache_dir, train={"steps": 12})
+    a = run_training(cfg, run_dir=tmp_path / "a")
+    run_training(cfg, run_dir=tmp_path / "b")
+    assert a["status"] == "complete" and a["step"] == 12
+    trace = losses(tmp_path / "a")
+    assert len(trace) == 12 and all(np.isfinite(v) for _, v in trace)
+    assert trace == losses(tmp_path / "b")  # same seed -> same loss trace
+    other = run_training(cfg.with_updates(seed=1), run_dir=tmp_path / "c")
+    assert losses(tmp_path / "c") != trace and other["step"] == 12
+
+    run = tmp_path / "a"
+    for name in ("config.yaml", "metrics.ndjson", "summary.json", "policy.pt"):
+        assert (run / name).is_file(), name
+    ckpts = run / "checkpoints"
+    assert (ckpts / "last.pt").is_file() and (ckpts / "best.pt").is_file()
+    assert [p.name for p in sorted(ckpts.glob("step-*.pt"))] == [
+        "step-00000010.pt",
+        "step-00000012.pt",
+    ]
+    snap = load_train_config(run / "config.yaml")  # the resolved snapshot is a valid config
+    assert snap.model.overrides["feature_dim"] == 16 and "enc_channels" in snap.model.overrides
+    recs = [json.loads(x) for x in (run / "metrics.ndjson").read_text().splitlines()]
+    train_rec = next(r for r in recs if r["kind"] == "train")
+    assert {"step", "loss", "lr", "samples_per_s", "grad_norm"} <= set(train_rec)
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 12] and all("val_loss" in r for r in evals)
+    policy = load_policy(run / "policy.pt")
+    state, memory = policy.initial_state(1)
+    action, _, _ = policy.step(torch.zeros(1, H, W, 3, dtype=torch.uint8), state, memory)
+    assert action.shape == (1, 2)
+
+
+def test_resume_is_exact(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny(episodes, cache_dir, augment={"enabled": True})
+    straight = run_training(cfg, run_dir=tmp_path / "straight")
+    part = run_training(cfg, run_dir=tmp_path / "split", stop_at_step=10)
+    assert part["status"] == "stopped" and part["step"] == 10
+    with pytest.raises(TrainingError, match="--resume"):
+        run_training(cfg, run_dir=tmp_path / "split")
+    rest = run_training(cfg, run_dir=tmp_path / "split", resume=True)
+    assert straight["step"] == rest["step"] == 20
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    wa, wb = weights(tmp_path / "straight" / "policy.pt"), weights(tmp_path / "split" / "policy.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_wall_budget_stops_cleanly_then_resumes(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny(episodes, cache_dir, train={"steps": 6})
+    s = run_training(cfg, run_dir=tmp_path / "r", max_minutes=1e-6)
+    assert s["status"] == "stopped" and "wall budget" in s["stop_reason"] and s["step"] == 1
+    assert (tmp_path / "r" / "checkpoints" / "last.pt").is_file()
+    done = run_training(cfg, run_dir=tmp_path / "r", resume=True)
+    assert done["status"] == "complete" and done["step"] == 6
+
+
+def test_muon_bf16_and_tfds_source(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
+    eps = list_episodes(episodes)
+    out = tmp_path / "tfds"
+    export_tfds(
+        eps, out, splits={e.episode_id: ("val" if i < 1 else "train") for i, e in enumerate(eps)}
+    )
+    cfg = tiny(
+        episodes,
+        cache_dir,
+        data={
+            "sources": [
+                {"path": str(out), "splits": ["train"], "role": "train"},
+                {"path": str(out), "splits": ["val"], "role": "val"},
+            ]
+        },
+        optim={"name": "muon"},
+        precision="bf16",
+        train={"steps": 4, "eval_every": 2},
+    )
+    s = run_training(cfg, run_dir=tmp_path / "run")
+    assert s["status"] == "complete" and np.isfinite(s["final_train_loss"])
+    assert s["episodes_train"] == 3 and s["episodes_val"] == 1
+    head = json.loads((tmp_path / "run" / "metrics.ndjson").read_text().splitlines()[0])
+    assert set(head["optimizers"]) == {"adamw", "muon"}
+
+
+def test_compile_failure_falls_back_to_eager(
+    episodes: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_compile(module, *a, **k):  # compiles "fine", fails at the first call
+        def call(*args, **kwargs):
+            raise RuntimeError("no C compiler")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = tiny(episodes, cache_dir, compile=True, train={"steps": 3})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = run_training(cfg, run_dir=tmp_path / "run")
+    assert s["status"] == "complete" and s["compiled"] is False
+    assert any("torch.compile failed" in str(w.message) for w in caught)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _write_cfg(cfg: TrainConfig, path: Path) -> Path:
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def test_cli_reports_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: {steps: 1}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "cloud_jobs", "train", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2
+    assert "missing required key 'data'" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "cloud_jobs", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
+
+
+def test_ddp_two_cpu_processes(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny(episodes, cache_dir, train={"steps": 6, "eval_every": 3})
+    path = _write_cfg(cfg, tmp_path / "ddp.yaml")
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "cloud_jobs", "train", "--config", str(path), "--run-dir", str(run_dir),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=100)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world"] == 2 and summary["status"] == "complete"
+    assert sorted(x["rank"] for x in summary["ranks"]) == [0, 1]
+    assert all(x["step"] == 6 and np.isfinite(x["local_loss"]) for x in summary["ranks"])
+    assert summary["ranks_in_sync"]  # identical weights on both ranks
+    assert len({x["checksum"] for x in summary["ranks"]}) == 1
+    trace = losses(run_dir)  # one metrics file, by rank 0 only: 6 lines, not 12
+    assert [s for s, _ in trace] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(v) for _, v in trace)
+    head = json.loads((run_dir / "metrics.ndjson").read_text().splitlines()[0])
+    assert head["world"] == 2 and head["backend"] == "gloo"
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "policy.pt").is_file()
+
+
+def _xla_skip_reason() -> str | None:
+    try:
+        import torch_xla  # noqa: F401
+    except Exception as e:  # ImportError, or an ABI mismatch with the installed torch
+        return (
+            f"torch_xla is not importable ({type(e).__name__}: {e}); the XLA path needs a "
+            f"torch_xla wheel built for this torch ({torch.__version__}) -- torch_xla 2.9 "
+            "requires torch==2.9.0"
+        )
+    return None
+
+
+@pytest.mark.skipif(_xla_skip_reason() is not None, reason=str(_xla_skip_reason()))
+def test_xla_device_on_pjrt_cpu(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny(episodes, cache_dir, device="xla", train={"steps": 3, "eval_every": None})
+    path = _write_cfg(cfg, tmp_path / "xla.yaml")
+    env = dict(os.environ, PJRT_DEVICE="CPU")
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloud_jobs",
+        "train",
+        "--config",
+        str(path),
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=110)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "complete" and "xla" in s["device"] and np.isfinite(s["final_train_loss"])
