@@ -1,0 +1,694 @@
+"""Closed-loop evaluation of a driving policy in the simulator.
+
+``cloud_jobs evaluate --policy RUN_DIR/policy.pt`` drives the policy around held-out
+layouts, step by step at the control rate, with its recurrent state carried from
+tick to tick exactly as the robot's policy runner does, and scores it with the
+simulator's own metrics (cross-track error, off-track events, laps, lap times,
+speed).  The sim's pure-pursuit expert drives the same layouts under the same
+conditions as a baseline, side by side.
+
+Images follow the robot's path by default: the camera renders 640x480 and
+``preprocess_frame`` (INTER_AREA) brings it to the network's 120x160.
+``--render-size model`` renders straight at the network's size instead, ~10x
+cheaper; the two agree closely (mean absolute pixel difference of a few grey
+levels, see ``compare_render_paths``) but only the default is what the robot sees.
+
+A run ends when the laps are done, the step budget is spent, or the car has left
+the track for good (off the road for ``--off-track-timeout`` seconds in a row,
+or further than ``LOST_MARGIN_M`` beyond the edge).
+
+``--onnx model.onnx`` evaluates an exported step graph through
+:func:`brain.policy.load_model` and ``LoadedModel.step`` (ONNX Runtime, as on the
+robot) instead of torch; the metrics are the same, which is what an export parity
+gate compares.
+
+Outputs under ``--out``: ``eval.json`` and PNG plots (per-track trajectory over
+the track with off-track points marked, cross-track error over time, and the
+training curves when the run directory has ``metrics.ndjson``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from brain import __version__
+from brain.config import CameraConfig, SimConfig
+from brain.hardware.sim import SimWorld, make_track
+
+ACTION_NAMES = ("steering", "throttle")
+DEFAULT_TRACKS = ("chicane", "snake", "random-101")
+#: Beyond this distance past the road edge the car is lost at once.
+LOST_MARGIN_M = 1.0
+#: Budget when --max-steps is not given: enough for the laps at this average speed.
+BUDGET_MIN_SPEED_MPS = 0.6
+STALL_PROGRESS_M = 0.25
+MODEL_HW = (120, 160)
+
+
+# ----------------------------------------------------------------------------- drivers
+
+
+class Driver(Protocol):
+    """Something that drives: reset between runs, then one action per control tick."""
+
+    name: str
+    needs_image: bool
+
+    def reset(self) -> None: ...
+
+    def act(self, image: np.ndarray | None, world: SimWorld) -> np.ndarray: ...
+
+
+def resize_frame(rgb: np.ndarray, hw: tuple[int, int] = MODEL_HW) -> np.ndarray:
+    """The robot's preprocessing: HxWx3 uint8 RGB -> (H, W) of the network, INTER_AREA."""
+    h, w = hw
+    if rgb.shape[:2] == (h, w):
+        return np.ascontiguousarray(rgb)
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _preprocess() -> Callable[[np.ndarray], np.ndarray]:
+    """``brain.model.preprocess_frame`` when available (the training path), else the same resize."""
+    try:
+        from brain.model import preprocess_frame
+
+        return preprocess_frame
+    except ImportError:  # pragma: no cover - the model package is part of the tree
+        return resize_frame
+
+
+class ExpertDriver:
+    """The sim's pure-pursuit demonstrator (knows the true pose; no camera)."""
+
+    name = "expert"
+    needs_image = False
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, image: np.ndarray | None, world: SimWorld) -> np.ndarray:
+        return world.expert_action()
+
+
+class TorchDriver:
+    """A ``brain.model`` policy run with torch one step at a time, state carried across ticks."""
+
+    needs_image = True
+
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        memory_lr: float | None = None,
+        surprise_threshold: float | None = None,
+        threads: int = 1,
+        name: str = "policy",
+    ) -> None:
+        import torch
+
+        from brain.model import preprocess_frame
+
+        torch.set_num_threads(max(1, threads))
+        self.torch = torch
+        self.policy = policy.eval()
+        self.preprocess = preprocess_frame
+        self.name = name
+        self.image_hw = tuple(policy.config.image_hw)
+        set_memorization(policy, memory_lr, surprise_threshold)
+        self.state: Any = None
+        self.memory: Any = None
+
+    def reset(self) -> None:
+        self.state, self.memory = self.policy.initial_state(1)
+
+    def act(self, image: np.ndarray | None, world: SimWorld) -> np.ndarray:
+        assert image is not None
+        x = self.torch.from_numpy(self.preprocess(image, self.image_hw))[None]
+        with self.torch.no_grad():
+            action, self.state, self.memory = self.policy.step(x, self.state, self.memory)
+        return action[0].detach().cpu().numpy().astype(np.float64)
+
+
+class OnnxDriver:
+    """An exported ONNX step graph through the robot's own loader (``brain.policy``)."""
+
+    needs_image = True
+
+    def __init__(self, path: Path, *, threads: int = 1, name: str = "policy") -> None:
+        from brain.policy import load_model
+
+        self.model = load_model(path, threads=threads)
+        self.name = name
+        self.image_hw = self.model.input_size
+        self.recurrent: dict[str, np.ndarray] | None = None
+
+    def reset(self) -> None:
+        self.recurrent = self.model.initial_recurrent()
+
+    def act(self, image: np.ndarray | None, world: SimWorld) -> np.ndarray:
+        assert image is not None
+        action, self.recurrent = self.model.step(resize_frame(image, self.image_hw), self.recurrent)
+        return action
+
+
+def set_memorization(policy: Any, lr: float | None, threshold: float | None) -> None:
+    """Set test-time memorization on a torch policy (None leaves a setting as trained).
+
+    ``Policy.set_memorize(lr, threshold)``: lr is the memory's write-rate multiplier
+    (0 = memory frozen), threshold the surprise ``||v - M k||`` below which it is not written.
+    """
+    if lr is None and threshold is None:
+        return
+    setter = getattr(policy, "set_memorize", None)
+    if not callable(setter):
+        raise RuntimeError("this policy has no test-time memorization switch (set_memorize)")
+    setter(lr=lr, threshold=threshold)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Trace:
+    """Per-tick samples of one drive (for the plots)."""
+
+    t: list[float] = field(default_factory=list)
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    cte: list[float] = field(default_factory=list)
+    speed: list[float] = field(default_factory=list)
+    steering: list[float] = field(default_factory=list)
+    throttle: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvalConditions:
+    laps: int = 3
+    rate_hz: float = 20.0
+    max_steps: int | None = None
+    seed: int = 0
+    lighting: str = "day"
+    texture: str = "asphalt"
+    steering_offset: float = 0.0
+    width: int = 640
+    height: int = 480
+    render_size: str = "full"  # full: camera size then resize (robot path) | model: 160x120
+    off_track_timeout_s: float = 2.0
+    #: A car that has not made ``STALL_PROGRESS_M`` of progress for this long has stalled.
+    stall_timeout_s: float = 10.0
+
+
+def sim_config(track: str, c: EvalConditions) -> SimConfig:
+    return SimConfig(
+        track=track,
+        seed=c.seed,
+        lighting=c.lighting,
+        texture=c.texture,
+        steering_offset=c.steering_offset,
+    )
+
+
+def step_budget(track: str, c: EvalConditions) -> int:
+    if c.max_steps is not None:
+        return int(c.max_steps)
+    length = make_track(track).length
+    return math.ceil(c.laps * length / BUDGET_MIN_SPEED_MPS * c.rate_hz)
+
+
+def run_drive(driver: Driver, track: str, c: EvalConditions) -> tuple[dict[str, Any], Trace]:
+    """Drive ``track`` under conditions ``c`` until done; returns (metrics, trace)."""
+    if c.render_size == "full":
+        cam = CameraConfig(width=c.width, height=c.height)
+    else:
+        h, w = getattr(driver, "image_hw", MODEL_HW)
+        cam = CameraConfig(width=w, height=h)
+    world = SimWorld(sim_config(track, c), cam if driver.needs_image else None)
+    world.reset()
+    driver.reset()
+    dt = 1.0 / c.rate_hz
+    half = world.track.half_width
+    budget = step_budget(track, c)
+    trace = Trace()
+    act_ms: list[float] = []
+    off_since: float | None = None
+    stall_mark = (0.0, 0.0)  # (time, progress) of the last real progress
+    reason = "step_budget"
+    steps = 0
+    t_wall = time.perf_counter()
+    for _ in range(budget):
+        st = world.state
+        image = world.render_rgb() if driver.needs_image else None
+        t0 = time.perf_counter()
+        action = np.asarray(driver.act(image, world), dtype=np.float64).reshape(-1)
+        act_ms.append((time.perf_counter() - t0) * 1000.0)
+        if action.shape != (2,) or not np.all(np.isfinite(action)):
+            reason = "bad_action"
+            break
+        world.step(action, dt)
+        steps += 1
+        tm = world.tracker.m
+        cte = float(tm.cte_m)
+        trace.t.append(st.t + dt)
+        trace.x.append(world.car.x)
+        trace.y.append(world.car.y)
+        trace.cte.append(cte)
+        trace.speed.append(world.car.speed)
+        trace.steering.append(float(np.clip(action[0], -1, 1)))
+        trace.throttle.append(float(np.clip(action[1], -1, 1)))
+        if world.tracker.laps >= c.laps:
+            reason = "laps_done"
+            break
+        if abs(cte) > half:
+            off_since = world.state.t if off_since is None else off_since
+            if abs(cte) > half + LOST_MARGIN_M:
+                reason = "left_track"
+                break
+            if world.state.t - off_since >= c.off_track_timeout_s:
+                reason = "left_track"
+                break
+        else:
+            off_since = None
+        now = world.state.t
+        if tm.progress_m > stall_mark[1] + STALL_PROGRESS_M:
+            stall_mark = (now, tm.progress_m)
+        elif now - stall_mark[0] >= c.stall_timeout_s:
+            reason = "stalled"
+            break
+    m = world.metrics()
+    sim_t = float(m["sim_time_s"])
+    out = {
+        "laps": int(m["laps"]),
+        "completed": int(m["laps"]) >= c.laps,
+        "termination": reason,
+        "steps": steps,
+        "sim_time_s": sim_t,
+        "mean_abs_cte_m": float(m["mean_abs_cte_m"]),
+        "max_abs_cte_m": float(m["max_abs_cte_m"]),
+        "off_track_events": int(m["off_track_events"]),
+        "off_track_time_s": float(m["off_track_time_s"]),
+        "mean_speed_mps": float(m["distance_m"]) / sim_t if sim_t > 0 else 0.0,
+        "progress_m": float(m["progress_m"]),
+        "distance_m": float(m["distance_m"]),
+        "lap_times_s": [float(v) for v in m["lap_times_s"]],
+        "track_length_m": float(m["track_length_m"]),
+        "act_ms_p50": float(np.percentile(act_ms, 50)) if act_ms else None,
+        "act_ms_p99": float(np.percentile(act_ms, 99)) if act_ms else None,
+        "wall_s": time.perf_counter() - t_wall,
+    }
+    return out, trace
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def track_edges(track_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centreline, left edge, right edge) as closed Nx2 polylines."""
+    tr = make_track(track_name)
+    normal = np.stack([-np.sin(tr.heading), np.cos(tr.heading)], axis=1)
+    c = np.vstack([tr.points, tr.points[:1]])
+    n = np.vstack([normal, normal[:1]])
+    return c, c + n * tr.half_width, c - n * tr.half_width
+
+
+def plot_track(
+    track: str, traces: dict[str, Trace], results: dict[str, dict[str, Any]], path: Path
+) -> None:
+    """Trajectory over the track and cross-track error over time, one row per track."""
+    plt = _plt()
+    half = make_track(track).half_width
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.4]})
+    centre, left, right = track_edges(track)
+    ax0.fill(
+        np.concatenate([left[:, 0], right[::-1, 0]]),
+        np.concatenate([left[:, 1], right[::-1, 1]]),
+        color="0.9",
+        zorder=0,
+    )
+    ax0.plot(left[:, 0], left[:, 1], color="0.3", lw=1)
+    ax0.plot(right[:, 0], right[:, 1], color="0.3", lw=1)
+    ax0.plot(centre[:, 0], centre[:, 1], color="0.6", lw=0.8, ls="--")
+    colors = {"expert": "tab:green", "policy": "tab:blue"}
+    for name, tr in traces.items():
+        col = colors.get(name)
+        x, y, cte = np.array(tr.x), np.array(tr.y), np.array(tr.cte)
+        r = results[name]
+        label = (
+            f"{name}: {r['laps']} laps, mean|cte| {r['mean_abs_cte_m']:.3f} m, "
+            f"off {r['off_track_events']}"
+        )
+        ax0.plot(x, y, lw=1.2, color=col, label=label)
+        off = np.abs(cte) > half
+        if off.any():
+            ax0.scatter(x[off], y[off], s=10, marker="x", color="tab:red", zorder=3)
+        ax1.plot(tr.t, cte, lw=1, color=col, label=name)
+    if any((np.abs(np.array(tr.cte)) > half).any() for tr in traces.values()):
+        ax0.scatter([], [], s=10, marker="x", color="tab:red", label="off track")
+    x0, y0, yaw0 = centre[0, 0], centre[0, 1], make_track(track).heading[0]
+    ax0.annotate(
+        "",
+        xy=(x0 + 0.8 * math.cos(yaw0), y0 + 0.8 * math.sin(yaw0)),
+        xytext=(x0, y0),
+        arrowprops={"arrowstyle": "->", "color": "k"},
+    )
+    ax0.set_aspect("equal")
+    ax0.set_title(f"{track}: trajectory")
+    ax0.set_xlabel("x (m)")
+    ax0.set_ylabel("y (m)")
+    ax0.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8)
+    for sgn in (1, -1):
+        ax1.axhline(sgn * half, color="tab:red", lw=0.8, ls="--")
+    ax1.axhline(0, color="0.5", lw=0.5)
+    ax1.set_title(f"{track}: cross-track error (road edge dashed)")
+    ax1.set_xlabel("time (s)")
+    ax1.set_ylabel("cte (m, + left)")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def read_training_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line of a run still going
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def plot_training(metrics_path: Path, path: Path) -> bool:
+    """Every numeric ``*loss*`` key of ``metrics.ndjson`` against ``step``; False if none."""
+    rows = read_training_metrics(metrics_path)
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for i, row in enumerate(rows):
+        step = row.get("step", row.get("global_step", i))
+        if not isinstance(step, (int, float)):
+            continue
+        for k, v in row.items():
+            if "loss" in k and isinstance(v, (int, float)) and math.isfinite(v):
+                xs, ys = series.setdefault(k, ([], []))
+                xs.append(float(step))
+                ys.append(float(v))
+    if not series:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for k, (xs, ys) in sorted(series.items()):
+        ax.plot(xs, ys, lw=1.2, marker="." if len(xs) < 50 else None, label=k)
+    if all(min(ys) > 0 for _, ys in series.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"training curves ({metrics_path.parent.name})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not rows:
+        return {}
+    return {
+        "tracks": len(rows),
+        "completed": sum(bool(r["completed"]) for r in rows),
+        "laps": sum(r["laps"] for r in rows),
+        "mean_abs_cte_m": float(np.mean([r["mean_abs_cte_m"] for r in rows])),
+        "max_abs_cte_m": float(np.max([r["max_abs_cte_m"] for r in rows])),
+        "off_track_events": sum(r["off_track_events"] for r in rows),
+        "mean_speed_mps": float(np.mean([r["mean_speed_mps"] for r in rows])),
+    }
+
+
+def evaluate(
+    policy: Driver | None,
+    tracks: Sequence[str],
+    conditions: EvalConditions,
+    out: Path | None = None,
+    *,
+    expert_baseline: bool = True,
+    run_dir: Path | None = None,
+    info: dict[str, Any] | None = None,
+    plots: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Drive ``policy`` (and the expert) on every track; write eval.json and plots to ``out``."""
+    t0 = time.perf_counter()
+    drivers: list[Driver] = []
+    if policy is not None:
+        drivers.append(policy)
+    if expert_baseline:
+        drivers.append(ExpertDriver())
+    if not drivers:
+        raise ValueError("nothing to evaluate: no policy and no expert baseline")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "kind": "closed_loop_eval",
+        "software_version": __version__,
+        **(info or {}),
+        "conditions": {
+            **conditions.__dict__,
+            "step_budget": {t: step_budget(t, conditions) for t in tracks},
+        },
+        "tracks": {},
+        "plots": {},
+    }
+    for track in tracks:
+        make_track(track)  # bad names fail before any driving
+    for track in tracks:
+        rows: dict[str, dict[str, Any]] = {}
+        traces: dict[str, Trace] = {}
+        for d in drivers:
+            rows[d.name], traces[d.name] = run_drive(d, track, conditions)
+            if log:
+                r = rows[d.name]
+                log(
+                    f"{track:>12} {d.name:>7}: laps {r['laps']}/{conditions.laps}"
+                    f" mean|cte| {r['mean_abs_cte_m']:.3f} m max {r['max_abs_cte_m']:.3f} m"
+                    f" off-track {r['off_track_events']} speed {r['mean_speed_mps']:.2f} m/s"
+                    f" steps {r['steps']} ({r['termination']}, {r['wall_s']:.1f}s)"
+                )
+        result["tracks"][track] = rows
+        if out is not None and plots:
+            png = out / f"track_{track}.png"
+            plot_track(track, traces, rows, png)
+            result["plots"][track] = png.name
+    for d in drivers:
+        result.setdefault("summary", {})[d.name] = _summary(
+            [result["tracks"][t][d.name] for t in tracks]
+        )
+    if out is not None and plots and run_dir is not None:
+        mpath = run_dir / "metrics.ndjson"
+        if mpath.is_file() and plot_training(mpath, out / "training_curves.png"):
+            result["plots"]["training"] = "training_curves.png"
+    result["wall_s"] = time.perf_counter() - t0
+    if out is not None:
+        tmp = out / "eval.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        tmp.replace(out / "eval.json")
+    return result
+
+
+def compare_render_paths(
+    track: str = "chicane", samples: int = 20, seed: int = 0
+) -> dict[str, float]:
+    """How close a direct 160x120 render is to 640x480 + INTER_AREA, over one expert lap."""
+    c = EvalConditions(seed=seed)
+    full = SimWorld(sim_config(track, c), CameraConfig(width=640, height=480))
+    small = SimWorld(sim_config(track, c), CameraConfig(width=MODEL_HW[1], height=MODEL_HW[0]))
+    diffs = []
+    for k in range(samples * 10):
+        a = full.expert_action()
+        full.step(a, 0.05)
+        small.step(a, 0.05)
+        if k % 10 == 0:
+            x = resize_frame(full.render_rgb()).astype(np.int16)
+            y = small.render_rgb().astype(np.int16)
+            diffs.append(np.abs(x - y).mean())
+    return {"mean_abs_diff": float(np.mean(diffs)), "max_frame_mean_abs_diff": float(np.max(diffs))}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser(prog: str = "cloud_jobs evaluate") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Closed-loop evaluation in the simulator.")
+    p.add_argument("--policy", type=Path, help="RUN_DIR/policy.pt (torch)")
+    p.add_argument("--onnx", type=Path, help="evaluate this ONNX step graph (ONNX Runtime)")
+    p.add_argument("--tracks", default=",".join(DEFAULT_TRACKS), help="comma-separated layouts")
+    p.add_argument("--laps", type=int, default=3)
+    p.add_argument("--rate", type=float, default=20.0, help="control rate (Hz)")
+    p.add_argument("--max-steps", type=int, default=None, help="step budget per track")
+    p.add_argument("--seed", type=int, default=0, help="sim seed (texture, sensor noise)")
+    mem = p.add_mutually_exclusive_group()
+    mem.add_argument(
+        "--memorize",
+        action="store_true",
+        default=None,
+        help="test-time memorization on (memory lr multiplier --memory-lr, default 1)",
+    )
+    mem.add_argument(
+        "--no-memorize",
+        dest="memorize",
+        action="store_false",
+        help="freeze the fast memory (lr 0)",
+    )
+    p.add_argument("--memory-lr", type=float, default=None, help="memory lr multiplier")
+    p.add_argument("--surprise-threshold", type=float, default=None)
+    p.add_argument("--steering-offset", type=float, default=0.0, help="servo mis-trim")
+    p.add_argument("--lighting", default="day", choices=("day", "dusk", "overcast", "glare"))
+    p.add_argument("--texture", default="asphalt", choices=("asphalt", "concrete", "carpet"))
+    p.add_argument("--width", type=int, default=640, help="camera width before preprocessing")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument(
+        "--render-size",
+        choices=("full", "model"),
+        default="full",
+        help="full: render the camera size and resize like the robot; model: render 160x120",
+    )
+    p.add_argument("--off-track-timeout", type=float, default=2.0, help="seconds off = lost")
+    p.add_argument(
+        "--stall-timeout", type=float, default=10.0, help="seconds without progress = stalled"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output dir (default RUN_DIR/eval)")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--expert-baseline", dest="expert", action="store_true", default=True)
+    base.add_argument("--no-expert-baseline", dest="expert", action="store_false")
+    p.add_argument("--threads", type=int, default=1, help="inference threads")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _memory_settings(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    lr = args.memory_lr
+    if args.memorize is True and lr is None:
+        lr = 1.0
+    elif args.memorize is False:
+        if lr not in (None, 0.0):
+            raise ValueError("--no-memorize contradicts --memory-lr")
+        lr = 0.0
+    return lr, args.surprise_threshold
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    """``cloud_jobs evaluate``; returns a process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tracks = [t.strip() for t in args.tracks.split(",") if t.strip()]
+    log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        for t in tracks:
+            make_track(t)
+        if args.laps < 1:
+            raise ValueError("--laps must be >= 1")
+        lr, threshold = _memory_settings(args)
+        conditions = EvalConditions(
+            laps=args.laps,
+            rate_hz=args.rate,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            lighting=args.lighting,
+            texture=args.texture,
+            steering_offset=args.steering_offset,
+            width=args.width,
+            height=args.height,
+            render_size=args.render_size,
+            off_track_timeout_s=args.off_track_timeout,
+            stall_timeout_s=args.stall_timeout,
+        )
+        sim_config(tracks[0] if tracks else "oval", conditions)  # validates offset etc.
+    except ValueError as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 2
+    driver: Driver | None = None
+    run_dir: Path | None = None
+    info: dict[str, Any] = {"backend": "expert-only"}
+    try:
+        if args.onnx is not None:
+            driver = OnnxDriver(args.onnx, threads=args.threads)
+            info = {
+                "backend": "onnx",
+                "onnx": str(args.onnx),
+                "model_version": driver.model.version,
+            }
+            run_dir = args.onnx.parent
+            if args.policy is not None:
+                info["policy"] = str(args.policy)
+        elif args.policy is not None:
+            from brain.model import load_policy
+
+            policy = load_policy(args.policy)
+            driver = TorchDriver(
+                policy, memory_lr=lr, surprise_threshold=threshold, threads=args.threads
+            )
+            info = {
+                "backend": "torch",
+                "policy": str(args.policy),
+                "memory_lr": lr,
+                "surprise_threshold": threshold,
+            }
+            run_dir = args.policy.parent
+        elif not args.expert:
+            print(
+                "evaluate: give --policy or --onnx (or keep the expert baseline)", file=sys.stderr
+            )
+            return 2
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"evaluate: cannot load the policy: {e}", file=sys.stderr)
+        return 1
+    out = args.out
+    if out is None:
+        out = (run_dir / "eval") if run_dir is not None else Path("eval")
+    result = evaluate(
+        driver,
+        tracks,
+        conditions,
+        out,
+        expert_baseline=args.expert,
+        run_dir=run_dir,
+        info=info,
+        plots=not args.no_plots,
+        log=log,
+    )
+    if log:
+        log(f"wrote {out / 'eval.json'} ({result['wall_s']:.1f}s)")
+    print(json.dumps(result.get("summary", {}), indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(cli_main())

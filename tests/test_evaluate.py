@@ -1,0 +1,334 @@
+"""Expert demonstrations (DART) and closed-loop evaluation in the real simulator.
+
+Renders are tiny (64x48 / 160x120) and step counts short so the file runs in well
+under two minutes on a laptop CPU; what is checked is the plumbing end to end:
+episodes on disk, metrics, eval.json, plots, the torch and ONNX paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brain.config import CameraConfig
+from brain.hardware.sim import SimWorld
+from cloud_jobs import demos, evaluate
+from rlds.reader import list_episodes
+from rlds.validate import validate_episode
+
+torch = pytest.importorskip("torch")
+model = pytest.importorskip("brain.model")
+
+TINY = {
+    "image_hw": (48, 64),
+    "enc_channels": (8, 16, 16),
+    "enc_kernels": (5, 3, 3),
+    "enc_strides": (2, 2, 2),
+    "enc_groups": 0,
+    "keypoints": 8,
+    "feature_dim": 32,
+    "mem_key_dim": 8,
+    "mem_value_dim": 16,
+    "cms_levels": 1,
+    "cms_periods": (1,),
+    "cms_hidden_mult": 2.0,
+    "head_hidden": 32,
+}
+
+
+# ----------------------------------------------------------------------------- demonstrations
+
+
+def test_plan_demos_is_seeded_and_varied() -> None:
+    a = demos.plan_demos(["oval", "kidney"], 12, seed=3, steering_offset_max=0.2)
+    b = demos.plan_demos(["oval", "kidney"], 12, seed=3, steering_offset_max=0.2)
+    c = demos.plan_demos(["oval", "kidney"], 12, seed=4, steering_offset_max=0.2)
+    assert a == b and a != c
+    assert [s.track for s in a[:4]] == ["oval", "kidney", "oval", "kidney"]
+    assert len({s.lighting for s in a}) > 1 and len({s.texture for s in a}) > 1
+    assert len({round(s.start_s, 3) for s in a}) == 12
+    assert all(abs(s.steering_offset) <= 0.2 for s in a)
+    assert len({s.steering_offset for s in a}) > 1
+    # Episode i depends only on (seed, i): asking for more episodes keeps the first ones.
+    assert demos.plan_demos(["oval", "kidney"], 14, seed=3, steering_offset_max=0.2)[:12] == a
+    with pytest.raises(ValueError, match="unknown track"):
+        demos.plan_demos(["moon"], 1)
+
+
+def test_ou_noise_is_correlated_with_the_requested_std() -> None:
+    dt, tau, sigma = 0.05, 0.6, 0.1
+    noise = demos.OUNoise(sigma, tau, dt, np.random.default_rng(0), clip_sigmas=10)
+    x = np.array([noise() for _ in range(40000)])
+    assert abs(x.std() - sigma) < 0.01
+    lag1 = np.corrcoef(x[:-1], x[1:])[0, 1]
+    assert abs(lag1 - math.exp(-dt / tau)) < 0.02
+    clipped = demos.OUNoise(sigma, tau, dt, np.random.default_rng(0), clip_sigmas=1.0)
+    assert max(abs(clipped()) for _ in range(2000)) <= sigma + 1e-12
+
+
+def test_record_demos_labels_are_clean_while_the_car_followed_the_noisy_actions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "episodes"
+    rc = demos.record_demos_main(
+        [
+            "--out", str(out), "--episodes", "2", "--steps", "60", "--tracks", "oval,kidney",
+            "--width", "64", "--height", "48", "--noise", "0.2", "--workers", "1", "--seed", "5",
+            "--tag", "unit-test", "--quiet",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["episodes"] == 2 and summary["steps"] == 120
+    episodes = list_episodes(out)
+    assert len(episodes) == 2
+    for ep in episodes:
+        report = validate_episode(ep.path)
+        assert report.ok, report.render()
+        meta = ep.metadata
+        assert meta["robot_id"] == "sim" and meta["mode"] == "autonomous"
+        assert meta["source"] == "expert" and meta["rate_hz"] == 20.0
+        assert meta["action_names"] == ["steering", "throttle"]
+        assert "unit-test" in meta["tags"] and f"track={meta['sim']['track']}" in meta["tags"]
+        for key in ("track", "lighting", "texture", "seed", "steering_offset"):
+            assert key in meta["sim"]
+        assert meta["sensors"]["image"]["width"] == 64
+
+        spec = demos.DemoSpec(**{k: v for k, v in meta["demo"].items() if k in _SPEC_FIELDS})
+        steps = list(ep.steps())
+        assert len(steps) == 60
+        assert steps[0].observation["image"].shape == (48, 64, 3)
+        labels = np.array([s.action for s in steps])
+        executed = np.array([s.extra["executed_action"] for s in steps])
+        noise = np.array([s.extra["noise"] for s in steps])
+        # Labels are the expert's clean actions; the car was driven by label + noise.
+        np.testing.assert_array_equal(labels, np.array([s.extra["expert_action"] for s in steps]))
+        np.testing.assert_allclose(executed, np.clip(labels + noise, -1, 1), atol=1e-12)
+        assert np.abs(executed - labels)[:, 0].max() > 0.05
+
+        # Replaying the executed actions reproduces the recorded drive exactly, and the
+        # label at every recorded state is what the expert says there.
+        world = SimWorld(demos.sim_config_for(spec), None)
+        world.reset(
+            demos.start_pose(spec.track, spec.start_s, spec.start_lateral_m, spec.start_yaw_rad)
+        )
+        for s, a in zip(steps, executed, strict=True):
+            np.testing.assert_allclose(world.state.as_array(), s.extra["state"], atol=1e-12)
+            np.testing.assert_allclose(world.expert_action(), s.action, atol=1e-12)
+            world.step(a, 0.05)
+        # Driving the clean labels instead would have gone elsewhere.
+        world.reset(
+            demos.start_pose(spec.track, spec.start_s, spec.start_lateral_m, spec.start_yaw_rad)
+        )
+        for a in labels:
+            world.step(a, 0.05)
+        assert (
+            abs(world.state.x - steps[-1].extra["state"][0])
+            + abs(world.state.y - steps[-1].extra["state"][1])
+            > 1e-3
+        )
+
+
+_SPEC_FIELDS = set(demos.DemoSpec.__dataclass_fields__)
+
+
+def test_record_demos_parallel_and_trim_aware_labels(tmp_path: Path) -> None:
+    specs = demos.plan_demos(
+        ["oval"], 2, steps=20, width=64, height=48, steering_offset_max=0.3,
+        label="trim_aware", drive="expert", seed=2,
+    )  # fmt: skip
+    results = demos.record_demos(specs, tmp_path, workers=2)
+    assert [r["index"] for r in results] == [0, 1]
+    for ep in list_episodes(tmp_path):
+        offset = ep.metadata["sim"]["steering_offset"]
+        assert offset != 0.0
+        for s in ep.steps(decode_images=False):
+            expert = np.array(s.extra["expert_action"])
+            want = np.clip(expert[0] - offset, -1, 1)
+            assert s.action[0] == pytest.approx(want, abs=1e-12)
+            # drive="expert": the car follows the trim-unaware expert (plus noise).
+            assert s.extra["executed_action"][0] == pytest.approx(
+                np.clip(expert[0] + s.extra["noise"][0], -1, 1), abs=1e-12
+            )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _run_dir(tmp_path: Path, **overrides: object) -> Path:
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    policy = model.build_policy("pi5", **{**TINY, **overrides})
+    model.save_policy(policy, run / "policy.pt")
+    with open(run / "metrics.ndjson", "w") as f:
+        for i in range(10):
+            f.write(json.dumps({"step": 10 * i, "loss": 1.0 / (i + 1), "lr": 1e-3}) + "\n")
+        f.write('{"step": 100, "loss"')  # a half-written line of a live run is skipped
+    return run
+
+
+POLICY_KEYS = {
+    "laps", "completed", "termination", "steps", "sim_time_s", "mean_abs_cte_m",
+    "max_abs_cte_m", "off_track_events", "off_track_time_s", "mean_speed_mps", "progress_m",
+    "distance_m", "lap_times_s", "track_length_m",
+}  # fmt: skip
+
+
+def test_evaluate_cli_untrained_policy_and_expert(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    out = tmp_path / "eval"
+    rc = evaluate.cli_main(
+        [
+            "--policy", str(run / "policy.pt"), "--tracks", "oval,random-101", "--laps", "1",
+            "--max-steps", "40", "--width", "160", "--height", "120", "--out", str(out),
+            "--memorize", "--surprise-threshold", "0.1", "--quiet",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["backend"] == "torch" and result["memory_lr"] == 1.0
+    assert result["surprise_threshold"] == 0.1
+    for track in ("oval", "random-101"):
+        rows = result["tracks"][track]
+        assert set(rows) == {"policy", "expert"}
+        for row in rows.values():
+            assert set(row) >= POLICY_KEYS
+            assert row["steps"] <= 40
+        assert (out / result["plots"][track]).stat().st_size > 10_000
+    assert result["plots"]["training"] == "training_curves.png"
+    assert (out / "training_curves.png").is_file()
+    assert set(result["summary"]) == {"policy", "expert"}
+    assert result["conditions"]["step_budget"] == {"oval": 40, "random-101": 40}
+
+
+@pytest.mark.parametrize("track", ["chicane", "random-101"])
+def test_expert_baseline_laps_without_leaving_the_road(tmp_path: Path, track: str) -> None:
+    out = tmp_path / "eval"
+    rc = evaluate.cli_main(["--tracks", track, "--laps", "1", "--out", str(out), "--quiet"])
+    assert rc == 0
+    result = json.loads((out / "eval.json").read_text())
+    row = result["tracks"][track]["expert"]
+    assert row["laps"] >= 1 and row["completed"] and row["termination"] == "laps_done"
+    assert row["off_track_events"] == 0 and row["max_abs_cte_m"] < 0.2
+    assert len(row["lap_times_s"]) == 1 and row["mean_speed_mps"] > 1.0
+
+
+def test_onnx_path_matches_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    # A bias on the throttle so the untrained car moves and the drives are comparable.
+    run = _run_dir(tmp_path)
+    policy = model.load_policy(run / "policy.pt")
+    with torch.no_grad():
+        policy.head.net[-1].bias.copy_(torch.tensor([0.05, 0.6]))
+    model.save_policy(policy, run / "policy.pt")
+    model.export_onnx(policy, run / "policy.onnx")
+    args = ["--tracks", "oval", "--laps", "1", "--max-steps", "60", "--render-size", "model"]
+    args += ["--no-expert-baseline", "--quiet", "--no-plots"]
+    assert (
+        evaluate.cli_main([*args, "--policy", str(run / "policy.pt"), "--out", str(tmp_path / "t")])
+        == 0
+    )
+    assert (
+        evaluate.cli_main([*args, "--onnx", str(run / "policy.onnx"), "--out", str(tmp_path / "o")])
+        == 0
+    )
+    t = json.loads((tmp_path / "t" / "eval.json").read_text())
+    o = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert o["backend"] == "onnx" and t["backend"] == "torch"
+    rt, ro = t["tracks"]["oval"]["policy"], o["tracks"]["oval"]["policy"]
+    assert rt["distance_m"] > 1.0  # it drove
+    for key in ("mean_abs_cte_m", "max_abs_cte_m", "progress_m", "distance_m"):
+        assert ro[key] == pytest.approx(rt[key], abs=2e-3), key
+
+
+def test_render_paths_agree() -> None:
+    d = evaluate.compare_render_paths("chicane", samples=4)
+    assert d["mean_abs_diff"] < 8.0, d
+
+
+def test_bad_arguments_are_reported(tmp_path: Path) -> None:
+    assert evaluate.cli_main(["--tracks", "moon", "--out", str(tmp_path)]) == 2
+    assert evaluate.cli_main(["--policy", str(tmp_path / "none.pt"), "--tracks", "oval"]) == 1
+    assert demos.record_demos_main(["--out", str(tmp_path), "--tracks", "moon"]) == 2
+
+
+def test_resize_matches_the_robot_runner() -> None:
+    world = SimWorld(demos.sim_config_for(demos.plan_demos(["oval"], 1)[0]), CameraConfig())
+    rgb = world.render_rgb()
+    np.testing.assert_array_equal(evaluate.resize_frame(rgb), model.preprocess_frame(rgb))
+
+
+# ----------------------------------------------------------------------------- memorization
+
+
+def _train_tiny(episodes_root: Path, iters: int, seed: int = 0):  # -> brain.model.Policy
+    """Behaviour cloning with truncated BPTT over 32-tick windows (memory on while training)."""
+    torch.manual_seed(seed)
+    data = []
+    for ep in list_episodes(episodes_root):
+        steps = list(ep.steps())
+        data.append(
+            (
+                np.stack([s.observation["image"] for s in steps]),
+                np.stack([s.action for s in steps]).astype(np.float32),
+            )
+        )
+    policy = model.build_policy("pi5", **TINY)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed)
+    weight = torch.tensor([2.0, 1.0])
+    window, batch = 32, 16
+    for _ in range(iters):
+        xs, ys = [], []
+        for _ in range(batch):
+            images, actions = data[rng.integers(len(data))]
+            start = rng.integers(0, len(images) - window)
+            xs.append(images[start : start + window])
+            ys.append(actions[start : start + window])
+        state, memory = policy.initial_state(batch)
+        pred, _, _ = policy.forward_sequence(torch.from_numpy(np.stack(xs)), state, memory)
+        loss = (((pred - torch.from_numpy(np.stack(ys))) ** 2) * weight).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+    return policy.eval()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "test-time memorization does not measurably help against a steering mis-trim after a "
+        "quick training. Measured (16 episodes x 300 steps, 64x48, random trim in [-0.3, 0.3], "
+        "trim-aware labels, car driven by the trim-unaware expert + OU noise, 500 BPTT "
+        "iterations; oval, 2 laps; mean |cte| memorize vs frozen): trim +0.15: 0.043 vs 0.081 m, "
+        "-0.15: 0.095 vs 0.038 m, +0.25: 0.091 vs 0.124 m, -0.25: 0.142 vs 0.093 m, none: "
+        "0.032 vs 0.024 m. The memory shifts steering one way (a bias), it does not adapt."
+    ),
+)
+def test_memorization_helps_under_a_steering_offset(tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and fight pytest-xdist)
+    specs = demos.plan_demos(
+        ["oval", "kidney"], 6, steps=200, width=64, height=48, seed=1, noise=0.1,
+        steering_offset_max=0.3, label="trim_aware", drive="expert",
+    )  # fmt: skip
+    demos.record_demos(specs, tmp_path / "episodes", workers=1)
+    policy = _train_tiny(tmp_path / "episodes", iters=120)
+    cte: dict[tuple[float, float], float] = {}
+    for offset in (0.15, -0.15):
+        for lr in (1.0, 0.0):
+            driver = evaluate.TorchDriver(policy, memory_lr=lr)
+            cond = evaluate.EvalConditions(
+                laps=1, max_steps=500, steering_offset=offset, render_size="model"
+            )
+            row, _ = evaluate.run_drive(driver, "oval", cond)
+            cte[offset, lr] = row["mean_abs_cte_m"]
+    memorize = (cte[0.15, 1.0] + cte[-0.15, 1.0]) / 2
+    frozen = (cte[0.15, 0.0] + cte[-0.15, 0.0]) / 2
+    assert memorize < 0.9 * frozen, cte
