@@ -53,6 +53,7 @@ bench: venv
 	$(BIN)/python bench/recording_io.py --seconds 10 --json bench/results/recording_io.json
 	$(BIN)/python bench/recording.py --seconds 60 --json bench/results/recording.json
 	$(BIN)/python bench/export.py --episodes 8 --steps 100 --json bench/results/export.json
+	$(BIN)/python bench/train.py --json bench/results/train.json
 
 hw-check: venv
 	$(BIN)/continuon hw-check --config $(CONFIG) $(ARGS)
