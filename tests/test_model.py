@@ -246,6 +246,8 @@ def test_memorize_knobs_in_policy() -> None:
         {"depth": True},
         {"action_dim": 7, "action_tanh": False},
         {"enc_groups": 0, "keypoints": 0},
+        {"action_feedback": True},
+        {"action_feedback": True, "memory": False, "cms_levels": 1},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -274,6 +276,37 @@ def test_ablations_build_and_run(overrides) -> None:
             p.step(imgs[:, 0], *p.initial_state(2))
 
 
+def test_action_feedback_state_and_teacher_forcing() -> None:
+    p = _policy(action_feedback=True)
+    ref = _policy()
+    cfg = p.config
+    assert cfg.state_size == ref.config.state_size + cfg.action_dim
+    assert cfg.state_layout()["prev_action"] == slice(ref.config.state_size, cfg.state_size)
+    assert "prev_action" not in ref.config.state_layout()
+    with torch.no_grad():
+        p.action_in.weight.normal_(0.0, 1.0)
+    imgs = _images(2, 4)
+    with torch.no_grad():
+        state, memory = p.initial_state(2)
+        a, s1, _ = p.step(imgs[:, 0], state, memory)
+        torch.testing.assert_close(s1[:, cfg.state_layout()["prev_action"]], a)
+        # the previous action changes the next output (through memory and CMS input)
+        s_other = s1.clone()
+        s_other[:, -cfg.action_dim :] = 0.7
+        b1, _, _ = p.step(imgs[:, 1], s1, memory)
+        b2, _, _ = p.step(imgs[:, 1], s_other, memory)
+        assert not torch.allclose(b1, b2)
+        # teacher forcing: the given executed actions replace the fed-back ones
+        executed = torch.full((2, 4, cfg.action_dim), 0.3)
+        acts, state_tf, _ = p.forward_sequence(imgs, *p.initial_state(2), executed_actions=executed)
+        acts_free, _, _ = p.forward_sequence(imgs, *p.initial_state(2))
+        torch.testing.assert_close(acts[:, 0], acts_free[:, 0])
+        assert not torch.allclose(acts[:, 1:], acts_free[:, 1:])
+        torch.testing.assert_close(state_tf[:, -cfg.action_dim :], executed[:, -1])
+    with pytest.raises(ValueError, match="action_feedback"):
+        ref.forward_sequence(imgs, *ref.initial_state(2), executed_actions=executed)
+
+
 # --- ONNX -----------------------------------------------------------------------------------------
 
 
@@ -285,10 +318,15 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"memory": False, "cms_levels": 1}], ids=["pi5", "ablated"]
+    "overrides",
+    [{}, {"memory": False, "cms_levels": 1}, {"action_feedback": True}],
+    ids=["pi5", "ablated", "action_feedback"],
 )
 def test_onnx_export_parity_and_contract(tmp_path: Path, overrides) -> None:
     p = _policy(**overrides)
+    if p.action_in is not None:  # zero-initialised: make the feedback path matter
+        with torch.no_grad():
+            p.action_in.weight.normal_(0.0, 1.0)
     path = tmp_path / "policy.onnx"
     export_onnx(p, path, version="test-1")
     sess = _session(path)

@@ -42,6 +42,9 @@ class ModelConfig:
     mem_decay_bias: float = 4.0  # initial bias of the retention gate alpha (sigmoid(4) ~ 0.982)
     mem_lr: float = 1.0  # test-time memorization rate multiplier (0 = memory frozen)
     mem_threshold: float = 0.0  # only write when ||v - M k|| > threshold
+    # Feed the previous tick's action (kept at the end of ``state``) into the core: into the
+    # memory's q/k/v/gate projections and, through a linear map, the CMS input.  Off by default.
+    action_feedback: bool = False
 
     # --- continuum memory system ----------------------------------------------------------------
     cms_levels: int = 3
@@ -103,8 +106,10 @@ class ModelConfig:
 
     @property
     def state_size(self) -> int:
-        """S: length of the flat ``state`` tensor (tick + per level: accumulator, output)."""
-        return 1 + 2 * self.feature_dim * self.cms_levels
+        """S: length of the flat ``state`` tensor (tick + per level: accumulator, output
+        [+ previous action when ``action_feedback``])."""
+        s = 1 + 2 * self.feature_dim * self.cms_levels
+        return s + self.action_dim if self.action_feedback else s
 
     @property
     def memory_size(self) -> int:
@@ -120,6 +125,8 @@ class ModelConfig:
             layout[f"cms{lvl}.acc"] = slice(off, off + d)
             layout[f"cms{lvl}.out"] = slice(off + d, off + 2 * d)
             off += 2 * d
+        if self.action_feedback:
+            layout["prev_action"] = slice(off, off + self.action_dim)
         return layout
 
     # --- (de)serialisation -----------------------------------------------------------------------

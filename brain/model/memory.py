@@ -61,8 +61,9 @@ class AssociativeMemory(nn.Module):
         d, dk, dv = cfg.feature_dim, cfg.mem_key_dim, cfg.mem_value_dim
         self.dk, self.dv = dk, dv
         self.norm = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 2 * dk + dv)
-        self.gates = nn.Linear(d, 2)  # alpha (retention), beta (write strength) logits
+        extra = cfg.action_dim if cfg.action_feedback else 0  # previous action, appended to LN(h)
+        self.qkv = nn.Linear(d + extra, 2 * dk + dv)
+        self.gates = nn.Linear(d + extra, 2)  # alpha (retention), beta (write strength) logits
         with torch.no_grad():
             self.gates.weight.mul_(0.1)
             self.gates.bias.copy_(torch.tensor([cfg.mem_decay_bias, 0.0]))
@@ -71,10 +72,15 @@ class AssociativeMemory(nn.Module):
         self.register_buffer("lr", torch.tensor(float(cfg.mem_lr)), persistent=False)
         self.register_buffer("threshold", torch.tensor(float(cfg.mem_threshold)), persistent=False)
 
-    def forward(self, h: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """h [B, d], memory [B, d_k*d_v] -> (read-out [B, d], new memory [B, d_k*d_v])."""
+    def forward(
+        self, h: Tensor, memory: Tensor, prev_action: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """h [B, d], memory [B, d_k*d_v] (+ prev_action [B, A] with ``action_feedback``)
+        -> (read-out [B, d], new memory [B, d_k*d_v])."""
         b = h.shape[0]
         x = self.norm(h)
+        if prev_action is not None:
+            x = torch.cat([x, prev_action], dim=-1)
         q, k, v = torch.split(self.qkv(x), [self.dk, self.dk, self.dv], dim=-1)
         q = F.normalize(q, dim=-1, eps=1e-6)
         k = F.normalize(k, dim=-1, eps=1e-6)

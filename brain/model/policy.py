@@ -54,6 +54,12 @@ class Policy(nn.Module):
         self.encoder = ConvEncoder(config)
         self.memory = AssociativeMemory(config) if config.memory else None
         self.cms = ContinuumMemory(config.feature_dim, config.periods, config.cms_hidden_mult)
+        self.action_in: nn.Linear | None = None
+        if config.action_feedback:  # previous action -> CMS input; starts as a no-op
+            self.action_in = nn.Linear(config.action_dim, config.feature_dim)
+            with torch.no_grad():
+                self.action_in.weight.zero_()
+                self.action_in.bias.zero_()
         self.head = ActionHead(config)
         self._tick_cycle = float(config.tick_cycle)
 
@@ -103,16 +109,21 @@ class Policy(nn.Module):
     def core(self, feat: Tensor, state: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One recurrent tick on encoded features: (action, state', memory')."""
         tick = state[:, 0:1]
+        n_cms = 1 + self.cms.state_size
+        prev_action = state[:, n_cms:] if self.action_in is not None else None
         h = feat
         if self.memory is not None:
-            read, memory_out = self.memory(h, memory)
+            read, memory_out = self.memory(h, memory, prev_action)
             h = h + read
         else:
             memory_out = memory * 0.0  # unused, but kept as graph I/O (contract: X -> X_out)
-        h, cms_state = self.cms(h, tick, state[:, 1:])
+        if self.action_in is not None:
+            h = h + self.action_in(prev_action)
+        h, cms_state = self.cms(h, tick, state[:, 1:n_cms])
         action = self.head(h)
         tick_out = torch.remainder(tick + 1.0, self._tick_cycle)
-        return action, torch.cat([tick_out, cms_state], dim=1), memory_out
+        parts = [tick_out, cms_state] + ([action] if self.action_in is not None else [])
+        return action, torch.cat(parts, dim=1), memory_out
 
     def step(
         self, image: Tensor, state: Tensor, memory: Tensor, depth: Tensor | None = None
@@ -131,12 +142,17 @@ class Policy(nn.Module):
         state: Tensor,
         memory: Tensor,
         depths: Tensor | None = None,
+        executed_actions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """T ticks: images uint8 [B, T, H, W, 3] -> (actions [B, T, A], state, memory).
 
         Frames are encoded in one batched conv call; the recurrent core then runs per tick.
         Equal to calling :meth:`step` T times.  Gradients flow through the carried state
         (truncated BPTT: detach the returned state between windows).
+
+        ``executed_actions`` [B, T, A] (only with ``action_feedback``): the actions the robot
+        actually executed at each tick (e.g. a demonstration's noisy drive), fed back to the
+        next tick instead of the policy's own output (teacher forcing).
         """
         if images.dim() != 5:
             raise ValueError(f"images must be [B, T, H, W, 3], got {tuple(images.shape)}")
@@ -144,9 +160,14 @@ class Policy(nn.Module):
         flat_depths = None if depths is None else depths.reshape(b * t, *depths.shape[2:])
         feats = self.encode(images.reshape(b * t, *images.shape[2:]), flat_depths)
         feats = feats.view(b, t, -1)
+        if executed_actions is not None and self.action_in is None:
+            raise ValueError("executed_actions needs a model with action_feedback=True")
         actions = []
         for i in range(t):
             a, state, memory = self.core(feats[:, i], state, memory)
+            if executed_actions is not None:
+                na = self.config.action_dim
+                state = torch.cat([state[:, :-na], executed_actions[:, i].to(state.dtype)], 1)
             actions.append(a)
         return torch.stack(actions, dim=1), state, memory
 
