@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -14,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_daemon import sim_config
 
 from brain.cli import main
 from brain.config import parse_config
 from brain.daemon import Daemon
 from brain.interface import CommandError
 from rlds.reader import list_episodes, list_interrupted
-from test_daemon import sim_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +84,7 @@ def test_manual_records_and_a_mode_change_ends_the_episode(tmp_path):
     driven = [s for s in steps if not s.extra.get("neutral")]
     assert driven and np.allclose(driven[-1].action, [0.2, 0.4])
     ts = [s.t for s in steps]
-    assert all(b > a for a, b in zip(ts, ts[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(ts))
     auto = list(eps[1].steps(decode_images=False))
     assert {s.extra["source"] for s in auto} == {"expert"}
 
