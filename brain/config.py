@@ -14,17 +14,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
+
+from brain.yaml_config import load_model_file, parse_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim-donkey.yaml"
 
@@ -380,118 +380,17 @@ class Config(_Strict):
 
 # ----------------------------------------------------------------------------- loading
 
-
-def _line_index(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path of a YAML document to its 1-based line, for error messages."""
-    index: dict[tuple[str, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
-
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                p = (*path, str(key.value))
-                index[p] = key.start_mark.line + 1
-                walk(value, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                p = (*path, str(i))
-                index[p] = item.start_mark.line + 1
-                walk(item, p)
-
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _data_path(raw: Any, loc: tuple[Any, ...]) -> tuple[tuple[str, ...], Any, bool]:
-    """Follow pydantic's error location through the raw data.
-
-    Drops the union tags pydantic inserts (``pca9685_car`` for a discriminated
-    union) and returns (key path, value found there, whether the value exists).
-    """
-    path: list[str] = []
-    node: Any = raw
-    found = True
-    for part in loc:
-        if isinstance(node, dict):
-            if part in node:
-                path.append(str(part))
-                node = node[part]
-                continue
-            if isinstance(part, str) and part in {"car", "arm"}:
-                continue  # discriminated-union tag, not a key
-            path.append(str(part))
-            found = False
-            node = None
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            path.append(str(part))
-            node = node[part]
-        else:
-            if isinstance(part, str) and part.startswith("function-"):
-                continue
-            path.append(str(part))
-            found = False
-            node = None
-    return tuple(path), node, found
-
-
-def _describe(err: dict[str, Any], raw: Any, lines: dict[tuple[str, ...], int], fname: str) -> str:
-    path, value, found = _data_path(raw, tuple(err.get("loc", ())))
-    key = ".".join(path) if path else "(top level)"
-    line = None
-    for n in range(len(path), 0, -1):
-        line = lines.get(path[:n])
-        if line is not None:
-            break
-    where = f"{fname}:{line}" if line else fname
-    kind = err.get("type", "")
-    msg = err.get("msg", "invalid")
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key {key!r} (value {value!r}); remove it or check its spelling"
-    if kind == "missing":
-        return f"{where}: missing required key {key!r}"
-    for prefix in ("Input should be ", "Value should be "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-    shown = repr(value) if found else "(absent)"
-    return f"{where}: {key} = {shown}: expected {msg}"
+_UNION_TAGS = ("car", "arm")  # the actuator union's tags in pydantic error locations
 
 
 def parse_config(raw: Any, source: str = "<config>", text: str | None = None) -> Config:
     """Validate already-loaded YAML data; ``text`` lets errors carry line numbers."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            source, [f"the top level must be a mapping of sections, not {type(raw).__name__}"]
-        )
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        lines = _line_index(text) if text else {}
-        problems = [_describe(e, raw, lines, source) for e in exc.errors()]
-        raise ConfigError(source, problems) from None
+    return parse_model(
+        Config, raw, error=ConfigError, source=source, text=text, union_tags=_UNION_TAGS
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate a YAML config file.  Raises ConfigError naming what is wrong."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(p, [f"{p}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(p, [f"{p}: cannot be read: {exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(p, [f"{where}: not valid YAML: {problem}"]) from None
-    return parse_config(raw, str(p), text)
+    return load_model_file(Config, p, error=ConfigError, union_tags=_UNION_TAGS)

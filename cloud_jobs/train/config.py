@@ -9,11 +9,12 @@ is ``docs/training.md``; ``configs/train/*.yaml`` are worked examples.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from brain.yaml_config import load_model_file, parse_model
 
 _PosInt = Annotated[int, Field(ge=1)]
 
@@ -231,77 +232,11 @@ class TrainConfig(_Strict):
 # ----------------------------------------------------------------------------- loading
 
 
-def _line_index(text: str) -> dict[tuple[str, ...], int]:
-    """Each key path of a YAML document -> its 1-based line (for error messages)."""
-    index: dict[tuple[str, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
-
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                p = (*path, str(key.value))
-                index[p] = key.start_mark.line + 1
-                walk(value, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                p = (*path, str(i))
-                index[p] = item.start_mark.line + 1
-                walk(item, p)
-
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _describe(err: dict[str, Any], raw: Any, lines: dict[tuple[str, ...], int], src: str) -> str:
-    path: list[str] = []
-    node: Any = raw
-    found = True
-    for part in err.get("loc", ()):
-        in_dict = isinstance(node, dict) and part in node
-        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        if in_dict or in_list:
-            node = node[part]
-        else:
-            found = False
-            node = None
-        path.append(str(part))
-    key = ".".join(path) if path else "(top level)"
-    line = None
-    for n in range(len(path), 0, -1):
-        line = lines.get(tuple(path[:n]))
-        if line is not None:
-            break
-    where = f"{src}:{line}" if line else src
-    kind = err.get("type", "")
-    msg = str(err.get("msg", "invalid"))
-    msg = msg.removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key {key!r} (value {node!r}); remove it or check its spelling"
-    if kind == "missing":
-        return f"{where}: missing required key {key!r}"
-    for prefix in ("Input should be ", "Value should be "):
-        msg = msg.removeprefix(prefix)
-    shown = repr(node) if found else "(absent)"
-    return f"{where}: {key} = {shown}: expected {msg}"
-
-
 def parse_train_config(raw: Any, source: str = "<config>", text: str | None = None) -> TrainConfig:
     """Validate already-loaded YAML data; ``text`` lets errors carry line numbers."""
-    if not isinstance(raw, dict):
-        raise TrainConfigError(
-            source, [f"the top level must be a mapping of sections, not {type(raw).__name__}"]
-        )
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = _line_index(text) if text else {}
-        raise TrainConfigError(
-            source, [_describe(e, raw, lines, source) for e in exc.errors()]
-        ) from None
+    if raw is None:
+        raise TrainConfigError(source, ["the file is empty; a training config needs sections"])
+    return parse_model(TrainConfig, raw, error=TrainConfigError, source=source, text=text)
 
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
@@ -310,18 +245,4 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
     Relative ``data.sources[].path``, ``data.cache_dir`` and ``run_dir`` are kept
     as written: they are resolved against the working directory when used.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrainConfigError(p, [f"{p}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainConfigError(p, [f"{p}: cannot be read: {exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise TrainConfigError(p, [f"{where}: not valid YAML: {problem}"]) from None
-    return parse_train_config(raw, str(p), text)
+    return load_model_file(TrainConfig, path, error=TrainConfigError)
