@@ -110,7 +110,9 @@ def test_malformed_field_is_a_programming_error() -> None:
 
 def test_thread_safe_sending(receiver) -> None:
     rx, path = receiver
-    n = SdNotifier(path)
+    # A generous send timeout: on a loaded machine the reader may lag and a full
+    # datagram queue must block the senders, not fail them (this tests interleaving).
+    n = SdNotifier(path, send_timeout_s=20.0)
     received: list[bytes] = []
 
     def drain() -> None:
