@@ -29,6 +29,7 @@ from brain.interface import BrainInterface, ServiceFactory
 from brain.logs import log_fields
 from brain.modes import ModeManager
 from brain.policy import PolicyRunner, load_model
+from brain.policy.runner import default_deadline_s
 from brain.recorder import Recorder
 from brain.sdnotify import SdNotifier
 from brain.supervisor import RestartPolicy, Supervisor
@@ -63,7 +64,10 @@ class Daemon:
         self.sensors = SensorHub(window=config.control.stats_window)
         spec = self.devices.actuators.action_spec
         self.safety = SafetyLayer(spec, config.safety, default_slew_per_s=_joint_speeds(config))
-        self.policy = PolicyRunner(None, deadline_s=_deadline_s(config))
+        self.policy = PolicyRunner(
+            None,
+            deadline_s=default_deadline_s(config.control.rate_hz, config.policy.deadline_ms),
+        )
         sim = self.devices.sim
         self.control = ControlLoop(
             config,
@@ -220,12 +224,6 @@ class Daemon:
                 "last_error": st.last_error,
             }
         return out
-
-
-def _deadline_s(config: Config) -> float:
-    if config.policy.deadline_ms is not None:
-        return config.policy.deadline_ms / 1000.0
-    return 0.6 / config.control.rate_hz
 
 
 def _sensor_specs(config: Config) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from brain.imaging import resize_rgb
+
 from .config import IMAGE_HW, PRESETS, ModelConfig, make_config
 from .export import export_onnx
 from .memory import delta_rule_update, memory_read
@@ -29,13 +31,7 @@ def preprocess_frame(rgb_hwc_uint8: np.ndarray, hw: tuple[int, int] = IMAGE_HW) 
     The same resize as the daemon's runner (``brain.policy.model.LoadedModel.prepare_image``:
     cv2.INTER_AREA, only when the size differs), so training sees exactly what the robot feeds.
     """
-    img = np.asarray(rgb_hwc_uint8)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected HxWx3 uint8 RGB, got {img.dtype} {img.shape}")
-    h, w = hw
-    if img.shape[0] != h or img.shape[1] != w:
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img)
+    return resize_rgb(np.asarray(rgb_hwc_uint8), hw)
 
 
 def preprocess_depth(depth_hw_uint16: np.ndarray, hw: tuple[int, int] = IMAGE_HW) -> np.ndarray:

@@ -51,9 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import onnxruntime as ort
+
+from brain.imaging import resize_rgb
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,7 @@ class LoadedModel:
 
     def prepare_image(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB (any size) -> contiguous ``[1, H, W, 3]`` at the model's size."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            got = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"image must be a uint8 numpy array, got {got}")
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be HxWx3 (RGB), got shape {image.shape}")
-        h, w = self.input_size
-        if image.shape[0] != h or image.shape[1] != w:
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(image)[np.newaxis]
+        return resize_rgb(image, self.input_size)[np.newaxis]
 
     def step(
         self, image: np.ndarray, recurrent: Mapping[str, np.ndarray] | None = None
