@@ -9,8 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 CONFIG ?= configs/sim-donkey.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages used by the tests (systemd-analyze verifies the unit file).
-APT_PACKAGES := systemd
+# Debian packages used by the tests: systemd-analyze verifies the unit file, a real mosquitto
+# broker for the MQTT link, headless Chromium + chromedriver for the companion app.
+APT_PACKAGES := systemd mosquitto chromium chromium-driver
 
 .PHONY: help venv run test bench hw-check lint format install-service system-deps clean
 
@@ -36,6 +37,9 @@ run: venv
 system-deps:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from brain import __version__
 from brain.capture import SensorHub
 from brain.config import Config
 from brain.control.loop import ControlLoop
-from brain.interface import CommandError
+from brain.episodes import EpisodeStore
+from brain.interface import CameraFrame, CommandError, TrainerInterface, UpdaterInterface
 from brain.modes import FLAGS, ModeError, ModeManager
 from brain.recorder import Recorder, RecordingRefused
 
@@ -29,6 +31,8 @@ class BrainHandle:
         task_status: Callable[[], dict[str, Any]] | None = None,
         sim_metrics: Callable[[], dict[str, Any]] | None = None,
         recorder: Recorder | None = None,
+        updater: UpdaterInterface | None = None,
+        trainer: TrainerInterface | None = None,
     ) -> None:
         self._cfg = config
         self._modes = modes
@@ -38,6 +42,11 @@ class BrainHandle:
         self._task_status = task_status
         self._sim_metrics = sim_metrics
         self._recorder = recorder
+        self.updater = updater
+        self.trainer = trainer
+        self._episodes = EpisodeStore(
+            config, recording_id=lambda: recorder.status().get("episode_id") if recorder else None
+        )
         self._started = time.monotonic()
 
     @property
@@ -121,3 +130,76 @@ class BrainHandle:
             self._control.teleop.set(action)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+
+    # -- streaming ---------------------------------------------------------------------
+
+    def telemetry(self) -> dict[str, Any]:
+        last = self._control.last_output  # cheap: no percentiles at streaming rate
+        out: dict[str, Any] = {
+            "t": round(time.monotonic(), 4),
+            "mode": self._modes.mode.value,
+            "estop_reason": self._modes.estop_reason,
+            "action": None if last is None else [round(float(v), 4) for v in last.action],
+            "neutral": None if last is None else last.neutral,
+            "ticks": self._control.timing.ticks,
+            "model_version": (self._policy_stats() or {}).get("model_version")
+            if self._policy_stats
+            else None,
+            "recording": bool(self._recorder and self._recorder.status().get("episode_id")),
+        }
+        if self._sim_metrics is not None:
+            m = self._sim_metrics()
+            out["sim"] = {k: m.get(k) for k in ("cte_m", "speed_mps", "laps", "on_track")}
+        return out
+
+    def latest_frame(self) -> CameraFrame | None:
+        cam, _ = self._sensors.latest()
+        if cam is None:
+            return None
+        return CameraFrame(rgb=cam.data, t_capture=cam.t_capture, seq=cam.seq)
+
+    # -- episodes --------------------------------------------------------------------------
+
+    def list_episodes(self) -> list[dict[str, Any]]:
+        return self._episodes.list()
+
+    def delete_episode(self, episode_id: str) -> dict[str, Any]:
+        return self._episodes.delete(episode_id)
+
+    async def export_episodes(self, options: dict[str, Any]) -> dict[str, Any]:
+        return await self._episodes.export(options)
+
+    # -- local training ----------------------------------------------------------------------
+
+    def _need_trainer(self) -> TrainerInterface:
+        if self.trainer is None:
+            raise CommandError("local training is not available on this robot")
+        return self.trainer
+
+    def training_status(self) -> dict[str, Any]:
+        return self.trainer.status() if self.trainer is not None else {"available": False}
+
+    def start_training(self, options: dict[str, Any]) -> dict[str, Any]:
+        return self._need_trainer().start(options)
+
+    def stop_training(self) -> dict[str, Any]:
+        return self._need_trainer().stop()
+
+    # -- updates -----------------------------------------------------------------------------
+
+    def _need_updater(self) -> UpdaterInterface:
+        if self.updater is None:
+            raise CommandError("over-the-air updates are not available on this robot")
+        return self.updater
+
+    def update_status(self) -> dict[str, Any]:
+        return self.updater.status() if self.updater is not None else {"available": False}
+
+    async def check_update(self) -> dict[str, Any]:
+        return await self._need_updater().check()
+
+    async def install_update(self, archive: Path) -> dict[str, Any]:
+        return await self._need_updater().install(Path(archive))
+
+    async def rollback_update(self) -> dict[str, Any]:
+        return await self._need_updater().rollback()

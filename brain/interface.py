@@ -10,13 +10,59 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from brain.config import Config
 
 
 class CommandError(ValueError):
     """A command was refused; the message says why (shown to the caller as-is)."""
+
+
+class NotFound(CommandError):
+    """The command names something that does not exist (an episode id, say)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CameraFrame:
+    """The latest camera image, for streaming: RGB uint8 [H, W, 3] and its capture time."""
+
+    rgb: np.ndarray
+    t_capture: float  # time.monotonic() of the exposure
+    seq: int  # increases with every new frame; equal seq = same frame
+
+
+@runtime_checkable
+class UpdaterInterface(Protocol):
+    """What the OTA updater (brain/ota) offers the brain handle; see docs/ota.md."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def check(self) -> dict[str, Any]:
+        """Ask the update repository for a newer bundle and install it if there is one."""
+        ...
+
+    async def install(self, archive: Path) -> dict[str, Any]:
+        """Install a side-loaded bundle archive (same trust checks as a download)."""
+        ...
+
+    async def rollback(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class TrainerInterface(Protocol):
+    """What the local fine-tuning manager (brain/localtrain) offers the brain handle."""
+
+    def status(self) -> dict[str, Any]:
+        """State, step, loss, ETA, resource level, last result: JSON-ready."""
+        ...
+
+    def start(self, options: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stop(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -56,6 +102,42 @@ class BrainInterface(Protocol):
     def teleop(self, action: list[float]) -> None:
         """Latest joystick command; the safety watchdog stops the robot if these stop coming."""
         ...
+
+    def telemetry(self) -> dict[str, Any]:
+        """Small, frequent state for streaming: mode, last command, tick, model, sim pose."""
+        ...
+
+    def latest_frame(self) -> CameraFrame | None:
+        """The newest camera frame (None without a camera or before the first frame)."""
+        ...
+
+    # -- episodes (rlds) ------------------------------------------------------------------
+
+    def list_episodes(self) -> list[dict[str, Any]]: ...
+
+    def delete_episode(self, episode_id: str) -> dict[str, Any]:
+        """Raises NotFound for an unknown id; refuses the episode being recorded."""
+        ...
+
+    async def export_episodes(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Export committed episodes (format, out dir, splits); returns the manifest summary."""
+        ...
+
+    # -- local training and updates (CommandError when the component is absent) -----------
+
+    def training_status(self) -> dict[str, Any]: ...
+
+    def start_training(self, options: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stop_training(self) -> dict[str, Any]: ...
+
+    def update_status(self) -> dict[str, Any]: ...
+
+    async def check_update(self) -> dict[str, Any]: ...
+
+    async def install_update(self, archive: Path) -> dict[str, Any]: ...
+
+    async def rollback_update(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
