@@ -301,6 +301,53 @@ class PathsConfig(_Strict):
     runtime_dir: Path | None = None
 
 
+# --- network side (edge_agent) --------------------------------------------------------------
+
+
+class ApiConfig(_Strict):
+    """The Robot API and companion web app (edge_agent/api)."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class DiscoveryConfig(_Strict):
+    """mDNS/DNS-SD advertisement of the Robot API (edge_agent/discovery)."""
+
+    enabled: bool = True
+
+
+class CloudConfig(_Strict):
+    """The MQTT link to the cloud (edge_agent/cloud); off unless a broker is configured."""
+
+    enabled: bool = False
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+
+
+class UploaderConfig(_Strict):
+    """Where exported episodes and candidate adapters are uploaded (edge_agent/uploader)."""
+
+    destination: str | None = None
+
+
+# --- updates and local training (brain/ota, brain/localtrain) ------------------------------
+
+
+class OtaConfig(_Strict):
+    """The A/B over-the-air updater (brain/ota); see docs/ota.md."""
+
+    enabled: bool = True
+    repository_url: str | None = None
+
+
+class LocalTrainConfig(_Strict):
+    """On-robot LoRA fine-tuning (brain/localtrain); see docs/local-training.md."""
+
+    enabled: bool = True
+
+
 class Config(_Strict):
     robot: RobotConfig = RobotConfig()
     hardware: HardwareConfig = HardwareConfig()
@@ -312,6 +359,12 @@ class Config(_Strict):
     supervisor: SupervisorConfig = SupervisorConfig()
     logging: LoggingConfig = LoggingConfig()
     paths: PathsConfig = PathsConfig()
+    api: ApiConfig = ApiConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    cloud: CloudConfig = CloudConfig()
+    uploader: UploaderConfig = UploaderConfig()
+    ota: OtaConfig = OtaConfig()
+    local_train: LocalTrainConfig = LocalTrainConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
