@@ -1,0 +1,68 @@
+"""``continuon pipeline`` / ``cloud_jobs pipeline``: the end-to-end run on the simulated robot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cloud_jobs.pipeline.run import PipelineOptions, run_pipeline
+from cloud_jobs.pipeline.stages import StageFailed
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-time budget")
+    p.add_argument(
+        "--skip-train",
+        action="store_true",
+        help="reuse the last trained model: export, bundle, publish, update, drive, bench only",
+    )
+    p.add_argument("--runs-root", type=Path, default=Path("runs/pipeline"))
+    p.add_argument("--run-dir", type=Path, default=None, help="exact run folder (default: new)")
+    p.add_argument("--model", choices=("pi5", "tiny"), default="pi5")
+    p.add_argument("--record-seconds", type=float, default=45.0, help="per daemon episode")
+    p.add_argument("--daemon-episodes", type=int, default=2)
+    p.add_argument("--demo-episodes", type=int, default=12)
+    p.add_argument("--demo-steps", type=int, default=400)
+    p.add_argument("--eval-tracks", default="chicane")
+    p.add_argument("--laps", type=int, default=1, help="closed-loop evaluation laps per track")
+    p.add_argument("--drive-laps", type=int, default=1, help="autonomous laps on the daemon")
+
+
+def _options(args: argparse.Namespace) -> PipelineOptions:
+    return PipelineOptions(
+        budget_minutes=args.budget_minutes,
+        skip_train=args.skip_train,
+        runs_root=args.runs_root,
+        model=args.model,
+        record_seconds=args.record_seconds,
+        daemon_episodes=args.daemon_episodes,
+        demo_episodes=args.demo_episodes,
+        demo_steps=args.demo_steps,
+        eval_tracks=args.eval_tracks,
+        laps=args.laps,
+        drive_laps=args.drive_laps,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        run_dir = run_pipeline(_options(args), args.run_dir)
+    except StageFailed as exc:
+        print(f"pipeline failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
+    p = sub.add_parser("pipeline", help="end-to-end run on the simulated robot (make demo)")
+    _add_args(p)
+    p.set_defaults(func=_run)
+
+
+def cli_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="cloud_jobs pipeline", description=__doc__)
+    _add_args(p)
+    return _run(p.parse_args(argv))

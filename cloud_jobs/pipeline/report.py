@@ -1,0 +1,104 @@
+"""The run's report: one markdown file with the figures and plots, and report.json for machines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud_jobs.pipeline.stages import fmt_s
+
+if TYPE_CHECKING:
+    from cloud_jobs.pipeline.run import Pipeline
+
+
+def _plot_training(metrics: Path, out: Path) -> bool:
+    from cloud_jobs.evaluate import plot_training
+
+    return bool(metrics.is_file() and plot_training(metrics, out))
+
+
+def _plot_latency(samples_ms: list[float], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    ax.hist(samples_ms, bins=40, color="#3b7dd8")
+    ax.set_xlabel("policy step latency (ms)")
+    ax.set_ylabel("steps")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join("" if c is None else str(c) for c in cells) + " |"
+
+
+def _fmt(v: Any, nd: int = 3) -> Any:
+    return round(v, nd) if isinstance(v, float) else v
+
+
+def write_report(p: Pipeline) -> dict[str, Any]:
+    run = p.run_dir
+    figs = p.figures
+    lines = [f"# Pipeline run {run.name}", ""]
+    lines += ["## Stages", "", _row(["stage", "status", "time", "detail"]), _row(["---"] * 4)]
+    for r in p.stages.results.values():
+        detail = r.error or (r.detail.get("summary") or r.detail.get("why") or "")
+        lines.append(_row([r.name, r.status, fmt_s(r.seconds) if r.seconds else "", detail]))
+    lines.append("")
+
+    cl = figs.get("closed_loop") or {}
+    if cl:
+        lines += ["## Closed loop in the simulator (held-out layouts)", ""]
+        keys = ["laps", "off_track_events", "mean_abs_cte_m", "max_abs_cte_m", "mean_speed_mps"]
+        lines += [_row(["driver", *keys]), _row(["---"] * (len(keys) + 1))]
+        for driver, summ in cl.items():
+            lines.append(_row([driver, *[_fmt(summ.get(k)) for k in keys]]))
+        pol, exp = cl.get("policy", {}), cl.get("expert", {})
+        if pol.get("mean_abs_cte_m") and exp.get("mean_abs_cte_m"):
+            ratio = pol["mean_abs_cte_m"] / exp["mean_abs_cte_m"]
+            figs["cte_ratio_vs_expert"] = ratio
+            lines += ["", f"Mean |cross-track error| policy / expert: **{ratio:.2f}x**."]
+        lines.append("")
+
+    drive = figs.get("drive") or {}
+    if drive:
+        lines += ["## Autonomous laps on the robot (the daemon, after the OTA install)", ""]
+        lines += [_row(["figure", "value"]), _row(["---", "---"])]
+        for k, v in drive.items():
+            lines.append(_row([k, _fmt(v)]))
+        lines.append("")
+
+    for title, key in (("Export and parity gate", "export"), ("Update (OTA)", "update")):
+        block = figs.get(key)
+        if block:
+            lines += [f"## {title}", "", "```json", json.dumps(block, indent=2), "```", ""]
+
+    lines += ["## Plots", ""]
+    metrics = run / "train" / "metrics.ndjson"
+    if _plot_training(metrics, run / "training_curve.png"):
+        lines.append("![training curve](training_curve.png)")
+    samples = figs.pop("latency_samples_ms", None)
+    if samples:
+        _plot_latency(samples, run / "latency_histogram.png", figs.get("latency_title", ""))
+        lines.append("![policy latency](latency_histogram.png)")
+    for png in sorted((run / "eval").glob("track_*.png")):
+        lines.append(f"![trajectory {png.stem}](eval/{png.name})")
+    lines.append("")
+
+    (run / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = {
+        "run_dir": str(run),
+        "stages": {
+            n: {"status": r.status, "seconds": r.seconds, "error": r.error}
+            for n, r in p.stages.results.items()
+        },
+        "figures": figs,
+    }
+    (run / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return {"summary": str(run / "report.md")}

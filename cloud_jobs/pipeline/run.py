@@ -1,0 +1,273 @@
+"""The pipeline's stages, in the order a robot builder would run them by hand.
+
+record (daemon + sim expert) → validate/export → train → evaluate → export/quantize
+(parity gate) → bundle → publish (TUF, served on loopback) → the daemon's updater
+installs it (hot swap, health window) → autonomous laps → report.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloud_jobs.pipeline.daemon import DaemonProcess, continuon_exe
+from cloud_jobs.pipeline.stages import StageFailed, Stages, run_cmd
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = (
+    "record",
+    "validate",
+    "train",
+    "evaluate",
+    "export",
+    "bundle",
+    "publish",
+    "update",
+    "drive",
+    "bench",
+    "report",
+)
+HARDWARE_ID = "sim-donkey"
+
+
+@dataclass(slots=True)
+class PipelineOptions:
+    budget_minutes: float = 20.0
+    skip_train: bool = False
+    runs_root: Path = Path("runs/pipeline")
+    model: str = "pi5"  # pi5 | tiny (tiny: the CI test's few-minute budget)
+    record_seconds: float = 45.0  # per daemon-recorded episode
+    daemon_episodes: int = 2
+    demo_episodes: int = 12
+    demo_steps: int = 400
+    demo_tracks: str = "oval,kidney,hairpin,random-1,random-2,random-3"
+    eval_tracks: str = "chicane"
+    laps: int = 1
+    drive_laps: int = 1
+    camera: tuple[int, int] = (160, 120)  # width, height of the sim camera for this run
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _cloud_jobs() -> list[str]:
+    exe = Path(sys.executable).with_name("cloud_jobs")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cloud_jobs"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Pipeline:
+    def __init__(self, opts: PipelineOptions, run_dir: Path | None = None) -> None:
+        self.opts = opts
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.run_dir = (run_dir or opts.runs_root / stamp).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.run_dir / "commands.log"
+        self.started = time.monotonic()
+        self.figures: dict[str, Any] = {}
+        self.stages = Stages(self.run_dir, STAGES)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _minutes_left(self) -> float:
+        return self.opts.budget_minutes - (time.monotonic() - self.started) / 60.0
+
+    def _robot_config(self, name: str, **over: Any) -> Path:
+        """A sim robot config for this run: its own state dir, a small camera, headless."""
+        raw = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
+        raw["paths"] = {"state_dir": str(self.run_dir / f"robot-{name}")}
+        raw["logging"] = {"level": "INFO", "format": "json"}
+        w, h = self.opts.camera
+        raw["hardware"]["camera"].update(width=w, height=h)
+        raw.setdefault("api", {})["port"] = 0
+        raw.setdefault("discovery", {})["enabled"] = False
+        for dotted, value in over.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        path = self.run_dir / f"robot-{name}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    # ------------------------------------------------------------------ stages
+
+    def record(self) -> dict[str, Any]:
+        """The daemon records with the sim's expert driving; demos add more layouts, faster."""
+        cfg = self._robot_config("record", **{"control.autopilot": "expert"})
+        daemon = DaemonProcess(cfg, self.run_dir / "daemon-record.log")
+        daemon.start()
+        try:
+            daemon.ctl("record", "start", "--tag", "pipeline")
+            for _ in range(self.opts.daemon_episodes):
+                daemon.ctl("mode", "autonomous")
+                time.sleep(self.opts.record_seconds)
+                daemon.ctl("mode", "idle")
+                time.sleep(0.5)
+            daemon.ctl("record", "stop")
+            stats = daemon.ctl("stats")
+        finally:
+            rc = daemon.stop()
+        episodes = json.loads(
+            run_cmd([*continuon_exe(), "episodes", "list", "--json", "--config", cfg], self.log)
+        )["episodes"]
+        if len(episodes) < self.opts.daemon_episodes:
+            raise StageFailed(
+                f"the daemon committed {len(episodes)} episode(s), "
+                f"expected {self.opts.daemon_episodes}"
+            )
+        demos = self.run_dir / "demos"
+        w, h = self.opts.camera
+        run_cmd(
+            [
+                *_cloud_jobs(),
+                "record-demos",
+                "--out",
+                demos,
+                "--episodes",
+                self.opts.demo_episodes,
+                "--steps",
+                self.opts.demo_steps,
+                "--tracks",
+                self.opts.demo_tracks,
+                "--width",
+                w,
+                "--height",
+                h,
+            ],
+            self.log,
+        )
+        self.record_config = cfg
+        sim = (stats.get("sim") or {}) if isinstance(stats, dict) else {}
+        return {
+            "summary": f"{len(episodes)} daemon episodes + {self.opts.demo_episodes} demos",
+            "daemon_episodes": len(episodes),
+            "daemon_steps": sum(e["num_steps"] for e in episodes),
+            "daemon_exit_code": rc,
+            "expert_laps_while_recording": sim.get("laps"),
+            "demo_episodes": self.opts.demo_episodes,
+        }
+
+    def validate(self) -> dict[str, Any]:
+        cfg = self.record_config
+        run_cmd([*continuon_exe(), "episodes", "validate", "--config", cfg], self.log)
+        out = self.run_dir / "dataset"
+        run_cmd(
+            [
+                *continuon_exe(),
+                *("episodes", "export", "--format", "rlds", "--out", out, "--config", cfg),
+            ],
+            self.log,
+        )
+        self.dataset = out
+        n = len(list((self.run_dir / "robot-record" / "episodes").glob("*")))
+        return {"summary": f"{n} episode(s) valid, exported to {out.name}/", "dataset": str(out)}
+
+    def train(self) -> dict[str, Any]:
+        base = "tiny.yaml" if self.opts.model == "tiny" else "pi5.yaml"
+        raw = yaml.safe_load((ROOT / "configs" / "train" / base).read_text())
+        raw["name"] = f"pipeline-{self.opts.model}"
+        demos = self.run_dir / "demos"
+        raw["data"]["sources"] = [{"path": str(self.dataset)}, {"path": str(demos)}]
+        # Training gets what the budget leaves after the later stages (~40 % of it, >= 1 min).
+        minutes = max(1.0, min(self._minutes_left() * 0.55, self.opts.budget_minutes * 0.6))
+        raw["train"]["max_minutes"] = round(minutes, 2)
+        raw["train"]["progress"] = "off"
+        if self.opts.model == "tiny":
+            raw["train"]["steps"] = int(self.opts.extra.get("train_steps", 60))
+        cfg = self.run_dir / "train.yaml"
+        cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+        run_dir = self.run_dir / "train"
+        run_cmd([*_cloud_jobs(), "train", "--config", cfg, "--run-dir", run_dir], self.log)
+        self.policy_pt = run_dir / "policy.pt"
+        if not self.policy_pt.is_file():
+            raise StageFailed(f"training wrote no {self.policy_pt}")
+        (self.opts.runs_root / "last-policy.txt").write_text(str(self.policy_pt) + "\n")
+        metrics = [
+            json.loads(line)
+            for line in (run_dir / "metrics.ndjson").read_text().splitlines()
+            if line.strip()
+        ]
+        train_rows = [m for m in metrics if "loss" in m]
+        return {
+            "summary": f"{len(train_rows)} logged steps, budget {minutes:.1f} min",
+            "budget_minutes": minutes,
+            "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        }
+
+    def reuse_policy(self) -> None:
+        marker = self.opts.runs_root / "last-policy.txt"
+        if not marker.is_file():
+            raise StageFailed(
+                f"--skip-train needs a trained model from an earlier run ({marker} is missing)"
+            )
+        self.policy_pt = Path(marker.read_text().strip())
+        if not self.policy_pt.is_file():
+            raise StageFailed(f"{self.policy_pt} (from {marker}) no longer exists")
+
+    def evaluate(self) -> dict[str, Any]:
+        out = self.run_dir / "eval"
+        w, h = self.opts.camera
+        run_cmd(
+            [
+                *_cloud_jobs(),
+                "evaluate",
+                *("--policy", self.policy_pt, "--tracks", self.opts.eval_tracks),
+                *("--laps", self.opts.laps, "--out", out, "--width", w, "--height", h, "--quiet"),
+            ],
+            self.log,
+        )
+        result = json.loads((out / "eval.json").read_text())
+        self.figures["closed_loop"] = result.get("summary", {})
+        return {"summary": _eval_summary(result), "eval": str(out / "eval.json")}
+
+    # The stages after evaluate are wired in `stages_after_evaluate` below.
+
+    def run(self) -> Path:
+        s = self.stages
+        try:
+            if self.opts.skip_train:
+                s.skip("record", "--skip-train")
+                s.skip("validate", "--skip-train")
+                s.skip("train", "--skip-train (reusing the last trained model)")
+                self.reuse_policy()
+            else:
+                s.run("record", self.record)
+                s.run("validate", self.validate)
+                s.run("train", self.train)
+            s.run("evaluate", self.evaluate)
+            from cloud_jobs.pipeline.later import run_later_stages
+
+            run_later_stages(self)
+        finally:
+            from cloud_jobs.pipeline.report import write_report
+
+            s.run("report", lambda: write_report(self))
+        return self.run_dir
+
+
+def _eval_summary(result: dict[str, Any]) -> str:
+    summ = result.get("summary", {})
+    pol = summ.get("policy", summ)
+    parts = []
+    for k in ("laps", "off_track_events", "mean_abs_cte_m"):
+        if k in pol:
+            v = pol[k]
+            parts.append(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+def run_pipeline(opts: PipelineOptions, run_dir: Path | None = None) -> Path:
+    return Pipeline(opts, run_dir).run()
