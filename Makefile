@@ -13,10 +13,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # broker for the MQTT link, headless Chromium + chromedriver for the companion app.
 APT_PACKAGES := systemd mosquitto chromium chromium-driver
 
-.PHONY: help venv run test bench hw-check lint format install-service system-deps clean
+.PHONY: help venv run demo test bench hw-check lint format install-service system-deps clean
 
 help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
+	@echo "make demo             end-to-end pipeline on the simulated robot (BUDGET=minutes, ARGS=--skip-train)"
 	@echo "make test             install everything needed and run the test suite"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
@@ -33,6 +34,10 @@ venv: $(STAMP)
 
 run: venv
 	$(BIN)/continuon run --config $(CONFIG)
+
+BUDGET ?= 20
+demo: venv
+	$(BIN)/continuon pipeline --budget-minutes $(BUDGET) $(ARGS)
 
 system-deps:
 	@missing=""; \
