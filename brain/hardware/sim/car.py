@@ -64,7 +64,8 @@ class CarState:
     """Pose of the rear-axle midpoint in the track frame, and the actuators' actual state.
 
     ``steer_actual`` is the road-wheel angle in radians (after trim and servo
-    lag); ``t`` is simulated seconds since reset.
+    lag), positive to the RIGHT like the steering command; ``t`` is simulated
+    seconds since reset.
     """
 
     x: float
@@ -116,9 +117,11 @@ class Car:
             if v != 0.0 and (v_new > 0.0) != (v > 0.0) and abs(drive) <= p.rolling_mps2:
                 v_new = 0.0  # rolling resistance stops the car; it never pushes it backwards
 
-        # Midpoint integration of the pose with the average speed of the substep.
+        # Midpoint integration of the pose with the average speed of the substep.  Steering
+        # +1 is full RIGHT, as on the real car (PCA9685 ``right_us``) and in DonkeyCar; the
+        # track frame is counter-clockwise positive, so a right turn lowers the yaw.
         vm = 0.5 * (v + v_new)
-        yaw_rate = vm * math.tan(self.steer) / p.wheelbase_m
+        yaw_rate = -vm * math.tan(self.steer) / p.wheelbase_m
         mid_yaw = self.yaw + 0.5 * h * yaw_rate
         self.x += h * vm * math.cos(mid_yaw)
         self.y += h * vm * math.sin(mid_yaw)

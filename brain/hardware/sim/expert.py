@@ -80,8 +80,8 @@ class PurePursuitExpert:
         left = -sn * dx + c * dy
         dist2 = max(fwd * fwd + left * left, 1e-6)
         curvature = 2.0 * left / dist2  # = 2 sin(alpha) / distance
-        delta = math.atan(car.wheelbase_m * curvature)
-        steering = max(-1.0, min(1.0, delta / car.max_steer_rad))
+        delta = math.atan(car.wheelbase_m * curvature)  # positive: the target is to the left
+        steering = max(-1.0, min(1.0, -delta / car.max_steer_rad))  # +1 is full right
 
         preview = s + max(0.0, state.speed) * self.p.speed_preview_s
         idx = round(preview / tr.spacing) % tr.n
