@@ -1,0 +1,1 @@
+"""The Robot API: REST + WebSocket for the companion app, behind pairing and owner tokens."""

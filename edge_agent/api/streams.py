@@ -1,0 +1,221 @@
+"""The streaming routes: teleop WebSocket, camera as MJPEG and as WebSocket JPEG.
+
+Teleop commands go straight to ``brain.teleop`` from the socket's reader: the
+brain latches the latest command and its watchdog stops the robot when they
+stop coming, so a dropped socket needs no cleanup here to be safe.
+
+Camera frames are JPEG-encoded once per new frame (by ``seq``) in a worker
+thread and shared by every viewer; each viewer is capped at
+``api.camera_max_fps`` and a slow viewer simply skips frames (its writes wait
+on the socket), so no client can make the robot buffer images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel
+
+from brain.interface import BrainInterface, CommandError
+from edge_agent.api.keys import AUTH, BRAIN, CLOSING, CONFIG, ENCODER, TOKEN_ID, WEBSOCKETS
+from edge_agent.api.models import EstopMsg, PingMsg, TeleopMsg, decode_json, parse_model
+
+_log = logging.getLogger("continuon.api.streams")
+
+SUBPROTOCOL = "continuon.v1"
+WS_MAX_MSG = 4096
+CLOSE_REVOKED = 4401  # application close code: the token was revoked
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class FrameEncoder:
+    """The latest camera frame as JPEG, encoded at most once per frame for all viewers."""
+
+    def __init__(self, brain: BrainInterface, quality: int) -> None:
+        self._brain = brain
+        self._quality = quality
+        self._lock = asyncio.Lock()
+        self._seq: int | None = None
+        self._jpeg = b""
+        self.encoded = 0
+
+    async def latest(self) -> tuple[int, bytes] | None:
+        async with self._lock:
+            frame = self._brain.latest_frame()
+            if frame is None:
+                return None
+            if frame.seq != self._seq:
+                self._jpeg = await asyncio.to_thread(encode_jpeg, frame.rgb, self._quality)
+                self._seq = frame.seq
+                self.encoded += 1
+            return frame.seq, self._jpeg
+
+
+async def _paced_frames(encoder: FrameEncoder, auth: Any, token_id: str, fps: float) -> Any:
+    """Yields new JPEG frames at most ``fps`` per second while the token stays live."""
+    loop = asyncio.get_running_loop()
+    period = 1.0 / fps
+    last_seq: int | None = None
+    next_t = loop.time()
+    while auth.tokens.is_live(token_id):
+        got = await encoder.latest()
+        if got is not None and got[0] != last_seq:
+            last_seq = got[0]
+            yield got[1]
+        next_t += period
+        delay = next_t - loop.time()
+        if delay < 0:  # we fell behind (slow client): do not try to catch up
+            next_t = loop.time()
+            delay = 0
+        await asyncio.sleep(delay)
+
+
+def _prepare_ws(request: web.Request, heartbeat: float | None) -> web.WebSocketResponse:
+    return web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,), max_msg_size=WS_MAX_MSG, heartbeat=heartbeat
+    )
+
+
+async def teleop_ws(request: web.Request) -> web.WebSocketResponse:
+    """Joystick in (JSON up to 50 Hz), telemetry out (~telemetry_hz)."""
+    brain = request.app[BRAIN]
+    auth = request.app[AUTH]
+    token_id: str = request[TOKEN_ID]
+    hz = request.app[CONFIG].api.telemetry_hz
+    ws = _prepare_ws(request, heartbeat=2.0)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS].add(ws)
+
+    async def telemetry() -> None:
+        while not ws.closed:
+            if not auth.tokens.is_live(token_id):
+                await ws.close(code=CLOSE_REVOKED, message=b"token revoked")
+                return
+            await ws.send_json({"type": "telemetry", **brain.telemetry()}, dumps=_dumps)
+            await asyncio.sleep(1.0 / hz)
+
+    sender = asyncio.create_task(telemetry())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                reply = _handle_teleop_message(brain, msg.data)
+                if reply is not None:
+                    await ws.send_json(reply, dumps=_dumps)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.send_json(_ws_error("bad_message", "send JSON text messages"))
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+            await sender
+        # Nothing to stop here: without new commands the brain's watchdog returns to neutral.
+    return ws
+
+
+_MESSAGES: dict[str, type[BaseModel]] = {"teleop": TeleopMsg, "estop": EstopMsg, "ping": PingMsg}
+
+
+def _handle_teleop_message(brain: BrainInterface, text: str) -> dict[str, Any] | None:
+    """One client message; returns what to answer (None: nothing)."""
+    from edge_agent.api.models import ApiError
+
+    try:
+        data = decode_json(text)
+        kind = data.get("type") if isinstance(data, dict) else None
+        model = _MESSAGES.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            return _ws_error("bad_message", 'messages need "type": "teleop", "estop" or "ping"')
+        msg = parse_model(model, data)
+        if isinstance(msg, TeleopMsg):
+            brain.teleop(msg.action)
+            return None
+        if isinstance(msg, EstopMsg):
+            return {"type": "estop", **brain.estop(msg.reason)}
+        return {"type": "pong"}
+    except ApiError as exc:
+        return _ws_error(exc.code, exc.message)
+    except CommandError as exc:
+        return _ws_error("refused", str(exc))
+
+
+def _ws_error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"code": code, "message": message}}
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str)
+
+
+async def camera_ws(request: web.Request) -> web.WebSocketResponse:
+    """Binary messages, one JPEG each; client messages are ignored."""
+    app = request.app
+    ws = _prepare_ws(request, heartbeat=5.0)
+    await ws.prepare(request)
+    app[WEBSOCKETS].add(ws)
+
+    async def drain_incoming() -> None:
+        async for _ in ws:  # answers pings, notices the close
+            pass
+
+    reader = asyncio.create_task(drain_incoming())
+    try:
+        async for jpeg in _paced_frames(app[ENCODER], app[AUTH], request[TOKEN_ID], _fps(app)):
+            if ws.closed:
+                break
+            await ws.send_bytes(jpeg)
+        if not ws.closed:
+            await ws.close(code=CLOSE_REVOKED, message=b"token revoked")
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+            await reader
+    return ws
+
+
+BOUNDARY = "continuonframe"
+
+
+async def camera_mjpeg(request: web.Request) -> web.StreamResponse:
+    """multipart/x-mixed-replace, for an <img src="...?ticket=">."""
+    app = request.app
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+            "Cache-Control": "no-store",
+        }
+    )
+    await resp.prepare(request)
+    try:
+        async for jpeg in _paced_frames(app[ENCODER], app[AUTH], request[TOKEN_ID], _fps(app)):
+            if app[CLOSING].is_set():
+                break
+            head = (
+                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+            ).encode()
+            await resp.write(head + jpeg + b"\r\n")
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    return resp
+
+
+def _fps(app: web.Application) -> float:
+    return float(app[CONFIG].api.camera_max_fps)
