@@ -8,7 +8,10 @@ from brain.cli import main
 from brain.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# Robot configs; configs/provider_thresholds.yaml is the export bench's, not a robot's.
+CONFIGS = sorted(
+    p for p in (ROOT / "configs").glob("*.yaml") if p.name != "provider_thresholds.yaml"
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

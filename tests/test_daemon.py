@@ -132,6 +132,90 @@ def test_teleop_drives_and_watchdog_stops_within_300ms(tmp_path):
     assert daemon.safety.stats()["watchdog"] >= 1
 
 
+def _first_write_after(calls, t0, value):
+    return next(
+        (t for t, k, a in calls if k == "write" and t >= t0 and np.allclose(a, value)), None
+    )
+
+
+@pytest.mark.parametrize("immediate", [True, False])
+def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
+    """At 5 Hz a tick is 200 ms away: the immediate path writes a new command within a few ms."""
+
+    async def body():
+        daemon, act = make_daemon(
+            tmp_path,
+            **{
+                "safety.slew_per_s": {},
+                "control.rate_hz": 5,
+                "control.max_frame_age_ms": 1000,
+                "control.teleop_immediate": immediate,
+            },
+        )
+        task = await _start(daemon)
+        daemon.brain.set_mode("manual")
+        await asyncio.sleep(0.25)
+        delays = []
+        for k in range(5):
+            value = [0.1 * (k + 1), 0.2]
+            await asyncio.sleep(0.07)  # between ticks, past the early-write rate cap
+            t0 = time.monotonic()
+            daemon.brain.teleop(value)
+            await asyncio.sleep(0.22)
+            delays.append(_first_write_after(act.snapshot(), t0, value) - t0)
+            daemon.brain.teleop(value)  # keep the watchdog fed
+        await _stop(daemon, task)
+        return delays, daemon.control.stats()
+
+    delays, stats = asyncio.run(body())
+    if immediate:
+        assert max(delays) < 0.05, delays
+        assert stats["teleop_immediate_writes"] >= 5
+    else:
+        assert min(delays) > 0.02 and max(delays) <= 0.21, delays
+        assert stats["teleop_immediate_writes"] == 0
+
+
+def test_flooding_teleop_is_rate_capped(tmp_path):
+    async def body():
+        daemon, _act = make_daemon(tmp_path, **{"control.rate_hz": 5, "safety.slew_per_s": {}})
+        task = await _start(daemon)
+        daemon.brain.set_mode("manual")
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.2:  # a client sending as fast as it can
+            daemon.brain.teleop([0.2, 0.2])
+            await asyncio.sleep(0)
+        await _stop(daemon, task)
+        return daemon.control.stats(), t0
+
+    stats, _ = asyncio.run(body())
+    assert stats["teleop_received"] > 100
+    # one early write per quarter period (50 ms at 5 Hz): at most ~5 in 200 ms
+    assert 1 <= stats["teleop_immediate_writes"] <= 6
+
+
+def test_immediate_teleop_never_moves_outside_manual(tmp_path):
+    async def body():
+        daemon, act = make_daemon(tmp_path, **{"control.rate_hz": 5})
+        task = await _start(daemon)
+        await asyncio.sleep(0.3)
+        for _ in range(10):
+            daemon.brain.teleop([0.5, 0.5])  # IDLE: ignored
+            await asyncio.sleep(0.02)
+        daemon.brain.set_mode("manual")
+        daemon.brain.estop("test")
+        for _ in range(10):
+            daemon.brain.teleop([0.5, 0.5])  # ESTOP: ignored
+            await asyncio.sleep(0.02)
+        await _stop(daemon, task)
+        return act.snapshot(), daemon.control.stats()
+
+    calls, stats = asyncio.run(body())
+    assert all(k == "neutral" for _, k, _ in calls)
+    assert stats["teleop_immediate_writes"] == 0
+
+
 def test_estop_is_immediate_and_latched(tmp_path):
     async def body():
         daemon, act = make_daemon(tmp_path)

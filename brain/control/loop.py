@@ -47,12 +47,18 @@ class Inference(Protocol):
 class TeleopInput:
     """The latest teleop command and when it arrived; written by the API, read each tick."""
 
-    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        size: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_set: Callable[[], None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._cmd: np.ndarray | None = None
         self._t: float | None = None
         self._size = size
         self._clock = clock
+        self._on_set = on_set
         self.received = 0
 
     def set(self, action: Any) -> None:
@@ -63,6 +69,8 @@ class TeleopInput:
             self._cmd = arr
             self._t = self._clock()
             self.received += 1
+        if self._on_set is not None:
+            self._on_set()
 
     def clear(self) -> None:
         with self._lock:
@@ -121,7 +129,7 @@ class ControlLoop:
         self.clock = clock
         self.period = 1.0 / config.control.rate_hz
         self.max_age = config.control.max_frame_age_ms / 1000.0
-        self.teleop = TeleopInput(actuators.action_spec.size, clock)
+        self.teleop = TeleopInput(actuators.action_spec.size, clock, on_set=self._on_teleop)
         self.timing = LoopTiming(config.control.stats_window)
         self.faults: dict[str, int] = {"stale_frame": 0, "policy_miss": 0, "recorder": 0}
         self.recorder: RecorderHook | None = None
@@ -129,6 +137,9 @@ class ControlLoop:
         self.last_output: SafetyOutput | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._teleop_new = threading.Event()
+        self._last_early_t = -1e9
+        self.teleop_immediate_writes = 0
         self._mode_gen = -1
         self._last_frame_seq: int | None = None
         self._running = False
@@ -151,6 +162,11 @@ class ControlLoop:
     def _on_mode_change(self, change: Any) -> None:
         # Wake the thread so a stop takes effect now, not at the next deadline.
         self._wake.set()
+
+    def _on_teleop(self) -> None:
+        if self.cfg.control.teleop_immediate:
+            self._teleop_new.set()
+            self._wake.set()
 
     # ------------------------------------------------------------------ the thread
 
@@ -187,6 +203,38 @@ class ControlLoop:
                 self._wake.clear()
                 if not self.modes.flags.motion:
                     self._write_neutral("mode")
+                elif self._teleop_new.is_set():
+                    self._teleop_new.clear()
+                    self._teleop_write()
+
+    def _teleop_write(self) -> None:
+        """A joystick command between ticks: the same safety filter, written now.
+
+        Only in MANUAL with a fresh camera frame and no mode change pending (the
+        tick handles those); at most one early write per quarter period, so a
+        flooding client cannot turn the control thread into a busy writer.  An e-stop that
+        lands during this write wakes the thread again and is written next.
+        """
+        now = self.clock()
+        if self.modes.mode is not Mode.MANUAL or self.modes.generation != self._mode_gen:
+            return
+        if now - self._last_early_t < self.period / 4:
+            return
+        if self.sensors.has_camera:
+            frame, _ = self.sensors.latest()
+            if frame is None or now - frame.t_capture > self.max_age:
+                return
+        cmd, t = self.teleop.get()
+        if cmd is None:
+            return
+        out = self.safety.filter(cmd, command_t=t, now=now, motion_allowed=True)
+        if out.neutral:
+            self.actuators.neutral()
+        else:
+            self.actuators.write(out.action)
+        self._last_early_t = now
+        self.last_output = out
+        self.teleop_immediate_writes += 1
 
     def _write_neutral(self, reason: str) -> None:
         try:
@@ -197,6 +245,7 @@ class ControlLoop:
 
     def _tick(self, now: float) -> None:
         self.last_tick_t = now
+        self._teleop_new.clear()  # this tick reads the latest command anyway
         mode = self.modes.mode
         flags = self.modes.flags
         if self.modes.generation != self._mode_gen:
@@ -318,4 +367,5 @@ class ControlLoop:
             "last_action": None if out is None else [round(float(v), 4) for v in out.action],
             "last_neutral": None if out is None else out.neutral,
             "teleop_received": self.teleop.received,
+            "teleop_immediate_writes": self.teleop_immediate_writes,
         }

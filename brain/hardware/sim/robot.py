@@ -158,7 +158,14 @@ class SimCamera(_Clocked):
         super().__init__(robot, cfg.fps, 0.0)
         self.width = cfg.width
         self.height = cfg.height
-        self._renderer = robot.world.rgb_renderer  # built on first use
+        self._renderer = robot.world.rgb_renderer  # built once, lazily
+
+    def start(self) -> None:
+        # Build the scene (ground raster, sky) now, like a real camera's warm-up: it takes
+        # 0.3-1.5 s, and the first frame would otherwise arrive that late, after the
+        # control loop has started and counted stale frames.
+        super().start()
+        self._renderer()
 
     def read(self, timeout: float = 1.0) -> Frame:
         seq, due = self._wait_for_frame(timeout)
@@ -174,6 +181,10 @@ class SimDepthCamera(_Clocked):
         self.width = cfg.width
         self.height = cfg.height
         self._renderer = robot.world.depth_renderer
+
+    def start(self) -> None:
+        super().start()
+        self._renderer()
 
     def read_depth(self, timeout: float = 1.0) -> DepthFrame:
         seq, due = self._wait_for_frame(timeout)
