@@ -1,0 +1,1 @@
+"""The cloud link: MQTT status, telemetry, events and commands that never move the robot."""
