@@ -156,8 +156,8 @@ def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
         daemon.brain.set_mode("manual")
         await asyncio.sleep(0.25)
         delays = []
-        for k in range(5):
-            value = [0.1 * (k + 1), 0.2]
+        for k in range(10):
+            value = [0.05 * (k + 1), 0.2]
             await asyncio.sleep(0.07)  # between ticks, past the early-write rate cap
             t0 = time.monotonic()
             daemon.brain.teleop(value)
@@ -168,11 +168,13 @@ def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
         return delays, daemon.control.stats()
 
     delays, stats = asyncio.run(body())
+    # Commands land at random points of the 200 ms period: waiting for the tick averages
+    # ~100 ms; written at once, the typical delay is a thread wake-up (~1 ms, more under load).
     if immediate:
-        assert max(delays) < 0.05, delays
+        assert sorted(delays)[len(delays) // 2] < 0.03, delays
         assert stats["teleop_immediate_writes"] >= 5
     else:
-        assert min(delays) > 0.02 and max(delays) <= 0.21, delays
+        assert sum(delays) / len(delays) > 0.04 and max(delays) <= 0.25, delays
         assert stats["teleop_immediate_writes"] == 0
 
 
