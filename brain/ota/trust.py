@@ -1,0 +1,688 @@
+"""The robot's trust layer: a TUF client (python-tuf ``ngclient``) over HTTP or a local directory.
+
+TUF answers "are these the bytes the release keys signed, fresh, and not an old or mixed
+state?".  On top of it this module reads the targets' custom fields (``version``,
+``release_counter``, ``hardware_id``) so the updater can pick the newest bundle *for this
+robot*; the never-decreasing release counter itself is persisted by the slots layer, which
+calls :func:`check_release_counter`.
+
+Repository layout (what ``cloud_jobs publish`` writes, any static web server can serve it)::
+
+    REPO/metadata/1.root.json, 2.root.json, ..., timestamp.json, N.snapshot.json, N.targets.json
+    REPO/targets/<sha256>.<bundle name>
+
+Sources: ``http(s)://host/path/REPO`` or a local directory (a USB stick, an upload from the
+companion app); both go through the same ngclient workflow, only the fetcher differs.
+
+Downloads of bundles resume: bytes land in ``<name>.part`` and a later :meth:`download` asks
+for the rest with an HTTP ``Range`` request (or seeks, for a directory).  The final file is
+verified against the signed length and hashes before it is renamed into place; a part that
+fails verification is deleted, so a poisoned prefix cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib import parse
+
+from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient.fetcher import FetcherInterface
+
+log = logging.getLogger(__name__)
+
+ROOT_NAME = "root.json"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+METADATA_SUBDIR = "metadata"
+TARGETS_SUBDIR = "targets"
+PART_SUFFIX = ".part"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class TrustError(Exception):
+    """An update cannot be trusted or fetched; the subclass and message say why."""
+
+
+class TrustNotInitialisedError(TrustError):
+    """No trusted root in the metadata directory (provision one with ``init_trust``)."""
+
+
+class ExpiredMetadataError(TrustError):
+    """Signed metadata is past its expiry (a frozen or stale repository)."""
+
+
+class BadSignatureError(TrustError):
+    """Metadata is unsigned, signed by an unknown/revoked key, or below its role's threshold."""
+
+
+class RollbackError(TrustError):
+    """Metadata older than what the robot already trusts (a replayed repository state)."""
+
+
+class MixAndMatchError(TrustError):
+    """Metadata versions that do not belong together (e.g. targets not the one snapshot names)."""
+
+
+class MetadataError(TrustError):
+    """Metadata is malformed or inconsistent in some other way."""
+
+
+class TargetMismatchError(TrustError):
+    """A downloaded file does not have the signed length or hashes (truncated, oversize, bad)."""
+
+
+class SlowDownloadError(TrustError):
+    """A download was slower than the minimum rate (a slow-retrieval attack or a dead link)."""
+
+
+class DownloadFailedError(TrustError):
+    """The repository could not be reached or answered with an error."""
+
+
+class IncompleteDownloadError(DownloadFailedError):
+    """The connection ended early; the bytes so far are kept and the next download resumes."""
+
+
+class TargetNotFoundError(TrustError):
+    """No such target in the signed metadata."""
+
+
+class IncompatibleTargetError(TrustError):
+    """A target (or the bundle inside it) is for another hardware id or has bad custom fields."""
+
+
+class ReplayError(TrustError):
+    """A bundle whose release counter is not above the committed one (replay of an old release)."""
+
+
+def _map_tuf_error(exc: BaseException, *, during: str) -> TrustError:
+    """Translate python-tuf's exceptions into ours, keeping its message."""
+    msg = f"{during}: {exc}" if str(exc) else f"{during}: {type(exc).__name__}"
+    target_phase = during.startswith("download")
+    if isinstance(exc, tuf_exc.ExpiredMetadataError):
+        return ExpiredMetadataError(msg)
+    if isinstance(exc, tuf_exc.UnsignedMetadataError):
+        return BadSignatureError(msg)
+    if isinstance(exc, tuf_exc.BadVersionNumberError):
+        text = str(exc)
+        if isinstance(exc, tuf_exc.EqualVersionNumberError) or "must be >=" in text:
+            return RollbackError(msg)
+        return MixAndMatchError(msg)
+    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
+        return TargetMismatchError(msg) if target_phase else MixAndMatchError(msg)
+    if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
+        return TargetMismatchError(msg) if target_phase else MetadataError(msg)
+    if isinstance(exc, tuf_exc.SlowRetrievalError):
+        return SlowDownloadError(msg)
+    if isinstance(exc, tuf_exc.DownloadHTTPError | tuf_exc.DownloadError):
+        cause = exc.__cause__
+        return DownloadFailedError(f"{msg} ({cause})" if cause else msg)
+    if isinstance(exc, tuf_exc.RepositoryError):
+        return MetadataError(msg)
+    if isinstance(exc, OSError):
+        if exc.errno in _NO_SPACE:
+            return TrustError(f"{during}: no space left on device ({exc.strerror})")
+        return TrustError(f"{during}: {exc.strerror or exc}")
+    return TrustError(msg)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """A signed target (a bundle) and the custom fields the release tooling put on it."""
+
+    name: str
+    length: int
+    hashes: MappingProxyType[str, str] = field(hash=False)
+    version: str
+    release_counter: int
+    hardware_id: str
+
+    @classmethod
+    def from_target_file(cls, tf: TargetFile) -> TargetInfo:
+        custom = tf.custom if isinstance(tf.custom, dict) else {}
+        version, counter, hw = (
+            custom.get("version"),
+            custom.get("release_counter"),
+            custom.get("hardware_id"),
+        )
+        if not isinstance(version, str) or not version:
+            raise IncompatibleTargetError(f"target {tf.path}: custom.version missing or not text")
+        if type(counter) is not int or counter < 0:
+            raise IncompatibleTargetError(
+                f"target {tf.path}: custom.release_counter must be an integer >= 0"
+            )
+        if not isinstance(hw, str) or not hw:
+            raise IncompatibleTargetError(f"target {tf.path}: custom.hardware_id missing")
+        return cls(
+            name=tf.path,
+            length=tf.length,
+            hashes=MappingProxyType(dict(tf.hashes)),
+            version=version,
+            release_counter=counter,
+            hardware_id=hw,
+        )
+
+
+def check_release_counter(target: TargetInfo | Any, committed_counter: int | None) -> None:
+    """Refuse anything not strictly newer than the committed release (a replayed old bundle).
+
+    ``target`` may be a :class:`TargetInfo` or an ``EdgeManifest`` (both have
+    ``release_counter``); ``committed_counter`` None means nothing was ever committed.
+    """
+    if committed_counter is not None and target.release_counter <= committed_counter:
+        raise ReplayError(
+            f"release counter {target.release_counter} (version {target.version}) is not above "
+            f"the committed {committed_counter}: refusing an old or replayed release"
+        )
+
+
+def check_hardware(target: TargetInfo | Any, hardware_id: str) -> None:
+    """Refuse a target or manifest made for other hardware."""
+    if target.hardware_id != hardware_id:
+        raise IncompatibleTargetError(
+            f"{target.version} is for hardware {target.hardware_id!r}, this robot is "
+            f"{hardware_id!r}"
+        )
+
+
+def check_manifest_matches(target: TargetInfo, manifest: Any) -> None:
+    """The unpacked bundle's manifest must say what the signed target's custom fields say.
+
+    TUF signs the archive and the custom fields separately from the manifest inside; a
+    mismatch means the release tooling (or an attacker with the targets key but not ...) mixed
+    things up, and the robot should not guess which one is right.
+    """
+    check_hardware(manifest, target.hardware_id)
+    if manifest.version != target.version or manifest.release_counter != target.release_counter:
+        raise MetadataError(
+            f"bundle manifest says version {manifest.version} / release {manifest.release_counter}"
+            f", the signed target {target.name} says {target.version} / {target.release_counter}"
+        )
+
+
+# ----------------------------------------------------------------------------- fetchers
+
+
+class _RangeNotHonoured(Exception):
+    pass
+
+
+class ResumableFetcher(FetcherInterface):
+    """HTTP(S) and local-directory fetcher with a minimum average rate and byte ranges.
+
+    ngclient only asks for whole files (``_fetch``); :meth:`fetch_from` adds an offset for
+    resuming bundle downloads.  The rate check defeats a server that trickles a byte just
+    often enough to keep a socket timeout from firing.
+    """
+
+    def __init__(
+        self,
+        *,
+        local_root: Path | None = None,
+        socket_timeout: float = 15.0,
+        min_bytes_per_s: float = 4096.0,
+        grace_s: float = 10.0,
+        chunk_size: int = 256 * 1024,
+        user_agent: str = "continuon-brain-ota",
+    ) -> None:
+        self.local_root = local_root.resolve() if local_root is not None else None
+        self.socket_timeout = socket_timeout
+        self.min_bytes_per_s = min_bytes_per_s
+        self.grace_s = grace_s
+        self.chunk_size = chunk_size
+        self._user_agent = user_agent
+        self._pool: Any = None
+
+    # -- ngclient interface
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        chunks, _ = self.fetch_from(url, 0)
+        return chunks
+
+    # -- ours
+    def fetch_from(self, url: str, offset: int) -> tuple[Iterator[bytes], int]:
+        """Chunks of ``url`` from ``offset``; returns (chunks, the offset actually honoured)."""
+        scheme = parse.urlsplit(url).scheme
+        if scheme == "file":
+            return self._rated(self._file_chunks(url, offset)), offset
+        if scheme in ("http", "https"):
+            return self._http(url, offset)
+        raise tuf_exc.DownloadError(f"unsupported URL scheme in {url!r}")
+
+    def _rated(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        start = time.monotonic()
+        got = 0
+        for chunk in chunks:
+            got += len(chunk)
+            elapsed = time.monotonic() - start
+            if elapsed > self.grace_s and got / elapsed < self.min_bytes_per_s:
+                raise tuf_exc.SlowRetrievalError(
+                    f"average {got / elapsed:.0f} B/s after {elapsed:.1f} s, below the "
+                    f"{self.min_bytes_per_s:.0f} B/s minimum"
+                )
+            yield chunk
+
+    def _file_chunks(self, url: str, offset: int) -> Iterator[bytes]:
+        path = Path(parse.unquote(parse.urlsplit(url).path)).resolve()
+        if self.local_root is not None and not path.is_relative_to(self.local_root):
+            raise tuf_exc.DownloadError(f"{path} is outside the side-load directory")
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        except FileNotFoundError:
+            raise tuf_exc.DownloadHTTPError(f"{path}: not found", 404) from None
+        except IsADirectoryError:
+            raise tuf_exc.DownloadHTTPError(f"{path}: is a directory", 404) from None
+
+        def gen() -> Iterator[bytes]:
+            with f:
+                f.seek(offset)
+                while chunk := f.read(self.chunk_size):
+                    yield chunk
+
+        return gen()
+
+    def _http(self, url: str, offset: int) -> tuple[Iterator[bytes], int]:
+        import urllib3
+
+        if self._pool is None:
+            self._pool = urllib3.PoolManager(headers={"User-Agent": self._user_agent})
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            resp = self._pool.request(
+                "GET",
+                url,
+                headers=headers,
+                preload_content=False,
+                timeout=urllib3.Timeout(self.socket_timeout),
+                retries=urllib3.Retry(total=0, redirect=3, raise_on_redirect=True),
+            )
+        except urllib3.exceptions.MaxRetryError as e:
+            # NewConnectionError subclasses ConnectTimeoutError: a refused connection is not slow.
+            slow = isinstance(e.reason, urllib3.exceptions.TimeoutError) and not isinstance(
+                e.reason, urllib3.exceptions.NewConnectionError
+            )
+            if slow:
+                raise tuf_exc.SlowRetrievalError(f"{url}: timed out") from e
+            raise tuf_exc.DownloadError(f"{url}: {e.reason}") from e
+        except urllib3.exceptions.TimeoutError as e:
+            raise tuf_exc.SlowRetrievalError(f"{url}: timed out") from e
+        except urllib3.exceptions.HTTPError as e:
+            raise tuf_exc.DownloadError(f"{url}: {e}") from e
+        if offset and resp.status == 416:
+            resp.release_conn()
+            raise _RangeNotHonoured
+        if resp.status >= 400:
+            resp.release_conn()
+            raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {resp.status}", resp.status)
+        honoured = offset if (offset and resp.status == 206) else 0
+
+        def gen() -> Iterator[bytes]:
+            try:
+                while True:
+                    chunk = resp.read1(self.chunk_size)
+                    if not chunk:
+                        return
+                    yield chunk
+            except urllib3.exceptions.TimeoutError as e:
+                raise tuf_exc.SlowRetrievalError(f"{url}: stalled") from e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise tuf_exc.DownloadError(f"{url}: connection broken ({e})") from e
+            finally:
+                resp.release_conn()
+
+        return self._rated(gen()), honoured
+
+
+# ----------------------------------------------------------------------------- trust store
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_metadata(d: Path) -> None:
+    """fsync what ngclient wrote (it renames without fsync): trust state survives power loss."""
+    with contextlib.suppress(OSError):
+        for p in [*d.glob("*.json"), *d.glob("root_history/*.json")]:
+            if p.is_symlink():
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if (d / "root_history").is_dir():
+            _fsync_dir(d / "root_history")
+        _fsync_dir(d)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def init_trust(
+    metadata_dir: str | os.PathLike[str], root_json_bytes: bytes, *, overwrite: bool = False
+) -> None:
+    """Provision the robot's trust anchor: the repository's (first) ``root.json``.
+
+    It must parse as root metadata; signatures are checked by ngclient at first use.  An
+    existing, different trust anchor is only replaced with ``overwrite=True`` (re-provisioning
+    the robot), because silently replacing it would let anyone who can reach this call swap
+    the release keys.
+    """
+    d = Path(metadata_dir)
+    try:
+        md = Metadata.from_bytes(root_json_bytes)
+    except Exception as exc:  # DeserializationError and friends
+        raise MetadataError(f"trusted root is not valid TUF metadata ({exc})") from None
+    if not isinstance(md.signed, Root):
+        raise MetadataError(f"trusted root is {md.signed.type!r} metadata, not root")
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / ROOT_NAME
+    if target.exists() and not overwrite:
+        if target.read_bytes() == root_json_bytes:
+            return
+        raise TrustError(f"{target}: a different trusted root is already installed")
+    if target.is_symlink() or target.exists():
+        # ngclient keeps root.json as a symlink into root_history/: start clean.
+        target.unlink()
+        for p in (d / "root_history").glob("*.root.json"):
+            p.unlink()
+        for role in ("timestamp", "snapshot", "targets"):
+            (d / f"{role}.json").unlink(missing_ok=True)
+    _atomic_write(target, root_json_bytes)
+
+
+def is_local_source(source: str | os.PathLike[str]) -> bool:
+    return not str(source).startswith(("http://", "https://"))
+
+
+class TrustedRepository:
+    """The robot's view of one TUF repository (remote URL or local directory).
+
+    ``metadata_dir`` holds the trusted metadata (root first, from :func:`init_trust`; ngclient
+    keeps it current, including root rotations).  ``download_dir`` holds partial and finished
+    downloads.  Each :meth:`refresh` runs the whole TUF client workflow again.
+    """
+
+    def __init__(
+        self,
+        metadata_dir: str | os.PathLike[str],
+        source: str | os.PathLike[str],
+        download_dir: str | os.PathLike[str],
+        *,
+        metadata_url: str | None = None,
+        targets_url: str | None = None,
+        fetcher: ResumableFetcher | None = None,
+        config: UpdaterConfig | None = None,
+    ) -> None:
+        self.metadata_dir = Path(metadata_dir)
+        self.download_dir = Path(download_dir)
+        if str(source).startswith("file://"):
+            source = Path(parse.unquote(parse.urlsplit(str(source)).path))
+        if is_local_source(source):
+            root = Path(source).resolve()
+            if not root.is_dir():
+                raise DownloadFailedError(f"side-load source {root} is not a directory")
+            base = root.as_uri()
+            self._fetcher = fetcher or ResumableFetcher(local_root=root)
+        else:
+            base = str(source).rstrip("/")
+            self._fetcher = fetcher or ResumableFetcher()
+        self.source = str(source)
+        self.metadata_url = (metadata_url or f"{base}/{METADATA_SUBDIR}").rstrip("/") + "/"
+        self.targets_url = (targets_url or f"{base}/{TARGETS_SUBDIR}").rstrip("/") + "/"
+        self._config = config or UpdaterConfig()
+        self._updater: Updater | None = None
+
+    # -- metadata
+    def _new_updater(self) -> Updater:
+        if not (self.metadata_dir / ROOT_NAME).exists():
+            raise TrustNotInitialisedError(
+                f"{self.metadata_dir}: no trusted {ROOT_NAME} (provision the robot first)"
+            )
+        try:
+            return Updater(
+                metadata_dir=str(self.metadata_dir),
+                metadata_base_url=self.metadata_url,
+                target_dir=str(self.download_dir),
+                target_base_url=self.targets_url,
+                fetcher=self._fetcher,
+                config=self._config,
+                bootstrap=None,
+            )
+        except Exception as exc:
+            raise _map_tuf_error(
+                exc, during=f"loading trusted root from {self.metadata_dir}"
+            ) from exc
+
+    def refresh(self) -> None:
+        """Run the TUF workflow (root -> timestamp -> snapshot -> targets) against the source."""
+        updater = self._new_updater()
+        try:
+            updater.refresh()
+        except Exception as exc:
+            self._updater = None
+            raise _map_tuf_error(exc, during=f"refreshing metadata from {self.source}") from exc
+        finally:
+            _sync_metadata(self.metadata_dir)
+        self._updater = updater
+
+    def _require_refreshed(self) -> Updater:
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        return self._updater
+
+    def targets(self) -> list[TargetInfo]:
+        """Every top-level target with valid custom fields (others are logged and skipped)."""
+        self._require_refreshed()
+        # ngclient persisted targets.json only after verifying it in this refresh.
+        md = Metadata[Targets].from_file(str(self.metadata_dir / "targets.json"))
+        out = []
+        for tf in md.signed.targets.values():
+            try:
+                out.append(TargetInfo.from_target_file(tf))
+            except IncompatibleTargetError as exc:
+                log.warning("ignoring target: %s", exc)
+        return out
+
+    def latest(self, hardware_id: str) -> TargetInfo | None:
+        """The target for ``hardware_id`` with the highest release counter, or None."""
+        mine = [t for t in self.targets() if t.hardware_id == hardware_id]
+        skipped = {t.hardware_id for t in self.targets()} - {hardware_id}
+        if skipped:
+            log.debug("targets for other hardware ignored: %s", sorted(skipped))
+        if not mine:
+            return None
+        best = max(mine, key=lambda t: (t.release_counter, t.name))
+        ties = [t for t in mine if t.release_counter == best.release_counter]
+        if len(ties) > 1:
+            raise MetadataError(
+                f"release counter {best.release_counter} is used by several targets "
+                f"{sorted(t.name for t in ties)} for {hardware_id}"
+            )
+        return best
+
+    def get(self, name: str) -> TargetInfo:
+        """A target by name (delegations followed), verified; raises if absent."""
+        tf = self._target_file(name)
+        return TargetInfo.from_target_file(tf)
+
+    def _target_file(self, name: str) -> TargetFile:
+        updater = self._require_refreshed()
+        try:
+            tf = updater.get_targetinfo(name)
+        except Exception as exc:
+            raise _map_tuf_error(exc, during=f"looking up target {name}") from exc
+        if tf is None:
+            raise TargetNotFoundError(f"{name}: no such target in {self.source}")
+        return tf
+
+    # -- targets
+    def _target_url(self, tf: TargetFile) -> str:
+        updater = self._require_refreshed()
+        path = tf.path
+        consistent = self._root_consistent_snapshot()
+        if consistent and updater.config.prefix_targets_with_hash:
+            digest = next(iter(tf.hashes.values()))
+            dirname, sep, basename = path.rpartition("/")
+            path = f"{dirname}{sep}{digest}.{basename}"
+        return f"{self.targets_url}{parse.quote(path)}"
+
+    def _root_consistent_snapshot(self) -> bool:
+        md = Metadata[Root].from_file(str(self.metadata_dir / ROOT_NAME))
+        return bool(md.signed.consistent_snapshot)
+
+    def download(
+        self,
+        target: TargetInfo,
+        dest_dir: str | os.PathLike[str] | None = None,
+        *,
+        resume: bool = True,
+    ) -> Path:
+        """Fetch ``target`` into ``dest_dir`` (default: the download dir), verified; resumes.
+
+        Returns the final path.  An already complete, matching file is not fetched again.
+        With ``resume`` False, a failed download leaves no partial file behind.
+        """
+        tf = self._target_file(target.name)
+        if dict(tf.hashes) != dict(target.hashes) or tf.length != target.length:
+            raise MixAndMatchError(
+                f"{target.name}: the signed target changed since it was chosen; check again"
+            )
+        return self._download(tf, dest_dir, resume=resume)
+
+    def download_by_name(
+        self, name: str, dest_dir: str | os.PathLike[str] | None = None, *, resume: bool = True
+    ) -> Path:
+        """Like :meth:`download` for any target path, custom fields or not (conformance)."""
+        return self._download(self._target_file(name), dest_dir, resume=resume)
+
+    def _download(
+        self, tf: TargetFile, dest_dir: str | os.PathLike[str] | None, *, resume: bool
+    ) -> Path:
+        dest = Path(dest_dir) if dest_dir is not None else self.download_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        final = dest / parse.quote(tf.path, "")
+        if final.exists() and self._verifies(tf, final):
+            return final
+        part = final.with_name(final.name + PART_SUFFIX)
+        url = self._target_url(tf)
+        during = f"download {tf.path}"
+        try:
+            self._fetch_to_part(url, part, tf.length)
+            with open(part, "rb") as f:
+                tf.verify_length_and_hashes(f)
+        except _PartIsBad as exc:
+            part.unlink(missing_ok=True)
+            raise TargetMismatchError(f"{during}: {exc}") from None
+        except tuf_exc.LengthOrHashMismatchError as exc:
+            part.unlink(missing_ok=True)
+            raise _map_tuf_error(exc, during=during) from exc
+        except _Incomplete as exc:
+            if not resume:
+                part.unlink(missing_ok=True)
+            raise IncompleteDownloadError(f"{during}: {exc}") from None
+        except OSError as exc:
+            if not resume or exc.errno in _NO_SPACE:
+                # A full disk: give the space back (episodes and logs need it more).
+                part.unlink(missing_ok=True)
+            raise _map_tuf_error(exc, during=during) from exc
+        except tuf_exc.DownloadError as exc:
+            # The part file stays (unless told otherwise): the next download resumes from it.
+            if not resume:
+                part.unlink(missing_ok=True)
+            raise _map_tuf_error(exc, during=during) from exc
+        except BaseException:
+            if not resume:
+                part.unlink(missing_ok=True)
+            raise
+        os.replace(part, final)
+        _fsync_dir(dest)
+        return final
+
+    @staticmethod
+    def _verifies(tf: TargetFile, path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                tf.verify_length_and_hashes(f)
+            return True
+        except (OSError, tuf_exc.LengthOrHashMismatchError):
+            return False
+
+    def _fetch_to_part(self, url: str, part: Path, length: int) -> None:
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > length:
+            part.unlink()
+            offset = 0
+        if offset == length:
+            return
+        try:
+            chunks, honoured = self._fetcher.fetch_from(url, offset)
+        except _RangeNotHonoured:
+            part.unlink(missing_ok=True)
+            chunks, honoured = self._fetcher.fetch_from(url, 0)
+        except tuf_exc.DownloadError:
+            raise
+        except Exception as exc:
+            raise tuf_exc.DownloadError(f"{url}: {exc}") from exc
+        if honoured != offset:
+            log.info("server ignored the Range request; downloading %s from the start", url)
+        received = honoured
+        with open(part, "r+b" if honoured and part.exists() else "wb") as f:
+            f.seek(honoured)
+            f.truncate()
+            try:
+                for chunk in chunks:
+                    received += len(chunk)
+                    if received > length:
+                        raise _PartIsBad(f"more than the signed {length} bytes (oversize)")
+                    f.write(chunk)
+            finally:
+                f.flush()
+                with contextlib.suppress(OSError):
+                    os.fsync(f.fileno())
+        if received < length:
+            raise _Incomplete(
+                f"{url}: connection ended after {received} of {length} bytes (truncated; "
+                "the next attempt resumes)"
+            )
+
+
+class _PartIsBad(Exception):
+    pass
+
+
+class _Incomplete(tuf_exc.DownloadError):
+    pass
