@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_episodes(sub, _add_config)
 
+    from brain.ota.cli import register as register_ota
+
+    register_ota(sub, _add_config)
+
+    from brain.localtrain.cli import register as register_train_local
+
+    register_train_local(sub, _add_config)
+
     for ep in entry_points(group="continuon.cli"):
         try:
             ep.load()(sub, _add_config)

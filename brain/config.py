@@ -233,6 +233,9 @@ class ControlConfig(_Strict):
     autopilot: Literal["policy", "expert"] = "policy"
     record_autonomous: bool = False
     stats_window: Annotated[int, Field(ge=100, le=1_000_000)] = 6000
+    # In MANUAL, write a new joystick command at once (through the same safety layer)
+    # instead of at the next tick: up to one period less teleop latency.
+    teleop_immediate: bool = True
 
 
 class SafetyConfig(_Strict):
@@ -310,12 +313,32 @@ class ApiConfig(_Strict):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # JSON request bodies larger than this are refused with 413 before they are parsed.
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # Side-loaded update bundles (POST /api/v1/updates/upload) are streamed to disk up to this.
+    max_upload_bytes: Annotated[int, Field(ge=1024 * 1024, le=8 * 1024**3)] = 1024**3
+    # Browser origins allowed besides the robot's own (same host and port), e.g. a dev server.
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
+        default_factory=list
+    )
+    pairing_code_ttl_s: Annotated[float, Field(ge=30, le=3600)] = 300.0
+    # Wrong codes before pairing locks; `continuon pair` issues a new code and unlocks.
+    pairing_max_failures: Annotated[int, Field(ge=1, le=20)] = 5
+    pairing_lockout_s: Annotated[float, Field(ge=10, le=86400)] = 300.0
+    # Pairing attempts per client address per minute (429 beyond).
+    pairing_rate_per_min: Annotated[int, Field(ge=1, le=600)] = 10
+    stream_ticket_ttl_s: Annotated[float, Field(ge=5, le=600)] = 60.0
+    camera_max_fps: Annotated[float, Field(gt=0, le=60)] = 15.0
+    camera_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 75
+    telemetry_hz: Annotated[float, Field(ge=1, le=50)] = 15.0
 
 
 class DiscoveryConfig(_Strict):
     """mDNS/DNS-SD advertisement of the Robot API (edge_agent/discovery)."""
 
     enabled: bool = True
+    # How often addresses, port and model version are checked; a change is re-announced.
+    poll_s: Annotated[float, Field(ge=0.2, le=300)] = 5.0
 
 
 class CloudConfig(_Strict):
@@ -324,12 +347,55 @@ class CloudConfig(_Strict):
     enabled: bool = False
     host: str | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    # TLS is on unless switched off explicitly (a test broker on loopback, say).
+    tls: bool = True
+    ca_file: Path | None = None  # null: the system's CA store
+    cert_file: Path | None = None  # client certificate (optional; with key_file)
+    key_file: Path | None = None
+    username: str | None = None
+    # The password lives in its own file (mode 0600), never in this config.
+    password_file: Path | None = None
+    client_id: str | None = None  # default: continuon-<robot id>
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]{1,64}$")] = "continuon"
+    telemetry_period_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
+    # How often the brain's status is checked for events (mode, e-stop, update, task errors).
+    status_poll_s: Annotated[float, Field(ge=0.05, le=60)] = 0.5
+    queue_dir: Path | None = None  # default: <state_dir>/cloud-queue
+    queue_max_bytes: Annotated[int, Field(ge=4096, le=1 << 30)] = 4 << 20
+    backoff_initial_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CloudConfig:
+        if self.enabled and not self.host:
+            raise ValueError("cloud.enabled needs cloud.host (the MQTT broker)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cloud.cert_file and cloud.key_file go together (client certificate)")
+        if self.password_file is not None and not self.username:
+            raise ValueError("cloud.password_file needs cloud.username")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("cloud.backoff_initial_s must not exceed cloud.backoff_max_s")
+        return self
 
 
 class UploaderConfig(_Strict):
     """Where exported episodes and candidate adapters are uploaded (edge_agent/uploader)."""
 
     destination: str | None = None
+    chunk_bytes: Annotated[int, Field(ge=4096, le=1 << 30)] = 4 << 20
+    retries: Annotated[int, Field(ge=0, le=100)] = 5
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Bearer token for an HTTP destination, read from this file (never inline).
+    token_file: Path | None = None
+    ca_file: Path | None = None  # for an https:// destination with a private CA
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"destination {v!r}: use an http(s):// URL or a directory path")
+        return v
 
 
 # --- updates and local training (brain/ota, brain/localtrain) ------------------------------
@@ -340,12 +406,78 @@ class OtaConfig(_Strict):
 
     enabled: bool = True
     repository_url: str | None = None
+    # Slots A/B, state file, lock, TUF metadata and downloads; default <state_dir>/ota.
+    slots_dir: Path | None = None
+    # Bundles must name this hardware/compat id; default "continuon-<robot.kind>".
+    hardware_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] | None = None
+    # The TUF root.json the robot trusts first (copied into slots_dir/metadata once).
+    trusted_root: Path | None = None
+    # Public key (PEM) that signs bundles fine-tuned on this robot (brain/localtrain).
+    device_public_key: Path | None = None
+    check_interval_s: Annotated[float, Field(ge=10, le=7 * 86400)] = 3600.0
+    # Health window after a swap; a bundle's safety manifest may ask for a longer one.
+    health_window_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Thresholds over the window (the stricter of these and the bundle's own win).
+    max_inference_errors: Annotated[int, Field(ge=0)] = 0
+    max_nan_outputs: Annotated[int, Field(ge=0)] = 0
+    max_deadline_misses: Annotated[int, Field(ge=0)] = 5
+    max_safety_interventions: Annotated[int, Field(ge=0)] = 20
+    # Inferences that must be seen before committing (0: commit even if the robot sat idle).
+    min_inferences: Annotated[int, Field(ge=0)] = 0
+    # Steps run on a grey image before the swap; a NaN, error or over-budget step refuses it.
+    smoke_steps: Annotated[int, Field(ge=1, le=1000)] = 5
 
 
 class LocalTrainConfig(_Strict):
     """On-robot LoRA fine-tuning (brain/localtrain); see docs/local-training.md."""
 
     enabled: bool = True
+    # The torch checkpoint (brain.model.save_policy) the adapters are trained on; default:
+    # policy.pt beside policy.model, else <work_dir>/base.pt.
+    base_model: Path | None = None
+    work_dir: Path | None = None  # runs, adapters, checkpoints; default <state_dir>/localtrain
+    min_episodes: Annotated[int, Field(ge=1, le=100_000)] = 16
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 8
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 300
+    max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    shuffle_buffer: Annotated[int, Field(ge=1, le=100_000)] | None = None  # default 2x batch
+    window: Annotated[int, Field(ge=1, le=512)] = 16  # TBPTT length in control ticks
+    label: Literal["action", "expert_action"] = "action"
+    lr: Annotated[float, Field(gt=0, le=1)] = 3.0e-3
+    lora_rank: Annotated[int, Field(ge=1, le=256)] = 8
+    lora_alpha: Annotated[float, Field(gt=0, le=4096)] = 16.0
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # LoRA targets (module names, peft suffix match); "core" = encoder.proj, memory, CMS, head.
+    target_modules: tuple[str, ...] | Literal["core"] = "core"
+    holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    checkpoint_every: Annotated[int, Field(ge=1, le=100_000)] = 50
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    threads: Annotated[int, Field(ge=1, le=16)] = 1  # torch intra-op threads in the trainer
+    nice: Annotated[int, Field(ge=0, le=19)] = 10
+    # Resource guard (psutil): memory %, CPU temperature, battery; see docs/local-training.md.
+    guard_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    memory_warning_pct: Annotated[float, Field(gt=0, le=100)] = 75.0
+    memory_critical_pct: Annotated[float, Field(gt=0, le=100)] = 85.0
+    memory_emergency_pct: Annotated[float, Field(gt=0, le=100)] = 90.0
+    temp_warning_c: Annotated[float, Field(gt=0, le=150)] = 70.0
+    temp_critical_c: Annotated[float, Field(gt=0, le=150)] = 80.0
+    temp_emergency_c: Annotated[float, Field(gt=0, le=150)] = 85.0
+    min_battery_pct: Annotated[float, Field(ge=0, le=100)] = 30.0
+    # Promotion gate: held-out action error, mean action change bound, closed loop (sim).
+    gate_max_action_change: Annotated[float, Field(gt=0, le=2)] = 0.25
+    gate_min_improvement: Annotated[float, Field(ge=-1, lt=1)] = 0.0
+    gate_closed_loop: bool = True
+    gate_closed_loop_steps: Annotated[int, Field(ge=20, le=100_000)] = 600
+    # Accepted adapters are merged, exported, packed and installed through the OTA slots.
+    promote: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LocalTrainConfig:
+        if not self.memory_warning_pct < self.memory_critical_pct < self.memory_emergency_pct:
+            raise ValueError("local_train memory levels must satisfy warning < critical < emergency")
+        if not self.temp_warning_c < self.temp_critical_c <= self.temp_emergency_c:
+            raise ValueError("local_train temperatures must satisfy warning < critical <= emergency")
+        return self
 
 
 class Config(_Strict):
@@ -421,6 +553,15 @@ class Config(_Strict):
 
     def episodes_dir(self) -> Path:
         return self.recording.root or self.state_dir() / "episodes"
+
+    def ota_dir(self) -> Path:
+        return self.ota.slots_dir or self.state_dir() / "ota"
+
+    def localtrain_dir(self) -> Path:
+        return self.local_train.work_dir or self.state_dir() / "localtrain"
+
+    def ota_hardware_id(self) -> str:
+        return self.ota.hardware_id or f"continuon-{self.robot.kind}"
 
     def runtime_dir(self) -> Path:
         if self.paths.runtime_dir is not None:

@@ -26,8 +26,10 @@ from brain.control.safety import SafetyLayer
 from brain.handle import BrainHandle
 from brain.hardware.devices import RobotDevices, open_devices
 from brain.interface import BrainInterface, ServiceFactory
+from brain.localtrain.wiring import make_daemon_trainer
 from brain.logs import log_fields
 from brain.modes import ModeManager
+from brain.ota.wiring import PolicyInterventions, create_updater
 from brain.policy import PolicyRunner, load_model
 from brain.policy.runner import default_deadline_s
 from brain.recorder import Recorder
@@ -87,6 +89,28 @@ class Daemon:
         self.supervisor = Supervisor(
             RestartPolicy.from_config(config.supervisor), on_crash_loop=self._on_crash_loop
         )
+        # OTA: hot-swaps through self.policy; judges a new model by what the safety layer had
+        # to correct while it drove.  Opened (lock + recovery) in _start.
+        self.updater = (
+            create_updater(
+                config,
+                policy=self.policy,
+                interventions=PolicyInterventions(self.safety, self.modes, config),
+                stop_motion=self.modes.estop,
+            )
+            if config.ota.enabled
+            else None
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Local fine-tuning (brain/localtrain): torch runs only in its worker subprocess.
+        self.trainer = make_daemon_trainer(
+            config,
+            modes=self.modes,
+            control=self.control,
+            sim_metrics=sim.metrics if sim is not None else None,
+            updater=lambda: getattr(self.brain, "updater", None),
+            loop=lambda: self._loop,
+        )
         self.brain: BrainInterface = BrainHandle(
             config,
             self.modes,
@@ -96,6 +120,8 @@ class Daemon:
             task_status=self._task_status,
             sim_metrics=sim.metrics if sim is not None else None,
             recorder=self.recorder,
+            trainer=self.trainer,
+            updater=self.updater,
         )
         self._service_factories = services
         self._ready = asyncio.Event()
@@ -106,6 +132,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
@@ -135,6 +162,15 @@ class Daemon:
         # Neutral before anything else can happen; start() may block (ESC arming).
         self.devices.actuators.neutral()
         await asyncio.to_thread(self.devices.start)
+        await self._open_updater()
+        if cfg.policy.model is None and self.updater is not None:
+            # Boot on the last committed (verified) OTA bundle; policy.model overrides it.
+            try:
+                model = await asyncio.to_thread(self.updater.load_active)
+                if model is not None:
+                    self.policy.swap(model)
+            except Exception as exc:
+                _log.error("committed OTA bundle not loaded: %s", exc)
         if cfg.policy.model is not None:
             try:
                 model = await asyncio.to_thread(
@@ -157,11 +193,27 @@ class Daemon:
             sup.add("capture-depth", CaptureWorker.for_depth(self.devices.depth, self.sensors).run)
         sup.add("systemd-watchdog", self._watchdog)
         sup.add("ready", self._announce_ready, restart=False)
+        if self.updater is not None:
+            updater = self.updater
+            sup.add("ota-resume", updater.resume_task, restart=False)  # a bundle left staged
+            if cfg.ota.repository_url:
+                sup.add("ota-check", lambda: updater.run_periodic(cfg.ota.check_interval_s))
         factories = self._service_factories
         for factory in discover_services() if factories is None else factories:
             service = factory(self.brain, cfg)
             if service is not None:
                 sup.add(service.name, service.run)
+
+    async def _open_updater(self) -> None:
+        """Lock the OTA directory and recover an interrupted install; without it, no OTA."""
+        if self.updater is None:
+            return
+        try:
+            await asyncio.to_thread(self.updater.open)
+        except Exception as exc:
+            _log.error("OTA updater disabled: %s", exc)
+            self.updater = None
+            self.brain.updater = None  # type: ignore[attr-defined]
 
     async def _announce_ready(self) -> None:
         """READY=1 once the control loop has ticked, not merely once we got this far."""
@@ -203,7 +255,11 @@ class Daemon:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         self.control.stop()
+        if self.trainer is not None:  # the worker checkpoints; resume continues it
+            await asyncio.to_thread(self.trainer.close)
         self.policy.close()
+        if self.updater is not None:
+            self.updater.close()
         await asyncio.to_thread(self.devices.close)
         await asyncio.to_thread(self.recorder.close)
         _log.info("stopped; actuators neutral")

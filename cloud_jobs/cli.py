@@ -24,6 +24,29 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "cli_main",
         "evaluate a policy in closed loop in the simulator",
     ),
+    "bundle": ("cloud_jobs.bundle", "cli_main", "pack an export into a signed-ready edge bundle"),
+    "publish": ("cloud_jobs.publish.cli", "publish_main", "publish a bundle to a TUF repository"),
+    "keys": ("cloud_jobs.publish.cli", "keys_main", "TUF signing keys: init, rotate-root, list"),
+    "ingest": (
+        "cloud_jobs.ingest",
+        "cli_main",
+        "receive robot uploads (resumable HTTP PUT), checked against the export manifest",
+    ),
+    "export": (
+        "cloud_jobs.export",
+        "cli_main",
+        "export a policy to ONNX FP32/INT8 + LiteRT (+ mobile) with parity gates",
+    ),
+    "pipeline": (
+        "cloud_jobs.pipeline.cli",
+        "cli_main",
+        "end-to-end run on the simulated robot (same as `continuon pipeline`)",
+    ),
+    "bench": (
+        "cloud_jobs.bench",
+        "cli_main",
+        "latency of the exported policy per backend, provider and thread count",
+    ),
 }
 
 

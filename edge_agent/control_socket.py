@@ -9,6 +9,10 @@ Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "reset_stats"}
           {"cmd": "mode", "mode": "manual"}
           {"cmd": "estop", "reason": "..."} | {"cmd": "reset"} | {"cmd": "teleop", "action": [s, t]}
           {"cmd": "record", "action": "start" | "stop", "tags": ["..."]}
+          {"cmd": "ota", "action": "status" | "check" | "rollback" | "install", "path": "/abs"}
+          {"cmd": "pair"}  (a new Robot API pairing code)
+          {"cmd": "tokens", "action": "list"}
+          {"cmd": "tokens", "action": "revoke", "token_id": "..."}
 Response: {"ok": true, "result": ...} or {"ok": false, "error": "what was wrong"}
 """
 
@@ -37,10 +41,38 @@ def socket_path(config: Config) -> Path:
 
 def make_service(brain: BrainInterface, config: Config) -> Service:
     path = socket_path(config)
-    return Service(name="control-socket", run=lambda: serve(brain, path))
+    return Service(name="control-socket", run=lambda: serve(brain, path, config))
 
 
-def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
+def _pair(config: Config | None) -> dict[str, Any]:
+    if config is None or not config.api.enabled:
+        raise CommandError("the Robot API is disabled (api.enabled: false); nothing to pair with")
+    from edge_agent.api.auth import auth_for
+
+    out = auth_for(config).pairing.new_code()
+    return {**out, "port": config.api.port}
+
+
+def _tokens(config: Config | None, req: dict[str, Any]) -> Any:
+    if config is None:
+        raise CommandError("tokens are not available on this socket")
+    from edge_agent.api.auth import auth_for
+
+    store = auth_for(config).tokens
+    action = req.get("action")
+    if action == "list":
+        return store.list()
+    if action == "revoke":
+        token_id = req.get("token_id")
+        if not isinstance(token_id, str) or not token_id:
+            raise CommandError('"tokens" "revoke" needs a string "token_id"')
+        if not store.revoke(token_id):
+            raise CommandError(f"no token {token_id!r}; see `continuon tokens list`")
+        return {"revoked": token_id}
+    raise CommandError('"tokens" needs "action": "list" or "revoke"')
+
+
+def handle_request(brain: BrainInterface, req: Any, config: Config | None = None) -> dict[str, Any]:
     """Dispatch one decoded request; never raises, so a bad client cannot crash the service."""
     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
         return {"ok": False, "error": 'a request is a JSON object with a string "cmd"'}
@@ -83,15 +115,46 @@ def handle_request(brain: BrainInterface, req: Any) -> dict[str, Any]:
                 raise CommandError('"teleop" needs "action": a list of numbers')
             brain.teleop([float(v) for v in action])
             result = None
+        elif cmd == "pair":
+            result = _pair(config)
+        elif cmd == "tokens":
+            result = _tokens(config, req)
         else:
-            known = "status, stats, reset_stats, mode, estop, reset, record, teleop"
+            known = "status, stats, reset_stats, mode, estop, reset, record, teleop, pair, tokens"
             raise CommandError(f"unknown command {cmd!r}; known: {known}")
     except CommandError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, "result": result}
 
 
-async def serve(brain: BrainInterface, path: Path) -> None:
+async def handle_ota(brain: BrainInterface, req: dict[str, Any]) -> dict[str, Any]:
+    """``{"cmd": "ota", "action": "status"|"check"|"rollback"|"install", "path": ...}``.
+
+    Async because an install runs through its health window before it answers.
+    """
+    action = req.get("action")
+    try:
+        if action == "status":
+            result: Any = brain.update_status()
+        elif action == "check":
+            result = await brain.check_update()
+        elif action == "rollback":
+            result = await brain.rollback_update()
+        elif action == "install":
+            path = req.get("path")
+            if not isinstance(path, str) or not path:
+                raise CommandError('"ota" "install" needs a string "path" (absolute)')
+            result = await brain.install_update(Path(path))
+        else:
+            raise CommandError('"ota" needs "action": status, check, install or rollback')
+    except CommandError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # refused bundle, trust failure, busy updater: say why
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"ok": True, "result": result}
+
+
+async def serve(brain: BrainInterface, path: Path, config: Config | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket from a killed daemon
@@ -112,7 +175,11 @@ async def serve(brain: BrainInterface, path: Path) -> None:
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     resp = {"ok": False, "error": f"not valid JSON: {exc}"}
                 else:
-                    resp = handle_request(brain, req)
+                    resp = (
+                        await handle_ota(brain, req)
+                        if isinstance(req, dict) and req.get("cmd") == "ota"
+                        else handle_request(brain, req, config)
+                    )
                 writer.write(_encode(resp))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -189,6 +256,16 @@ def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
     add_config(p)
     p.add_argument("--reason", default="cli")
     p.set_defaults(func=_cli_estop)
+    p = sub.add_parser("pair", help="show a pairing code for the companion app (valid 5 min)")
+    add_config(p)
+    p.set_defaults(func=_cli_pair)
+    p = sub.add_parser("tokens", help="list or revoke the Robot API's owner tokens")
+    tsub = p.add_subparsers(dest="tokens_action", required=True)
+    add_config(tsub.add_parser("list", help="paired clients: id, name, created, last used"))
+    r = tsub.add_parser("revoke", help="revoke a token now (open streams are closed)")
+    r.add_argument("token_id")
+    add_config(r)
+    p.set_defaults(func=_cli_tokens)
 
 
 def _run_cli(args: argparse.Namespace, payload: dict[str, Any]) -> int:
@@ -219,3 +296,55 @@ def _cli_record(args: argparse.Namespace) -> int:
 
 def _cli_estop(args: argparse.Namespace) -> int:
     return _run_cli(args, {"cmd": "estop", "reason": args.reason})
+
+
+def _cli_pair(args: argparse.Namespace) -> int:
+    config = args.load_config()
+    try:
+        resp = request(socket_path(config), {"cmd": "pair"})
+    except DaemonUnavailable as exc:
+        print(f"continuon: {exc}", file=sys.stderr)
+        return 2
+    if not resp.get("ok"):
+        print(f"continuon: {resp.get('error')}", file=sys.stderr)
+        return 1
+    r = resp["result"]
+    print(f"pairing code: {r['code']}")
+    print(
+        f"valid {int(r['expires_in_s'])} s, once; enter it in the companion app "
+        f"(http://<robot>:{r['port']}/)"
+    )
+    return 0
+
+
+def _cli_tokens(args: argparse.Namespace) -> int:
+    """Through the daemon when it runs (it holds the store); else on the file directly."""
+    config = args.load_config()
+    payload: dict[str, Any] = {"cmd": "tokens", "action": args.tokens_action}
+    if args.tokens_action == "revoke":
+        payload["token_id"] = args.token_id
+    try:
+        resp = request(socket_path(config), payload)
+    except DaemonUnavailable:
+        from edge_agent.api.auth import TokenStore, tokens_path
+
+        store = TokenStore(tokens_path(config))
+        if args.tokens_action == "list":
+            resp = {"ok": True, "result": store.list()}
+        elif store.revoke(args.token_id):
+            resp = {"ok": True, "result": {"revoked": args.token_id}}
+        else:
+            resp = {"ok": False, "error": f"no token {args.token_id!r}"}
+    if not resp.get("ok"):
+        print(f"continuon: {resp.get('error')}", file=sys.stderr)
+        return 1
+    result = resp["result"]
+    if args.tokens_action == "revoke":
+        print(f"revoked {result['revoked']}")
+        return 0
+    if not result:
+        print("no paired clients (run `continuon pair`)")
+    for t in result:
+        print(f"{t['token_id']}  {t['name']!r:24}  created {t['created']}", end="")
+        print(f"  last used {t['last_used']}")
+    return 0

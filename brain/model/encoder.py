@@ -83,6 +83,14 @@ class ConvEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(self.pooled(x)))
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """The conv trunk's pooled features, before ``proj``: [N, C (+ 2K)].
+
+        Split out so a fine-tune that freezes the convs (brain.localtrain) can compute
+        them once per frame and train only what comes after.
+        """
         f = self.convs(x)  # [N, C, h, w]
         n = f.shape[0]
         parts = [f.mean(dim=(2, 3))]
@@ -91,4 +99,4 @@ class ConvEncoder(nn.Module):
             attn = F.softmax(logits, dim=-1)
             kp = torch.matmul(attn, self.pos)  # [N, K, 2]
             parts.append(kp.reshape(n, 2 * self.keypoints))
-        return self.norm(self.proj(torch.cat(parts, dim=1)))
+        return torch.cat(parts, dim=1)

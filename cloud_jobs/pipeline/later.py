@@ -1,13 +1,265 @@
-"""Stages after evaluation: export, bundle, publish, update, drive, bench (filled in below)."""
+"""From a trained policy to laps on the robot: export → bundle → publish → OTA → drive → bench.
+
+The robot side is the real daemon (``continuon run``) whose updater polls a TUF
+repository served over HTTP on loopback, exactly as a robot polls the cloud.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud_jobs.pipeline.daemon import DaemonProcess
+from cloud_jobs.pipeline.stages import StageFailed, run_cmd
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.run import Pipeline
 
+RELEASE_COUNTER = 1  # every run publishes to a fresh repository with fresh keys
+
+
+class _Repo:
+    """A static file server for the TUF repository (any web server would do)."""
+
+    def __init__(self, root: Path, port: int, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self._logf = log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "http.server", str(port)),
+                *("--bind", "127.0.0.1", "--directory", str(root)),
+            ],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._logf.close()
+
+
+def _wait_for(what: str, fn: Any, timeout: float, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(poll)
+    raise StageFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def export(p: Pipeline) -> dict[str, Any]:
+    from cloud_jobs.pipeline.run import _cloud_jobs
+
+    out = p.run_dir / "export"
+    episodes = p.run_dir / "demos"
+    if not episodes.is_dir():  # --skip-train: calibrate on the earlier run's demos
+        episodes = Path(p.policy_pt).parents[1] / "demos"
+    run_cmd(
+        [
+            *_cloud_jobs(),
+            *("export", "--checkpoint", p.policy_pt, "--episodes", episodes, "--out", out),
+            *("--eval-tracks", p.opts.eval_tracks, "--eval-laps", 1, "--quiet"),
+        ],
+        p.log,
+    )
+    report = json.loads((out / "export_report.json").read_text())
+    p.export_dir = out
+    p.model_version = report["model_version"]
+    sizes = {a["backend"]: a["size"] for a in report.get("artifacts", [])}
+    p.figures["export"] = {
+        "model_version": report["model_version"],
+        "preferred_backends": report.get("preferred_backends"),
+        "artifact_bytes": sizes,
+        "parity": report.get("parity"),
+        "closed_loop": report.get("closed_loop"),
+    }
+    return {
+        "summary": f"{report['model_version']}: {', '.join(report.get('preferred_backends', []))}"
+    }
+
+
+def bundle(p: Pipeline) -> dict[str, Any]:
+    from cloud_jobs.pipeline.run import HARDWARE_ID, _cloud_jobs
+
+    out = p.run_dir / "bundle.tar"
+    run_cmd(
+        [
+            *_cloud_jobs(),
+            *("bundle", p.export_dir, "--out", out, "--version", p.model_version),
+            *("--release-counter", RELEASE_COUNTER, "--hardware-id", HARDWARE_ID),
+        ],
+        p.log,
+    )
+    p.bundle = out
+    p.figures.setdefault("export", {})["bundle_bytes"] = out.stat().st_size
+    return {"summary": f"{out.name} ({out.stat().st_size / 1e6:.2f} MB)"}
+
+
+def publish(p: Pipeline) -> dict[str, Any]:
+    from cloud_jobs.pipeline.run import HARDWARE_ID, _cloud_jobs, _free_port
+
+    keys, repo = p.run_dir / "keys", p.run_dir / "repo"
+    cj = _cloud_jobs()
+    run_cmd([*cj, "keys", "init", "--dir", keys, "--threshold", 1, "--root-keys", 1], p.log)
+    run_cmd([*cj, "publish", "init", "--repo", repo, "--keys", keys], p.log)
+    run_cmd(
+        [
+            *cj,
+            *("publish", "--repo", repo, "--keys", keys, p.bundle),
+            *("--release-counter", RELEASE_COUNTER, "--hardware-id", HARDWARE_ID),
+            *("--version", p.model_version),
+        ],
+        p.log,
+    )
+    p.repo = _Repo(repo, _free_port(), p.run_dir / "repo-server.log")
+    p.trusted_root = repo / "metadata" / "1.root.json"
+    return {"summary": f"TUF repository served at {p.repo.url}"}
+
+
+def update(p: Pipeline) -> dict[str, Any]:
+    """A fresh robot (no model) finds the bundle, installs it, drives its trial, commits it."""
+    from cloud_jobs.pipeline.run import HARDWARE_ID
+
+    cfg = p._robot_config(
+        "drive",
+        **{
+            "control.autopilot": "policy",
+            "ota.repository_url": p.repo.url,
+            "ota.trusted_root": str(p.trusted_root),
+            "ota.hardware_id": HARDWARE_ID,
+            "ota.health_window_s": 10.0,
+            "ota.min_inferences": 50,
+            "ota.check_interval_s": 3600,
+        },
+    )
+    daemon = DaemonProcess(cfg, p.run_dir / "daemon-drive.log")
+    p.daemon = daemon
+    t0 = time.monotonic()
+    daemon.start()
+
+    def swapped() -> dict[str, Any] | None:
+        st = daemon.ctl("ota", "status", "--json")
+        if st.get("phase") == "failed" or (st.get("failed_versions") or []):
+            raise StageFailed(f"the update failed: {st.get('last_error') or st.get('last_result')}")
+        return st if st.get("phase") in ("trial", "committed") else None
+
+    st = _wait_for("the updater to install the bundle", swapped, timeout=120)
+    t_swap = time.monotonic() - t0
+    daemon.ctl("mode", "autonomous")  # the trial judges the model while it drives
+
+    def settled() -> dict[str, Any] | None:
+        s = daemon.ctl("ota", "status", "--json")
+        return s if s.get("phase") in ("committed", "rolled_back", "failed") else None
+
+    st = _wait_for("the health window", settled, timeout=120)
+    if st["phase"] != "committed":
+        raise StageFailed(f"the bundle was not committed ({st['phase']}): {st.get('last_error')}")
+    p.figures["update"] = {
+        "phase": st["phase"],
+        "committed": st.get("committed"),
+        "seconds_to_swap_after_boot": round(t_swap, 2),
+        "health": st.get("health"),
+    }
+    return {"summary": f"committed {p.model_version} ({t_swap:.1f} s from boot to swap)"}
+
+
+def drive(p: Pipeline) -> dict[str, Any]:
+    """AUTONOMOUS laps on the daemon with the installed model; the sim's metrics are the judge."""
+    daemon = p.daemon
+    start = daemon.ctl("stats").get("sim") or {}
+    laps0 = int(start.get("laps", 0))
+    limit_s = max(30.0, 90.0 * p.opts.drive_laps)
+
+    def done() -> dict[str, Any] | None:
+        s = daemon.ctl("stats")
+        sim = s.get("sim") or {}
+        return s if int(sim.get("laps", 0)) - laps0 >= p.opts.drive_laps else None
+
+    t0 = time.monotonic()
+    try:
+        stats = _wait_for(f"{p.opts.drive_laps} lap(s)", done, timeout=limit_s, poll=1.0)
+    except StageFailed:
+        stats = daemon.ctl("stats")  # report what happened; a weak model may not lap
+    daemon.ctl("mode", "idle")
+    sim = stats.get("sim") or {}
+    control, policy = stats.get("control") or {}, stats.get("policy") or {}
+    lat = control.get("latency_ms") or {}
+    p.figures["drive"] = {
+        "laps": int(sim.get("laps", 0)) - laps0,
+        "seconds": round(time.monotonic() - t0, 1),
+        "off_track_events": sim.get("off_track_events"),
+        "mean_abs_cte_m": sim.get("mean_abs_cte_m"),
+        "max_abs_cte_m": sim.get("max_abs_cte_m"),
+        "speed_mps": sim.get("speed_mps"),
+        "sensor_to_actuation_p50_ms": lat.get("p50"),
+        "sensor_to_actuation_p99_ms": lat.get("p99"),
+        "inference_p50_ms": policy.get("compute_p50_ms"),
+        "inference_p99_ms": policy.get("compute_p99_ms"),
+        "deadline_misses": policy.get("deadline_misses"),
+        "model_version": policy.get("model_version"),
+    }
+    d = p.figures["drive"]
+    return {"summary": f"{d['laps']} lap(s), {d['off_track_events']} off-track events"}
+
+
+def bench(p: Pipeline) -> dict[str, Any]:
+    from cloud_jobs.pipeline.run import _cloud_jobs
+
+    out = p.run_dir / "bench.json"
+    run_cmd(
+        [
+            *_cloud_jobs(),
+            *("bench", "--export-dir", p.export_dir, "--json", out, "--threads", "1"),
+            *("--plot", p.run_dir / "bench_latency.png", "--no-thresholds", "--quiet"),
+        ],
+        p.log,
+    )
+    res = json.loads(out.read_text())
+    p.figures["bench"] = {k: v for k, v in res.items() if not isinstance(v, list | dict)}
+    # A latency histogram of the backend the robot picked, measured here (no torch).
+    import numpy as np
+
+    from brain.policy.backends import load_preferred
+
+    report = json.loads((p.export_dir / "export_report.json").read_text())
+    files = {a["backend"]: a["file"] for a in report["artifacts"]}
+    model, backend = load_preferred(p.export_dir, report["preferred_backends"], files, threads=1)
+
+    rng = np.random.default_rng(0)
+    h, w = model.input_size
+    rec = model.initial_recurrent()
+    samples = []
+    for _ in range(300):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        t = time.perf_counter()
+        _, rec = model.step(model.prepare_image(img), rec)
+        samples.append((time.perf_counter() - t) * 1000)
+    p.figures["latency_samples_ms"] = samples[20:]
+    p.figures["latency_title"] = f"{backend}, 1 thread, {len(samples) - 20} steps"
+    return {"summary": f"{backend} p50 {float(np.median(samples[20:])):.2f} ms"}
+
 
 def run_later_stages(p: Pipeline) -> None:
-    for name in ("export", "bundle", "publish", "update", "drive", "bench"):
-        p.stages.skip(name, "not wired yet")
+    s = p.stages
+    try:
+        s.run("export", lambda: export(p))
+        s.run("bundle", lambda: bundle(p))
+        s.run("publish", lambda: publish(p))
+        s.run("update", lambda: update(p))
+        s.run("drive", lambda: drive(p))
+        s.run("bench", lambda: bench(p))
+    finally:
+        if getattr(p, "daemon", None) is not None:
+            p.figures["daemon_exit_code"] = p.daemon.stop()
+        if getattr(p, "repo", None) is not None:
+            p.repo.stop()

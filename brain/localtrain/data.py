@@ -1,0 +1,244 @@
+"""Training data for the on-robot fine-tune: recorded episodes -> frames, labels, windows.
+
+Torch-free: the manager (inside the daemon) uses :func:`usable_episodes` to check the start
+condition "at least N episodes", the worker uses the rest.  Deliberately small and separate
+from ``cloud_jobs.train.data`` (the robot must not depend on cloud code):
+
+* episodes are the committed ones under the recording root that have camera images and a
+  non-empty action, split train/held-out by a seeded hash of the episode id (stable as more
+  episodes are recorded: an episode never moves from held-out into training);
+* each episode is decoded once (JPEG -> RGB -> the runner's INTER_AREA resize) into
+  ``<cache>/<key>.npz``, ``key`` hashing the episode's ``steps_sha256`` and the image size;
+* :class:`ShuffleBuffer` streams windows of T consecutive ticks through a buffer of
+  ``2 x batch`` (DESIGN.md) and draws batches from it; its whole state is JSON, saved in
+  every checkpoint, so a resumed run draws exactly the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brain.imaging import resize_rgb
+from rlds import images as rlds_images
+from rlds.reader import Episode, list_episodes
+
+CACHE_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """The episodes cannot be used for training; ``str()`` says which and why."""
+
+
+def usable_episodes(root: Path, min_steps: int = 2) -> list[Episode]:
+    """Committed episodes under ``root`` with camera images and at least ``min_steps`` steps."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for ep in list_episodes(root):
+        sensors = ep.metadata.get("sensors")  # the daemon recorder's sensor specs
+        if isinstance(sensors, dict) and sensors and "image" not in sensors:
+            continue
+        if ep.num_steps >= min_steps:
+            out.append(ep)
+    return out
+
+
+def split_episodes(
+    episodes: Sequence[Episode], holdout_fraction: float, seed: int
+) -> tuple[list[Episode], list[Episode]]:
+    """(train, held-out): each episode's side depends only on (seed, its id)."""
+    train, held = [], []
+    for ep in episodes:
+        h = hashlib.sha256(f"{seed}|{ep.episode_id}".encode()).digest()
+        u = int.from_bytes(h[:8], "big") / 2**64
+        (held if u < holdout_fraction else train).append(ep)
+    if holdout_fraction > 0 and not held and len(train) >= 2:
+        held.append(train.pop())  # always something to judge the candidate on
+    return train, held
+
+
+@dataclass
+class EpisodeArrays:
+    episode_id: str
+    frames: np.ndarray  # uint8 [N, H, W, 3] at the model's size
+    labels: np.ndarray  # float32 [N, A]; NaN where a step has no usable label
+
+
+def _cache_key(ep: Episode, hw: tuple[int, int], label: str) -> str:
+    sha = ep.metadata.get("steps_sha256") or f"{ep.path}:{ep.metadata.get('file_size')}"
+    text = f"v{CACHE_VERSION}|{hw[0]}x{hw[1]}|{label}|{ep.episode_id}|{sha}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def load_episode(
+    ep: Episode, hw: tuple[int, int], label: str = "action", cache_dir: Path | None = None
+) -> EpisodeArrays:
+    """Decoded frames and labels of one episode.
+
+    With ``cache_dir`` the frames come memory-mapped from ``<cache_dir>/<key>/frames.npy``
+    (decoded once, on first use), so a run's resident memory does not grow with the data.
+    """
+    entry = None if cache_dir is None else Path(cache_dir) / _cache_key(ep, hw, label)
+    if entry is not None and (entry / "labels.npy").is_file():
+        try:
+            return EpisodeArrays(
+                ep.episode_id,
+                np.load(entry / "frames.npy", mmap_mode="r"),
+                np.load(entry / "labels.npy"),
+            )
+        except (OSError, ValueError):
+            shutil.rmtree(entry, ignore_errors=True)  # a damaged cache entry is rebuilt
+    frames, labels = _decode_episode(ep, hw, label)
+    if entry is None:
+        return EpisodeArrays(ep.episode_id, frames, labels)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "frames.npy", frames)
+    np.save(tmp / "labels.npy", labels)  # written last: its presence marks a complete entry
+    try:
+        os.rename(tmp, entry)
+    except OSError:  # another run cached it at the same moment
+        shutil.rmtree(tmp, ignore_errors=True)
+    del frames
+    return EpisodeArrays(
+        ep.episode_id, np.load(entry / "frames.npy", mmap_mode="r"), np.load(entry / "labels.npy")
+    )
+
+
+def cache_entry(ep: Episode, hw: tuple[int, int], label: str, cache_dir: Path) -> Path:
+    """Where :func:`load_episode` keeps ``ep``'s arrays (other per-episode files go beside)."""
+    return Path(cache_dir) / _cache_key(ep, hw, label)
+
+
+def _decode_episode(ep: Episode, hw: tuple[int, int], label: str) -> tuple[np.ndarray, np.ndarray]:
+    frames: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    width: int | None = None
+    for step in ep.steps(decode_images=False):
+        data = step.encoded.get("image")
+        if data is None:
+            raise DataError(f"episode {ep.episode_id}: step {step.index} has no camera image")
+        rgb = rlds_images.decode_jpeg(data)
+        if rgb is None:
+            raise DataError(f"episode {ep.episode_id}: step {step.index}: JPEG does not decode")
+        frames.append(resize_rgb(rgb, hw))
+        a = np.asarray(step.action, dtype=np.float64).reshape(-1)
+        if label == "expert_action":
+            ex = step.extra.get("expert_action") if isinstance(step.extra, dict) else None
+            if isinstance(ex, list) and len(ex) == a.size:
+                a = np.asarray(ex, dtype=np.float64)
+        if width is None:
+            width = a.size
+        elif a.size != width:
+            raise DataError(
+                f"episode {ep.episode_id}: step {step.index} has {a.size} actions, not {width}"
+            )
+        labels.append(a)
+    if not frames or not width:
+        raise DataError(f"episode {ep.episode_id}: no steps with actions")
+    lab = np.stack(labels).astype(np.float32)
+    lab[~np.isfinite(lab)] = np.nan  # inf "hold" values carry no label either
+    return np.stack(frames), lab
+
+
+def window_index(lengths: Sequence[int], window: int) -> list[tuple[int, int]]:
+    """(episode, start) of every window of ``window`` ticks, stride window/2, never crossing
+    an episode boundary; an episode shorter than the window gives one short window."""
+    out: list[tuple[int, int]] = []
+    stride = max(1, window // 2)
+    for e, n in enumerate(lengths):
+        if n <= window:
+            out.append((e, 0))
+            continue
+        starts = list(range(0, n - window + 1, stride))
+        if starts[-1] != n - window:
+            starts.append(n - window)
+        out.extend((e, s) for s in starts)
+    return out
+
+
+class ShuffleBuffer:
+    """Windows stream in (a seeded permutation per pass) through a buffer; batches are drawn
+    from it at random.  ``state()`` / ``from_state`` make it resumable exactly."""
+
+    def __init__(self, num_windows: int, batch_size: int, buffer_size: int, seed: int) -> None:
+        if num_windows < 1:
+            raise DataError("no training windows")
+        self.n = num_windows
+        self.batch_size = batch_size
+        self.buffer_size = max(buffer_size, batch_size)
+        self.seed = seed
+        self.epoch = 0
+        self.pos = 0  # next position in this epoch's permutation
+        self.buffer: list[int] = []
+        self.draws = 0  # batches drawn so far (seeds the draw RNG)
+
+    def _perm(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch, 0x10CA1]).permutation(self.n)
+
+    def _fill(self) -> None:
+        perm = self._perm()
+        while len(self.buffer) < self.buffer_size:
+            if self.pos >= self.n:
+                self.epoch += 1
+                self.pos = 0
+                perm = self._perm()
+            self.buffer.append(int(perm[self.pos]))
+            self.pos += 1
+
+    def next_batch(self) -> list[int]:
+        self._fill()
+        rng = np.random.default_rng([self.seed, self.draws, 0xBA7C4])
+        picks = sorted(rng.choice(len(self.buffer), self.batch_size, replace=False), reverse=True)
+        self.draws += 1
+        return [self.buffer.pop(int(i)) for i in picks]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "batch_size": self.batch_size,
+            "buffer_size": self.buffer_size,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "buffer": list(self.buffer),
+            "draws": self.draws,
+        }
+
+    @classmethod
+    def from_state(cls, st: dict[str, Any]) -> ShuffleBuffer:
+        sb = cls(int(st["n"]), int(st["batch_size"]), int(st["buffer_size"]), int(st["seed"]))
+        sb.epoch, sb.pos, sb.draws = int(st["epoch"]), int(st["pos"]), int(st["draws"])
+        sb.buffer = [int(v) for v in st["buffer"]]
+        return sb
+
+
+def episode_summary(episodes: Sequence[Episode]) -> list[dict[str, Any]]:
+    """What a run trained on, for its result file and the upload bundle."""
+    return [
+        {
+            "episode_id": ep.episode_id,
+            "num_steps": ep.num_steps,
+            "steps_sha256": ep.metadata.get("steps_sha256"),
+        }
+        for ep in episodes
+    ]
+
+
+def dump_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)

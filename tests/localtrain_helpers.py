@@ -1,0 +1,77 @@
+"""Shared fixtures for the local-training tests: a tiny policy and small real episodes.
+
+The episodes are real RLDS files (``rlds.writer.EpisodeWriter``, JPEG frames) whose images
+carry the label: a bright vertical bar whose x position is the steering the "driver" gave,
+so a fine-tune has something learnable and the held-out error can really go down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rlds.types import StepInput
+from rlds.writer import EpisodeWriter
+
+HW = (24, 32)
+
+TINY = dict(
+    image_hw=HW,
+    enc_channels=(8, 8),
+    enc_kernels=(3, 3),
+    enc_strides=(2, 2),
+    enc_groups=0,
+    keypoints=4,
+    feature_dim=16,
+    mem_key_dim=4,
+    mem_value_dim=8,
+    cms_levels=2,
+    cms_periods=(1, 4),
+    cms_hidden_mult=1.0,
+    head_hidden=16,
+)
+
+
+def bar_frame(steer: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = HW
+    img = rng.integers(20, 60, (h, w, 3), dtype=np.uint8)
+    x = round((steer + 1) / 2 * (w - 4))
+    img[:, x : x + 4] = 230
+    return img
+
+
+def write_episodes(root: Path, n: int, steps: int = 24, seed: int = 0) -> list[str]:
+    """``n`` committed episodes of ``steps`` ticks; steering follows a slow sine per episode."""
+    ids = []
+    for e in range(n):
+        rng = np.random.default_rng([seed, e])
+        phase = rng.uniform(0, 2 * np.pi)
+        w = EpisodeWriter(
+            root,
+            {"robot": "test", "sensors": {"image": {"width": HW[1], "height": HW[0]}}},
+            fsync_interval_s=60.0,
+        )
+        for i in range(steps):
+            steer = float(np.sin(phase + i * 0.25)) * 0.8
+            w.append(
+                StepInput(
+                    t=i * 0.05,
+                    action=[steer, 0.3],
+                    observation={"image": bar_frame(steer, rng)},
+                    timestamps={"image": i * 0.05},
+                )
+            )
+        w.close()
+        ids.append(w.episode_id)
+    return ids
+
+
+def tiny_base(path: Path, seed: int = 0) -> Path:
+    import torch
+
+    from brain.model import build_policy, save_policy
+
+    torch.manual_seed(seed)
+    save_policy(build_policy("pi5", **TINY), path)
+    return path
