@@ -63,6 +63,11 @@ bench: venv
 	$(BIN)/python bench/recording.py --seconds 60 --json bench/results/recording.json
 	$(BIN)/python bench/export.py --episodes 8 --steps 100 --json bench/results/export.json
 	$(BIN)/python bench/train.py --json bench/results/train.json
+	$(BIN)/python bench/model_export.py --json bench/results/model_export.json
+	$(BIN)/python bench/teleop.py --json bench/results/teleop.json
+	$(BIN)/python bench/ota.py --json bench/results/ota.json
+	$(BIN)/python bench/local_train.py --json bench/results/local_train.json
+	$(BIN)/python bench/network.py --json bench/results/network.json
 
 hw-check: venv
 	$(BIN)/continuon hw-check --config $(CONFIG) $(ARGS)
