@@ -21,6 +21,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-root", type=Path, default=Path("runs/pipeline"))
     p.add_argument("--run-dir", type=Path, default=None, help="exact run folder (default: new)")
     p.add_argument("--model", choices=("pi5", "tiny"), default="pi5")
+    p.add_argument("--train-steps", type=int, default=None, help="override the config's steps")
     p.add_argument("--record-seconds", type=float, default=45.0, help="per daemon episode")
     p.add_argument("--daemon-episodes", type=int, default=2)
     p.add_argument("--demo-episodes", type=int, default=12)
@@ -36,6 +37,7 @@ def _options(args: argparse.Namespace) -> PipelineOptions:
         skip_train=args.skip_train,
         runs_root=args.runs_root,
         model=args.model,
+        train_steps=args.train_steps,
         record_seconds=args.record_seconds,
         daemon_episodes=args.daemon_episodes,
         demo_episodes=args.demo_episodes,

@@ -42,12 +42,53 @@ def _fmt(v: Any, nd: int = 3) -> Any:
     return round(v, nd) if isinstance(v, float) else v
 
 
+def _export_section(ex: dict[str, Any], bench: dict[str, Any]) -> list[str]:
+    if not ex:
+        return []
+    lines = ["## Export, parity gate and latency", ""]
+    cols = ["backend", "bytes", "parity gate", "value", "passed", "closed-loop mean abs cte (m)"]
+    lines += [_row(cols), _row(["---"] * len(cols))]
+    cl = (ex.get("closed_loop") or {}).get("backends") or {}
+    for backend, size in (ex.get("artifact_bytes") or {}).items():
+        par = (ex.get("parity") or {}).get(backend) or {}
+        gate = par.get("gate", "")
+        if gate.startswith("fp32"):
+            value = f"max abs diff {par.get('max_abs_action_diff', 0):.2g}"
+        else:
+            value = f"MAE +{par.get('mae_increase_pct', 0):.2f} %"
+        lines.append(
+            _row(
+                [
+                    backend,
+                    size,
+                    gate,
+                    value,
+                    par.get("passed"),
+                    _fmt((cl.get(backend) or {}).get("mean_abs_cte_m")),
+                ]
+            )
+        )
+    lines.append("")
+    keys = ("onnx_fp32_p50_ms", "onnx_int8_p50_ms", "litert_p50_ms", "int8_speedup")
+    if bench:
+        lines += [_row(list(keys)), _row(["---"] * len(keys))]
+        lines += [_row([_fmt(bench.get(k)) for k in keys]), ""]
+    lines += [
+        f"Bundle: {ex.get('bundle_bytes')} bytes; preferred backends "
+        f"{', '.join(ex.get('preferred_backends') or [])}.",
+        "",
+    ]
+    return lines
+
+
 def write_report(p: Pipeline) -> dict[str, Any]:
     run = p.run_dir
     figs = p.figures
     lines = [f"# Pipeline run {run.name}", ""]
     lines += ["## Stages", "", _row(["stage", "status", "time", "detail"]), _row(["---"] * 4)]
     for r in p.stages.results.values():
+        if r.name == "report":
+            continue
         detail = r.error or (r.detail.get("summary") or r.detail.get("why") or "")
         lines.append(_row([r.name, r.status, fmt_s(r.seconds) if r.seconds else "", detail]))
     lines.append("")
@@ -74,10 +115,10 @@ def write_report(p: Pipeline) -> dict[str, Any]:
             lines.append(_row([k, _fmt(v)]))
         lines.append("")
 
-    for title, key in (("Export and parity gate", "export"), ("Update (OTA)", "update")):
-        block = figs.get(key)
-        if block:
-            lines += [f"## {title}", "", "```json", json.dumps(block, indent=2), "```", ""]
+    lines += _export_section(figs.get("export") or {}, figs.get("bench") or {})
+    upd = figs.get("update")
+    if upd:
+        lines += ["## Update (OTA)", "", "```json", json.dumps(upd, indent=2), "```", ""]
 
     lines += ["## Plots", ""]
     metrics = run / "train" / "metrics.ndjson"

@@ -11,7 +11,7 @@ import json
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class PipelineOptions:
     laps: int = 1
     drive_laps: int = 1
     camera: tuple[int, int] = (160, 120)  # width, height of the sim camera for this run
-    extra: dict[str, Any] = field(default_factory=dict)
+    train_steps: int | None = None  # default: the training config's (pi5: 300, tiny: 600)
 
 
 def _cloud_jobs() -> list[str]:
@@ -185,8 +185,10 @@ class Pipeline:
         minutes = max(1.0, min(self._minutes_left() * 0.55, self.opts.budget_minutes * 0.6))
         raw["train"]["max_minutes"] = round(minutes, 2)
         raw["train"]["progress"] = "off"
-        if self.opts.model == "tiny":
-            raw["train"]["steps"] = int(self.opts.extra.get("train_steps", 60))
+        if self.opts.train_steps is not None:
+            raw["train"]["steps"] = self.opts.train_steps
+        elif self.opts.model == "tiny":
+            raw["train"]["steps"] = 600
         cfg = self.run_dir / "train.yaml"
         cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
         run_dir = self.run_dir / "train"
