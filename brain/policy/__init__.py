@@ -5,6 +5,7 @@ and :mod:`brain.policy.runner`.  :mod:`brain.policy.testing` (graph builders,
 needs the ``dev`` extra) is not imported here.
 """
 
+from .backends import BACKENDS, BackendUnavailable, load_backend, load_preferred
 from .model import (
     ACTION_OUTPUT,
     IMAGE_INPUT,
@@ -18,8 +19,10 @@ from .runner import InferenceResult, PolicyRunner, SwapTicket, default_deadline_
 
 __all__ = [
     "ACTION_OUTPUT",
+    "BACKENDS",
     "IMAGE_INPUT",
     "RECURRENT_OUTPUT_SUFFIX",
+    "BackendUnavailable",
     "InferenceResult",
     "LoadedModel",
     "PolicyLoadError",
@@ -27,5 +30,7 @@ __all__ = [
     "RecurrentSpec",
     "SwapTicket",
     "default_deadline_s",
+    "load_backend",
     "load_model",
+    "load_preferred",
 ]

@@ -323,8 +323,9 @@ class PolicyRunner:
         swap not yet applied is superseded by a later one.  The recurrent state
         restarts at the new model's zeros.
         """
-        if not isinstance(model, LoadedModel):
-            raise TypeError(f"swap needs a LoadedModel, got {type(model).__name__}")
+        # Any backend's model (LoadedModel, LiteRTModel: brain.policy.backends.PolicyModel).
+        if not all(callable(getattr(model, a, None)) for a in ("step", "initial_recurrent")):
+            raise TypeError(f"swap needs a loaded policy model, got {type(model).__name__}")
         ticket = SwapTicket(model)
         with self._cv:
             if self._closing:

@@ -1,0 +1,276 @@
+"""A LiteRT (.tflite) step graph with the same interface as :class:`brain.policy.LoadedModel`.
+
+The .tflite written by ``cloud_jobs export`` has one signature (``serving_default``) whose
+inputs and outputs carry the contract's names (``image``, ``state``, ``memory`` ->
+``action``, ``state_out``, ``memory_out``; ``docs/policy-contract.md``) and a ``continuon``
+metadata entry (JSON: ``version``, ``action_names``).  The interpreter comes from
+``ai_edge_litert`` or, where that is what is installed, ``tflite_runtime``; both are imported
+only when a LiteRT model is loaded, so the daemon runs without either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brain.imaging import resize_rgb
+
+from .model import (
+    ACTION_OUTPUT,
+    IMAGE_INPUT,
+    RECURRENT_OUTPUT_SUFFIX,
+    PolicyLoadError,
+    RecurrentSpec,
+)
+
+log = logging.getLogger(__name__)
+
+#: Name of the flatbuffer metadata entry holding our JSON (version, action_names, ...).
+METADATA_NAME = "continuon"
+SIGNATURE = "serving_default"
+
+
+class LiteRTUnavailable(ImportError):
+    """Neither ai_edge_litert nor tflite_runtime is installed."""
+
+
+def interpreter_class() -> tuple[type, str]:
+    """(Interpreter class, module it came from): ai_edge_litert first, then tflite_runtime."""
+    errors = []
+    for module in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+        try:
+            mod = __import__(module, fromlist=["Interpreter"])
+            return mod.Interpreter, module.split(".")[0]
+        except ImportError as exc:
+            errors.append(f"{module}: {exc}")
+    raise LiteRTUnavailable("no LiteRT interpreter installed (" + "; ".join(errors) + ")")
+
+
+def read_tflite_metadata(path: Path) -> dict[str, Any]:
+    """Our JSON metadata entry of a .tflite file ({} when absent or unreadable).
+
+    Needs the flatbuffer schema shipped with ai_edge_litert; with tflite_runtime alone the
+    metadata is skipped (the caller then names the model by its hash or the bundle's version).
+    """
+    try:
+        from ai_edge_litert import schema_py_generated as schema  # type: ignore[import-untyped]
+    except ImportError:
+        return {}
+    try:
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == METADATA_NAME.encode():
+                data = bytes(model.Buffers(entry.Buffer()).DataAsNumpy())
+                value = json.loads(data.decode("utf-8"))
+                return value if isinstance(value, dict) else {}
+    except Exception as exc:  # a malformed entry must not stop the model from loading
+        log.warning("policy %s: unreadable LiteRT metadata (%s)", path, exc)
+    return {}
+
+
+@dataclass(frozen=True, eq=False)
+class LiteRTModel:
+    """A validated, warmed-up .tflite step graph.  Build it with :func:`load_litert`.
+
+    Same duck type as :class:`~brain.policy.LoadedModel` (``version``, ``action_size``,
+    ``input_size``, ``recurrent``, ``initial_recurrent``, ``prepare_image``, ``step``).
+    A TFLite interpreter is not thread-safe; ``step`` serialises calls with a lock.
+    """
+
+    runner: Any  # the interpreter's SignatureRunner
+    interpreter: Any
+    path: Path
+    version: str
+    sha256: str
+    input_size: tuple[int, int]
+    action_size: int
+    recurrent: tuple[RecurrentSpec, ...]
+    action_names: tuple[str, ...] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    threads: int = 1
+    backend: str = "litert_fp32"
+    runtime: str = "ai_edge_litert"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [ACTION_OUTPUT, *(s.output_name for s in self.recurrent)]
+
+    def initial_recurrent(self) -> dict[str, np.ndarray]:
+        return {s.name: s.zeros() for s in self.recurrent}
+
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        return resize_rgb(image, self.input_size)[np.newaxis]
+
+    def step(
+        self, image: np.ndarray, recurrent: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One step: (action float64 ``[A]``, next recurrent state); as ``LoadedModel.step``."""
+        feeds: dict[str, np.ndarray] = {IMAGE_INPUT: self.prepare_image(image)}
+        if recurrent is None:
+            recurrent = self.initial_recurrent()
+        for spec in self.recurrent:
+            try:
+                value = recurrent[spec.name]
+            except KeyError:
+                raise ValueError(f"recurrent state {spec.name!r} missing") from None
+            value = np.ascontiguousarray(value, dtype=np.float32)
+            if value.shape != spec.shape:
+                raise ValueError(
+                    f"recurrent state {spec.name!r} has shape {value.shape}, expected {spec.shape}"
+                )
+            feeds[spec.name] = value
+        with self._lock:
+            outs = self.runner(**feeds)
+            # The runner returns views into interpreter buffers: copy before the next call.
+            action = np.array(outs[ACTION_OUTPUT], dtype=np.float32, copy=True)
+            new_state = {
+                s.name: np.array(outs[s.output_name], dtype=np.float32, copy=True)
+                for s in self.recurrent
+            }
+        if action.shape != (1, self.action_size):
+            raise ValueError(
+                f"model returned action of shape {action.shape}, expected (1, {self.action_size})"
+            )
+        return action.reshape(-1).astype(np.float64), new_state
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_litert(
+    path: str | os.PathLike[str],
+    threads: int = 1,
+    *,
+    action_names: Sequence[str] | None = None,
+    version: str | None = None,
+) -> LiteRTModel:
+    """Open a .tflite step graph, check it against the contract and warm it up.
+
+    Raises :class:`LiteRTUnavailable` when no interpreter is installed and
+    :class:`PolicyLoadError` (naming the file) for anything wrong with the file.
+    """
+    p = Path(path)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    interp_cls, runtime = interpreter_class()
+    if not p.is_file():
+        raise PolicyLoadError(p, "no such file" if not p.exists() else "not a regular file")
+    try:
+        digest = _sha256(p)
+    except OSError as exc:
+        raise PolicyLoadError(p, f"cannot be read: {exc}") from exc
+    try:
+        interp = interp_cls(model_path=str(p), num_threads=threads)
+        sigs = interp.get_signature_list()
+        if SIGNATURE not in sigs:
+            raise PolicyLoadError(p, f"no {SIGNATURE!r} signature (signatures: {sorted(sigs)})")
+        runner = interp.get_signature_runner(SIGNATURE)
+        inputs = runner.get_input_details()
+        outputs = runner.get_output_details()
+    except PolicyLoadError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolicyLoadError(p, f"not a loadable LiteRT model ({msg})") from exc
+
+    img = inputs.get(IMAGE_INPUT)
+    if img is None:
+        raise PolicyLoadError(p, f"no input named {IMAGE_INPUT!r} (inputs are {sorted(inputs)})")
+    shape = tuple(int(d) for d in img["shape"])
+    if img["dtype"] is not np.uint8 or len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise PolicyLoadError(
+            p, f"input {IMAGE_INPUT!r} must be uint8 [1, H, W, 3], got {img['dtype']} {shape}"
+        )
+    input_size = (shape[1], shape[2])
+    act = outputs.get(ACTION_OUTPUT)
+    if act is None:
+        raise PolicyLoadError(
+            p, f"no output named {ACTION_OUTPUT!r} (outputs are {sorted(outputs)})"
+        )
+    act_shape = tuple(int(d) for d in act["shape"])
+    if act["dtype"] is not np.float32 or len(act_shape) != 2 or act_shape[0] != 1:
+        raise PolicyLoadError(
+            p, f"output {ACTION_OUTPUT!r} must be float32 [1, A], got {act_shape}"
+        )
+    action_size = act_shape[1]
+    recurrent: list[RecurrentSpec] = []
+    for name in sorted(inputs):
+        if name == IMAGE_INPUT:
+            continue
+        meta = inputs[name]
+        rshape = tuple(int(d) for d in meta["shape"])
+        if meta["dtype"] is not np.float32 or not rshape or rshape[0] != 1:
+            raise PolicyLoadError(p, f"recurrent input {name!r} must be float32 [1, ...]")
+        out_name = name + RECURRENT_OUTPUT_SUFFIX
+        out = outputs.get(out_name)
+        if out is None:
+            raise PolicyLoadError(
+                p,
+                f"recurrent input {name!r} has no matching output {out_name!r} "
+                f"(outputs are {sorted(outputs)})",
+            )
+        if tuple(int(d) for d in out["shape"]) != rshape:
+            raise PolicyLoadError(p, f"output {out_name!r} shape does not match input {name!r}")
+        recurrent.append(RecurrentSpec(name=name, shape=rshape, output_name=out_name))
+
+    metadata = read_tflite_metadata(p)
+    names: tuple[str, ...] | None = None
+    if isinstance(metadata.get("action_names"), list):
+        names = tuple(str(n) for n in metadata["action_names"])
+        if len(names) != action_size:
+            raise PolicyLoadError(
+                p,
+                f"metadata action_names {list(names)} has {len(names)} entries but the "
+                f"model outputs {action_size} actions",
+            )
+    if action_names is not None:
+        want = tuple(action_names)
+        if names is not None and names != want:
+            raise PolicyLoadError(
+                p, f"model drives actions {list(names)} but this robot's actions are {list(want)}"
+            )
+        if action_size != len(want):
+            raise PolicyLoadError(
+                p,
+                f"model outputs {action_size} actions but this robot has {len(want)} "
+                f"({list(want)})",
+            )
+    model = LiteRTModel(
+        runner=runner,
+        interpreter=interp,
+        path=p,
+        version=version or str(metadata.get("version") or "").strip() or digest[:12],
+        sha256=digest,
+        input_size=input_size,
+        action_size=action_size,
+        recurrent=tuple(recurrent),
+        action_names=names
+        if names is not None
+        else (tuple(action_names) if action_names else None),
+        metadata=metadata,
+        threads=threads,
+        runtime=runtime,
+    )
+    try:
+        action, _ = model.step(np.zeros((*input_size, 3), np.uint8))
+    except Exception as exc:
+        raise PolicyLoadError(p, f"warm-up run failed: {exc}") from exc
+    if not np.isfinite(action).all():
+        log.warning("policy %s: warm-up on a black image gave a non-finite action", p)
+    return model

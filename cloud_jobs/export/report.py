@@ -1,0 +1,56 @@
+"""``export_report.json``: what was exported, how it was checked, which backends may be used.
+
+The OTA helper's ``cloud_jobs bundle`` builds the edge bundle from this file, so its keys
+are a contract (``docs/export.md``); it is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPORT_NAME = "export_report.json"
+#: Order of preference on the robot (fastest first), filtered to the backends that passed.
+PREFERENCE = ("onnx_int8", "litert_fp32", "onnx_fp32")
+ARTIFACT_FILES = {
+    "onnx_fp32": "model_fp32.onnx",
+    "onnx_int8": "model_int8.onnx",
+    "litert_fp32": "model_fp32.tflite",
+}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_entry(out: Path, backend: str, passed: bool) -> dict[str, Any]:
+    path = out / ARTIFACT_FILES[backend]
+    return {
+        "backend": backend,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size": path.stat().st_size,
+        "gate_passed": bool(passed),
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> Path:
+    path = out / REPORT_NAME
+    tmp = out / (REPORT_NAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_report(out: Path) -> dict[str, Any]:
+    return json.loads((Path(out) / REPORT_NAME).read_text(encoding="utf-8"))
