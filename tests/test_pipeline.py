@@ -1,0 +1,110 @@
+"""`continuon pipeline` end to end on the simulated robot, with a small budget, and its report.
+
+One real run (subprocesses: the daemon, cloud_jobs train/export/bundle/publish, a loopback
+HTTP server for the TUF repository), then a `--skip-train` run reusing its model.  The
+report's figures are checked against the files the stages wrote, not against constants.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CONTINUON = Path(sys.executable).with_name("continuon")
+
+
+def _pipeline(runs: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        str(CONTINUON),
+        "pipeline",
+        *("--model", "tiny", "--budget-minutes", "8", "--runs-root", str(runs)),
+        *("--run-dir", str(run_dir), "--record-seconds", "8", "--daemon-episodes", "2"),
+        *("--demo-episodes", "6", "--demo-steps", "300", "--laps", "1"),
+        *extra,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=840, check=False)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    run_dir = runs / "first"
+    proc = _pipeline(runs, run_dir)
+    return runs, run_dir, proc
+
+
+def test_every_stage_runs_and_the_progress_is_shown(first_run):
+    _, run_dir, proc = first_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert [s["name"] for s in stages][:3] == ["record", "validate", "train"]
+    assert all(s["status"] == "done" for s in stages if s["name"] != "report"), stages
+    for s in stages[:-1]:
+        assert f"] {s['name']}" in proc.stdout  # one progress line per stage
+    assert f"report: {run_dir / 'report.md'}" in proc.stdout
+
+
+def test_report_figures_match_what_the_stages_wrote(first_run):
+    _, run_dir, proc = first_run
+    assert proc.returncode == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    figs = report["figures"]
+
+    # closed loop: the report's table is eval.json's summary, expert side by side
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert figs["closed_loop"] == ev["summary"]
+    pol, exp = figs["closed_loop"]["policy"], figs["closed_loop"]["expert"]
+    assert figs["cte_ratio_vs_expert"] == pytest.approx(
+        pol["mean_abs_cte_m"] / exp["mean_abs_cte_m"]
+    )
+
+    # export: sizes are the files' sizes, the bundle is the file that was published
+    ex = figs["export"]
+    exp_report = json.loads((run_dir / "export" / "export_report.json").read_text())
+    for art in exp_report["artifacts"]:
+        size = (run_dir / "export" / art["file"]).stat().st_size
+        assert ex["artifact_bytes"][art["backend"]] == size
+    assert ex["bundle_bytes"] == (run_dir / "bundle.tar").stat().st_size
+    assert ex["preferred_backends"] and ex["preferred_backends"][0] in ex["artifact_bytes"]
+
+    # the daemon's updater committed exactly the exported model, and drove on it
+    version = exp_report["model_version"]
+    assert figs["update"]["phase"] == "committed"
+    assert figs["update"]["committed"]["version"] == version
+    assert figs["drive"]["model_version"] == version
+    assert figs["drive"]["deadline_misses"] is not None
+    assert figs["drive"]["sensor_to_actuation_p99_ms"] > 0
+    assert figs["daemon_exit_code"] == 0  # SIGTERM: clean shutdown
+
+    # the bench measured the backends it reports
+    bench = json.loads((run_dir / "bench.json").read_text())
+    assert figs["bench"]["onnx_fp32_p50_ms"] == bench["onnx_fp32_p50_ms"] > 0
+
+    md = (run_dir / "report.md").read_text()
+    for png in ("training_curve.png", "latency_histogram.png", "eval/track_chicane.png"):
+        assert f"]({png})" in md and (run_dir / png).stat().st_size > 1000
+    assert f"{pol['mean_abs_cte_m']:.3f}"[:4] in md
+
+
+def test_skip_train_reuses_the_last_model(first_run):
+    runs, first_dir, proc = first_run
+    assert proc.returncode == 0
+    again = _pipeline(runs, runs / "second", "--skip-train")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    stages = {s["name"]: s for s in json.loads((runs / "second" / "stages.json").read_text())}
+    assert {stages[n]["status"] for n in ("record", "validate", "train")} == {"skipped"}
+    first = json.loads((first_dir / "report.json").read_text())["figures"]
+    second = json.loads((runs / "second" / "report.json").read_text())["figures"]
+    assert second["update"]["committed"]["version"] == first["export"]["model_version"]
+
+
+def test_skip_train_without_an_earlier_run_says_what_is_missing(tmp_path):
+    proc = _pipeline(tmp_path / "none", tmp_path / "none" / "x", "--skip-train")
+    assert proc.returncode == 1
+    assert "needs a trained model from an earlier run" in proc.stderr
