@@ -474,9 +474,13 @@ class LocalTrainConfig(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> LocalTrainConfig:
         if not self.memory_warning_pct < self.memory_critical_pct < self.memory_emergency_pct:
-            raise ValueError("local_train memory levels must satisfy warning < critical < emergency")
+            raise ValueError(
+                "local_train memory levels must satisfy warning < critical < emergency"
+            )
         if not self.temp_warning_c < self.temp_critical_c <= self.temp_emergency_c:
-            raise ValueError("local_train temperatures must satisfy warning < critical <= emergency")
+            raise ValueError(
+                "local_train temperatures must satisfy warning < critical <= emergency"
+            )
         return self
 
 

@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from rlds.export.manifest import MANIFEST_NAME, sha256_file
+from rlds.fsutil import fsync_dir
 
 _log = logging.getLogger("cloud_jobs.ingest")
 
@@ -220,7 +221,7 @@ class Ingest:
                 self._forget_changed(ds, files)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             with contextlib.suppress(FileNotFoundError):
                 (ds / ".rejected" / rel).unlink()  # a good copy replaces a rejected one
             self.stats["files_completed"] += 1
@@ -300,14 +301,6 @@ def _error(status: int, message: str) -> web.HTTPException:
             content_type="application/json",
         )
     return cls(text=json.dumps({"error": message}), content_type="application/json")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_app(

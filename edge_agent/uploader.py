@@ -43,6 +43,7 @@ import aiohttp
 
 from brain.config import UploaderConfig
 from rlds.export.manifest import MANIFEST_NAME, sha256_file
+from rlds.fsutil import fsync_dir
 
 _log = logging.getLogger(__name__)
 
@@ -375,14 +376,6 @@ async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- directory
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_all(
     dest: Path,
     src: Path,
@@ -440,7 +433,7 @@ def _copy_one(
         )
         return
     os.replace(part, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 # ----------------------------------------------------------------------------- CLI

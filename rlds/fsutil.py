@@ -16,6 +16,7 @@ an episode locked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -58,6 +59,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     """``atomic_write_bytes`` of pretty, key-sorted JSON (no NaN: metadata must be strict JSON)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (model files and episodes can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> Any:

@@ -11,7 +11,6 @@ lets an exception escape as a traceback.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from rlds import images, record, tfrecord
 from rlds import metadata as schema
-from rlds.fsutil import read_json
+from rlds.fsutil import read_json, sha256_file
 from rlds.layout import EPISODE_FILE, OPEN_FILE, STEPS_FILE
 
 _MAX_PROBLEMS = 50  # one bad timestamp in a 50 Hz hour would otherwise give 180,000 lines
@@ -210,7 +209,7 @@ def _validate(path: Path, report: ValidationReport, problems: _Problems) -> None
             problems.add(
                 f"{steps_path}: size {report.file_size} bytes, metadata says {meta['file_size']}"
             )
-        digest = _file_sha256(steps_path)
+        digest = sha256_file(steps_path)
         if digest != meta["steps_sha256"]:
             problems.add(f"{steps_path}: sha256 {digest} does not match metadata steps_sha256")
 
@@ -219,11 +218,3 @@ def _float(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
     return float(v)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -30,20 +30,13 @@ from brain.bundle.manifest import (
     EdgeManifest,
     parse_manifest,
 )
+from rlds.fsutil import fsync_dir
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: far above any Pi-sized policy, far below the SD card
 MAX_SIGNATURE_BYTES = 4096
 _CHUNK = 1 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 STAGING_MARK = ".unpack-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -205,10 +198,10 @@ def unpack_bundle(
     try:
         manifest = _stage(archive, stage, max_bytes)
         os.chmod(stage, 0o755)
-        _fsync_dir(stage)
+        fsync_dir(stage)
         # rename(2) atomically replaces an empty directory.
         os.rename(stage, dest)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         return manifest
     except BundleError:
         shutil.rmtree(stage, ignore_errors=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from brain.localtrain.job import EXIT_BAD_JOB, EXIT_ERROR, EXIT_STOPPED, TrainJob
+from rlds.fsutil import sha256_file
 
 CKPT_FORMAT = "continuon-localtrain-checkpoint/1"
 #: INT8 is shipped only if its actions stay this close to FP32 on real frames (mean |diff|).
@@ -113,7 +114,7 @@ class Trainer:
         base_path = Path(job.base_model)
         if not base_path.is_file():
             raise FileNotFoundError(f"base model {base_path} does not exist")
-        self.base_sha = _sha256(base_path)
+        self.base_sha = sha256_file(base_path)
         self.policy = load_policy(base_path).eval()
         self.cfg = self.policy.config
         eps = D.usable_episodes(Path(job.episodes_root))
@@ -311,7 +312,7 @@ class Trainer:
         files = {}
         for f in sorted(out.iterdir()):
             if f.is_file() and f.name != "manifest.json":
-                files[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+                files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         manifest = {
             "kind": "lora_adapter",
             "adapter_id": f"adapter-{self.job.robot_id}-{Path(self.job.run_dir).name}"[:128],
@@ -499,16 +500,6 @@ class _TorchDriver:
         with torch.no_grad(), ctx:
             a, self.state, self.memory = self.t.policy.step(x, self.state, self.memory)
         return a[0].numpy().astype(np.float64)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(job: TrainJob, *, resume: bool = False) -> int:

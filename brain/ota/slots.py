@@ -18,7 +18,6 @@ read-only for the updater.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brain.ota.state import SlotName, fsync_dir
+from rlds.fsutil import sha256_file
 
 if TYPE_CHECKING:
     from brain.bundle.manifest import EdgeManifest
@@ -93,7 +93,7 @@ class Slots:
     # ------------------------------------------------------------------ reading
 
     def manifest_sha256(self, slot: SlotName) -> str:
-        return file_sha256(self.path(slot) / MANIFEST_NAME)
+        return sha256_file(self.path(slot) / MANIFEST_NAME)
 
     def verify(self, slot: SlotName, expected_manifest_sha256: str | None = None) -> EdgeManifest:
         """Check every file of the slot against its manifest; raise SlotError if anything is off."""
@@ -115,11 +115,3 @@ class Slots:
                     f"(manifest sha256 {actual[:12]}, expected {expected_manifest_sha256[:12]})"
                 )
         return manifest
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -24,6 +24,8 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rlds.fsutil import fsync_dir
+
 SCHEMA = 1
 STATE_FILE = "state.json"
 COMMITTED_FILE = "committed.json"
@@ -115,14 +117,6 @@ class OtaState(_Strict):
         if self.committed is None:
             return "A"
         return "B" if self.committed.slot == "A" else "A"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -40,6 +40,8 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
+from rlds.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 ROOT_NAME = "root.json"
@@ -351,14 +353,6 @@ class ResumableFetcher(FetcherInterface):
 # ----------------------------------------------------------------------------- trust store
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync_metadata(d: Path) -> None:
     """fsync what ngclient wrote (it renames without fsync): trust state survives power loss."""
     with contextlib.suppress(OSError):
@@ -371,8 +365,8 @@ def _sync_metadata(d: Path) -> None:
             finally:
                 os.close(fd)
         if (d / "root_history").is_dir():
-            _fsync_dir(d / "root_history")
-        _fsync_dir(d)
+            fsync_dir(d / "root_history")
+        fsync_dir(d)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -384,7 +378,7 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -629,7 +623,7 @@ class TrustedRepository:
                 part.unlink(missing_ok=True)
             raise
         os.replace(part, final)
-        _fsync_dir(dest)
+        fsync_dir(dest)
         return final
 
     @staticmethod

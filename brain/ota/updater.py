@@ -46,7 +46,7 @@ import numpy as np
 from brain.config import OtaConfig
 from brain.ota.health import HealthMonitor, HealthReport, HealthThresholds
 from brain.ota.lock import UpdaterBusy, UpdaterLock
-from brain.ota.slots import SlotError, Slots, file_sha256
+from brain.ota.slots import SlotError, Slots
 from brain.ota.state import (
     IN_PROGRESS,
     TRIAL_PHASES,
@@ -57,6 +57,7 @@ from brain.ota.state import (
     StateError,
     StateStore,
 )
+from rlds.fsutil import sha256_file
 
 if TYPE_CHECKING:
     from brain.bundle.manifest import EdgeManifest
@@ -498,7 +499,7 @@ class Updater:
             _log.warning("ota: cannot consult the update repository: %s", exc)
             self._repo_problem = f"{type(exc).__name__}: {exc}"
             return None
-        size, sha = archive.stat().st_size, file_sha256(archive)
+        size, sha = archive.stat().st_size, sha256_file(archive)
         for t in targets:
             if t.length == size and dict(t.hashes).get("sha256") == sha:
                 return t
@@ -510,7 +511,7 @@ class Updater:
         try:
             self._step("verify")
             if target is not None:
-                size, sha = archive.stat().st_size, await asyncio.to_thread(file_sha256, archive)
+                size, sha = archive.stat().st_size, await asyncio.to_thread(sha256_file, archive)
                 if size != target.length or dict(target.hashes).get("sha256") != sha:
                     raise UpdateRefused(
                         f"{archive}: does not match the signed target {target.name}"

@@ -10,7 +10,6 @@ only when a LiteRT model is loaded, so the daemon runs without either.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from brain.imaging import resize_rgb
+from rlds.fsutil import sha256_file
 
 from .model import (
     ACTION_OUTPUT,
@@ -30,6 +30,7 @@ from .model import (
     RECURRENT_OUTPUT_SUFFIX,
     PolicyLoadError,
     RecurrentSpec,
+    check_action_names,
 )
 
 log = logging.getLogger(__name__)
@@ -145,14 +146,6 @@ class LiteRTModel:
         return action.reshape(-1).astype(np.float64), new_state
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_litert(
     path: str | os.PathLike[str],
     threads: int = 1,
@@ -172,7 +165,7 @@ def load_litert(
     if not p.is_file():
         raise PolicyLoadError(p, "no such file" if not p.exists() else "not a regular file")
     try:
-        digest = _sha256(p)
+        digest = sha256_file(p)
     except OSError as exc:
         raise PolicyLoadError(p, f"cannot be read: {exc}") from exc
     try:
@@ -233,24 +226,7 @@ def load_litert(
     names: tuple[str, ...] | None = None
     if isinstance(metadata.get("action_names"), list):
         names = tuple(str(n) for n in metadata["action_names"])
-        if len(names) != action_size:
-            raise PolicyLoadError(
-                p,
-                f"metadata action_names {list(names)} has {len(names)} entries but the "
-                f"model outputs {action_size} actions",
-            )
-    if action_names is not None:
-        want = tuple(action_names)
-        if names is not None and names != want:
-            raise PolicyLoadError(
-                p, f"model drives actions {list(names)} but this robot's actions are {list(want)}"
-            )
-        if action_size != len(want):
-            raise PolicyLoadError(
-                p,
-                f"model outputs {action_size} actions but this robot has {len(want)} "
-                f"({list(want)})",
-            )
+    check_action_names(p, names, action_size, action_names)
     model = LiteRTModel(
         runner=runner,
         interpreter=interp,

@@ -43,7 +43,6 @@ Only ``onnxruntime`` is needed at run time (not the ``onnx`` package, not torch)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -55,6 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from brain.imaging import resize_rgb
+from rlds.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +157,6 @@ class LoadedModel:
         return action.reshape(-1).astype(np.float64), new_state
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _static_shape(path: Path, what: str, shape: Sequence[Any]) -> tuple[int, ...]:
     """Shape with a symbolic batch dim replaced by 1; any other symbolic dim is an error."""
     out: list[int] = []
@@ -198,6 +190,37 @@ def _make_session(path: Path, threads: int) -> ort.InferenceSession:
         raise PolicyLoadError(path, f"not a loadable ONNX model ({msg})") from exc
 
 
+def check_action_names(
+    path: Path,
+    names: tuple[str, ...] | None,
+    action_size: int,
+    robot_actions: Sequence[str] | None,
+) -> None:
+    """A model's declared action names must fit its output and this robot's actions.
+
+    Shared by every backend: a steering policy must never drive an arm, nor a car whose
+    channels are named differently, whatever format it came in.
+    """
+    if names is not None and len(names) != action_size:
+        raise PolicyLoadError(
+            path,
+            f"metadata action_names {list(names)} has {len(names)} entries but the model "
+            f"outputs {action_size} actions",
+        )
+    if robot_actions is None:
+        return
+    want = tuple(robot_actions)
+    if names is not None and names != want:
+        raise PolicyLoadError(
+            path, f"model drives actions {list(names)} but this robot's actions are {list(want)}"
+        )
+    if action_size != len(want):
+        raise PolicyLoadError(
+            path,
+            f"model outputs {action_size} actions but this robot has {len(want)} ({list(want)})",
+        )
+
+
 def load_model(
     path: str | os.PathLike[str],
     threads: int = 1,
@@ -217,7 +240,7 @@ def load_model(
     if not p.is_file():
         raise PolicyLoadError(p, "no such file" if not p.exists() else "not a regular file")
     try:
-        digest = _sha256(p)
+        digest = sha256_file(p)
     except OSError as exc:
         raise PolicyLoadError(p, f"cannot be read: {exc}") from exc
 
@@ -332,28 +355,10 @@ def load_model(
             log.warning("policy %s: warm-up on a black image gave a non-finite action", p)
     assert action_size is not None
 
-    # action names
     names: tuple[str, ...] | None = None
     if "action_names" in metadata:
         names = tuple(n.strip() for n in metadata["action_names"].split(",") if n.strip())
-        if len(names) != action_size:
-            raise PolicyLoadError(
-                p,
-                f"metadata action_names {list(names)} has {len(names)} entries but the model "
-                f"outputs {action_size} actions",
-            )
-    if action_names is not None:
-        want = tuple(action_names)
-        if names is not None and names != want:
-            raise PolicyLoadError(
-                p, f"model drives actions {list(names)} but this robot's actions are {list(want)}"
-            )
-        if action_size != len(want):
-            raise PolicyLoadError(
-                p,
-                f"model outputs {action_size} actions but this robot has {len(want)} "
-                f"({list(want)})",
-            )
+    check_action_names(p, names, action_size, action_names)
 
     model = LoadedModel(
         session=session,

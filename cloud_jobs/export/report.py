@@ -6,11 +6,12 @@ are a contract (``docs/export.md``); it is written atomically (temp file + renam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from rlds.fsutil import sha256_file
 
 REPORT_NAME = "export_report.json"
 #: Order of preference on the robot (fastest first), filtered to the backends that passed.
@@ -20,14 +21,6 @@ ARTIFACT_FILES = {
     "onnx_int8": "model_int8.onnx",
     "litert_fp32": "model_fp32.tflite",
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def artifact_entry(out: Path, backend: str, passed: bool) -> dict[str, Any]:

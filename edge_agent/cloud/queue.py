@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rlds.crc import crc32c
+from rlds.fsutil import fsync_dir
 
 LOG_NAME = "events.log"
 STATE_NAME = "state.json"
@@ -59,14 +60,6 @@ def _decode(line: bytes) -> QueuedEvent | None:
         return QueuedEvent(int(obj["seq"]), dict(obj["event"]))
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class EventQueue:
@@ -218,5 +211,5 @@ class EventQueue:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._log)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._file_bytes = self._log.stat().st_size

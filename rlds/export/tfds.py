@@ -79,6 +79,7 @@ from rlds import images
 from rlds.crc import mask, masked_crc32c
 from rlds.errors import EpisodeError
 from rlds.export import tf_example as pb
+from rlds.fsutil import fsync_dir
 from rlds.tfrecord import OVERHEAD
 from rlds.types import StepData
 
@@ -547,17 +548,6 @@ def _write_json(path: Path, obj: Any, indent: int) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _place(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``, replacing an old dataset there."""
     if out_dir.exists():
@@ -574,7 +564,7 @@ def _place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
 
 
 # --------------------------------------------------------------------------- #
@@ -740,7 +730,7 @@ def export_tfds(
             indent=2,
         )
         names += ["features.json", "dataset_info.json"]
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
