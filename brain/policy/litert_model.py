@@ -31,6 +31,7 @@ from .model import (
     PolicyLoadError,
     RecurrentSpec,
     check_action_names,
+    step_feeds,
 )
 
 log = logging.getLogger(__name__)
@@ -117,20 +118,11 @@ class LiteRTModel:
         self, image: np.ndarray, recurrent: Mapping[str, np.ndarray] | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One step: (action float64 ``[A]``, next recurrent state); as ``LoadedModel.step``."""
-        feeds: dict[str, np.ndarray] = {IMAGE_INPUT: self.prepare_image(image)}
-        if recurrent is None:
-            recurrent = self.initial_recurrent()
-        for spec in self.recurrent:
-            try:
-                value = recurrent[spec.name]
-            except KeyError:
-                raise ValueError(f"recurrent state {spec.name!r} missing") from None
-            value = np.ascontiguousarray(value, dtype=np.float32)
-            if value.shape != spec.shape:
-                raise ValueError(
-                    f"recurrent state {spec.name!r} has shape {value.shape}, expected {spec.shape}"
-                )
-            feeds[spec.name] = value
+        feeds = step_feeds(
+            self.prepare_image(image),
+            self.recurrent,
+            self.initial_recurrent() if recurrent is None else recurrent,
+        )
         with self._lock:
             outs = self.runner(**feeds)
             # The runner returns views into interpreter buffers: copy before the next call.

@@ -126,20 +126,11 @@ class LoadedModel:
         ``recurrent`` None means the initial (zero) state.  Raises ValueError for
         a bad image or state and whatever onnxruntime raises if the run fails.
         """
-        feeds: dict[str, np.ndarray] = {IMAGE_INPUT: self.prepare_image(image)}
-        if recurrent is None:
-            recurrent = self.initial_recurrent()
-        for spec in self.recurrent:
-            try:
-                value = recurrent[spec.name]
-            except KeyError:
-                raise ValueError(f"recurrent state {spec.name!r} missing") from None
-            value = np.asarray(value, dtype=np.float32)
-            if value.shape != spec.shape:
-                raise ValueError(
-                    f"recurrent state {spec.name!r} has shape {value.shape}, expected {spec.shape}"
-                )
-            feeds[spec.name] = value
+        feeds = step_feeds(
+            self.prepare_image(image),
+            self.recurrent,
+            self.initial_recurrent() if recurrent is None else recurrent,
+        )
         outputs = self.session.run(self.output_names, feeds)
         action = outputs[0]
         if action.shape != (1, self.action_size):
@@ -188,6 +179,27 @@ def _make_session(path: Path, threads: int) -> ort.InferenceSession:
     except Exception as exc:  # onnxruntime raises several private exception types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PolicyLoadError(path, f"not a loadable ONNX model ({msg})") from exc
+
+
+def step_feeds(
+    image_batch: np.ndarray,
+    specs: Sequence[RecurrentSpec],
+    recurrent: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """One step's graph inputs, for every backend; ValueError names a missing or misshapen state."""
+    feeds: dict[str, np.ndarray] = {IMAGE_INPUT: image_batch}
+    for spec in specs:
+        try:
+            value = recurrent[spec.name]
+        except KeyError:
+            raise ValueError(f"recurrent state {spec.name!r} missing") from None
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        if value.shape != spec.shape:
+            raise ValueError(
+                f"recurrent state {spec.name!r} has shape {value.shape}, expected {spec.shape}"
+            )
+        feeds[spec.name] = value
+    return feeds
 
 
 def check_action_names(
