@@ -273,3 +273,76 @@ def test_no_committed_base_leaves_the_export_in_place(trained, tmp_path):
     )
     assert not promo["installed"]
     assert "no committed bundle" in promo["error"]
+
+
+def test_promoted_bundle_installs_through_the_real_updater_on_a_committed_cloud_base(
+    world, trained, tmp_path
+):
+    """The whole promotion chain: cloud base committed in slot A → fine-tune → merge → ONNX →
+    device-signed local bundle → the robot's real Updater (trust check, unpack into B, smoke
+    test, swap in a running PolicyRunner, health window) → committed, driving on it."""
+    from brain.bundle.pack import build_bundle
+    from brain.config import Config
+    from brain.localtrain.promote import Promoter
+    from brain.model import export_onnx, load_policy
+    from brain.ota.wiring import create_updater
+    from brain.policy import PolicyRunner
+    from tests.ota_helpers import seed_committed
+
+    state = tmp_path / "state"
+    cfg = Config.model_validate(
+        {
+            "paths": {"state_dir": str(state)},
+            "ota": {"health_window_s": 0.3, "max_deadline_misses": 50, "smoke_steps": 3},
+        }
+    )
+    # The cloud base: the same base checkpoint the adapter was trained on, as cloud_jobs ships it.
+    cloud = tmp_path / "cloud-export"
+    cloud.mkdir()
+    export_onnx(load_policy(world / "base.pt"), cloud / "model_fp32.onnx", version="1.4.0")
+    (cloud / "export_report.json").write_text(
+        json.dumps(
+            {
+                "action_names": ["steering", "throttle"],
+                "image": {"height": 24, "width": 32},
+                "artifacts": [{"file": "model_fp32.onnx", "backend": "onnx_fp32"}],
+                "preferred_backends": ["onnx_fp32"],
+            }
+        )
+    )
+    archive = build_bundle(
+        cloud,
+        tmp_path / "cloud.tar",
+        version="1.4.0",
+        release_counter=7,
+        hardware_id=cfg.ota_hardware_id(),
+        safety={"max_latency_ms": 500.0, "health_window_s": 0.3},
+    )
+    seed_committed(cfg.ota_dir(), archive, "A")
+
+    runner = PolicyRunner(None, deadline_s=0.5).start()
+    up = create_updater(cfg, policy=runner).open()
+    try:
+        runner.swap(up.load_active()).wait(5)
+        assert runner.model.version == "1.4.0"
+
+        def install(path: Path) -> dict:
+            return asyncio.run(up.install(path))
+
+        tr, _ = trained
+        res = tr.export()
+        promo = Promoter(cfg, base_info=lambda: up.status()["committed"], install=install)(
+            Path(tr.job.run_dir), {"adapter": str(tr.job.path("adapter")), "export": res}
+        )
+        assert promo["installed"], promo
+        out = promo["install"]
+        assert out["result"] == f"committed {promo['version']}", out
+        assert out["committed"]["source"] == "local"
+        assert out["committed"]["slot"] == "B"
+        assert runner.model.version == promo["version"]  # the robot drives the fine-tuned model
+        # and it really runs: one step through the runner's model on a camera-sized frame
+        action, _ = runner.model.step(np.zeros((120, 160, 3), np.uint8))
+        assert np.isfinite(action).all()
+    finally:
+        up.close()
+        runner.close()
