@@ -72,6 +72,10 @@ def test_report_figures_match_what_the_stages_wrote(first_run):
         assert ex["artifact_bytes"][art["backend"]] == size
     assert ex["bundle_bytes"] == (run_dir / "bundle.tar").stat().st_size
     assert ex["preferred_backends"] and ex["preferred_backends"][0] in ex["artifact_bytes"]
+    # a backend that failed its gate (INT8 of a barely trained model may) is never shipped
+    failed = [a["backend"] for a in exp_report["artifacts"] if a.get("gate_passed") is False]
+    assert ex["failed_gates"] == failed
+    assert not set(failed) & set(ex["preferred_backends"])
 
     # the daemon's updater committed exactly the exported model, and drove on it
     version = exp_report["model_version"]

@@ -74,21 +74,29 @@ def export(p: Pipeline) -> dict[str, Any]:
             *("--eval-tracks", p.opts.eval_tracks, "--eval-laps", 1, "--quiet"),
         ],
         p.log,
+        ok_codes=(0, 1),  # 1: some gate failed; the report says which backends passed
     )
-    report = json.loads((out / "export_report.json").read_text())
+    report_path = out / "export_report.json"
+    if not report_path.is_file():
+        raise StageFailed(f"cloud_jobs export wrote no {report_path}; see {p.log}")
+    report = json.loads(report_path.read_text())
+    if not report.get("preferred_backends"):
+        raise StageFailed(f"no backend passed the export gates; see {report_path}")
     p.export_dir = out
     p.model_version = report["model_version"]
     sizes = {a["backend"]: a["size"] for a in report.get("artifacts", [])}
+    failed = [a["backend"] for a in report.get("artifacts", []) if a.get("gate_passed") is False]
     p.figures["export"] = {
+        "failed_gates": failed,
         "model_version": report["model_version"],
         "preferred_backends": report.get("preferred_backends"),
         "artifact_bytes": sizes,
         "parity": report.get("parity"),
         "closed_loop": report.get("closed_loop"),
     }
-    return {
-        "summary": f"{report['model_version']}: {', '.join(report.get('preferred_backends', []))}"
-    }
+    shipped = ", ".join(report["preferred_backends"])
+    note = f" (gate failed, not shipped: {', '.join(failed)})" if failed else ""
+    return {"summary": f"{report['model_version']}: {shipped}{note}"}
 
 
 def bundle(p: Pipeline) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def _export_section(ex: dict[str, Any], bench: dict[str, Any]) -> list[str]:
         f"{', '.join(ex.get('preferred_backends') or [])}.",
         "",
     ]
+    if ex.get("failed_gates"):
+        lines += [f"Failed a gate, not shipped: {', '.join(ex['failed_gates'])}.", ""]
     return lines
 
 

@@ -87,7 +87,12 @@ class Stages:
 
 
 def run_cmd(
-    argv: Sequence[str | Path], log: Path, *, timeout: float | None = None, env: dict | None = None
+    argv: Sequence[str | Path],
+    log: Path,
+    *,
+    timeout: float | None = None,
+    env: dict | None = None,
+    ok_codes: tuple[int, ...] = (0,),
 ) -> str:
     """Run one command, its output appended to ``log``; StageFailed names the command on failure."""
     argv = [str(a) for a in argv]
@@ -102,7 +107,7 @@ def run_cmd(
             raise StageFailed(f"`{' '.join(argv[:3])} ...` ran past {timeout:.0f} s") from None
         f.write(proc.stdout)
         f.write(proc.stderr)
-    if proc.returncode != 0:
+    if proc.returncode not in ok_codes:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise StageFailed(
             f"`{' '.join(argv[:3])} ...` exited {proc.returncode}: " + " | ".join(tail)
