@@ -203,8 +203,10 @@ class Pipeline:
             if line.strip()
         ]
         train_rows = [m for m in metrics if "loss" in m]
+        steps = max((int(m["step"]) for m in metrics if "step" in m), default=0)
         return {
-            "summary": f"{len(train_rows)} logged steps, budget {minutes:.1f} min",
+            "summary": f"{steps} steps, budget {minutes:.1f} min",
+            "steps": steps,
             "budget_minutes": minutes,
             "final_loss": train_rows[-1]["loss"] if train_rows else None,
         }
