@@ -24,10 +24,10 @@ from brain.ota.state import (
     SlotRecord,
     StateError,
     StateStore,
-    atomic_write_bytes,
 )
 from brain.policy import PolicyRunner, load_model
 from brain.policy.testing import FaultyModel, build_dummy_policy
+from rlds.fsutil import replace_file
 
 SHA = "ab" * 32
 
@@ -79,14 +79,14 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path, content, needle):
 
 def test_atomic_write_leaves_old_content_when_the_write_fails(tmp_path, monkeypatch):
     p = tmp_path / "state.json"
-    atomic_write_bytes(p, b"old")
+    replace_file(p, b"old")
 
     def boom(fd):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError):
-        atomic_write_bytes(p, b"new")
+        replace_file(p, b"new")
     monkeypatch.undo()
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["state.json"]

@@ -24,8 +24,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brain.ota.state import SlotName, fsync_dir
-from rlds.fsutil import sha256_file
+from brain.ota.state import SlotName
+from rlds.fsutil import fsync_dir, sha256_file
 
 if TYPE_CHECKING:
     from brain.bundle.manifest import EdgeManifest

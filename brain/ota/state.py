@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rlds.fsutil import fsync_dir
+from rlds.fsutil import replace_file
 
 SCHEMA = 1
 STATE_FILE = "state.json"
@@ -119,23 +117,6 @@ class OtaState(_Strict):
         return "B" if self.committed.slot == "A" else "A"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
 class StateStore:
     """Reads and writes ``state.json`` (and ``committed.json``) in the updater's directory."""
 
@@ -169,10 +150,15 @@ class StateStore:
             return None
 
     def save(self, state: OtaState) -> None:
-        atomic_write_bytes(self.path, _dump(state))
+        self._write(self.path, _dump(state))
 
     def save_committed(self, record: SlotRecord) -> None:
-        atomic_write_bytes(self.committed_path, _dump(record))
+        self._write(self.committed_path, _dump(record))
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, data, mode=0o600)
 
     def cleanup_temp(self) -> None:
         """Remove temporary files a killed write left behind."""

@@ -26,7 +26,6 @@ import contextlib
 import errno
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from rlds.fsutil import fsync_dir
+from rlds.fsutil import fsync_dir, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -369,21 +368,6 @@ def _sync_metadata(d: Path) -> None:
         fsync_dir(d)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def init_trust(
     metadata_dir: str | os.PathLike[str], root_json_bytes: bytes, *, overwrite: bool = False
 ) -> None:
@@ -414,7 +398,7 @@ def init_trust(
             p.unlink()
         for role in ("timestamp", "snapshot", "targets"):
             (d / f"{role}.json").unlink(missing_ok=True)
-    _atomic_write(target, root_json_bytes)
+    replace_file(target, root_json_bytes)
 
 
 def is_local_source(source: str | os.PathLike[str]) -> bool:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from brain.imaging import resize_rgb
 from rlds.fsutil import sha256_file
 
 from .model import (
@@ -30,6 +29,7 @@ from .model import (
     RECURRENT_OUTPUT_SUFFIX,
     PolicyLoadError,
     RecurrentSpec,
+    StepGraph,
     check_action_names,
     step_feeds,
 )
@@ -81,7 +81,7 @@ def read_tflite_metadata(path: Path) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, eq=False)
-class LiteRTModel:
+class LiteRTModel(StepGraph):
     """A validated, warmed-up .tflite step graph.  Build it with :func:`load_litert`.
 
     Same duck type as :class:`~brain.policy.LoadedModel` (``version``, ``action_size``,
@@ -103,16 +103,6 @@ class LiteRTModel:
     backend: str = "litert_fp32"
     runtime: str = "ai_edge_litert"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def output_names(self) -> list[str]:
-        return [ACTION_OUTPUT, *(s.output_name for s in self.recurrent)]
-
-    def initial_recurrent(self) -> dict[str, np.ndarray]:
-        return {s.name: s.zeros() for s in self.recurrent}
-
-    def prepare_image(self, image: np.ndarray) -> np.ndarray:
-        return resize_rgb(image, self.input_size)[np.newaxis]
 
     def step(
         self, image: np.ndarray, recurrent: Mapping[str, np.ndarray] | None = None

@@ -87,8 +87,30 @@ class RecurrentSpec:
         return np.zeros(self.shape, dtype=np.float32)
 
 
+class StepGraph:
+    """What every backend's model derives from the step-graph contract alone.
+
+    A mixin for the model dataclasses (ONNX, LiteRT), which provide the fields.
+    """
+
+    input_size: tuple[int, int]  # (H, W)
+    recurrent: tuple[RecurrentSpec, ...]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [ACTION_OUTPUT, *(s.output_name for s in self.recurrent)]
+
+    def initial_recurrent(self) -> dict[str, np.ndarray]:
+        """Fresh zero recurrent state, one array per recurrent input."""
+        return {s.name: s.zeros() for s in self.recurrent}
+
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB (any size) -> contiguous ``[1, H, W, 3]`` at the model's size."""
+        return resize_rgb(image, self.input_size)[np.newaxis]
+
+
 @dataclass(frozen=True, eq=False)
-class LoadedModel:
+class LoadedModel(StepGraph):
     """A validated, warmed-up ONNX step graph.  Build it with :func:`load_model`.
 
     ``step`` is safe to call from one thread at a time per recurrent stream; the
@@ -105,18 +127,6 @@ class LoadedModel:
     action_names: tuple[str, ...] | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     threads: int = 1
-
-    @property
-    def output_names(self) -> list[str]:
-        return [ACTION_OUTPUT, *(s.output_name for s in self.recurrent)]
-
-    def initial_recurrent(self) -> dict[str, np.ndarray]:
-        """Fresh zero recurrent state, one array per recurrent input."""
-        return {s.name: s.zeros() for s in self.recurrent}
-
-    def prepare_image(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 RGB (any size) -> contiguous ``[1, H, W, 3]`` at the model's size."""
-        return resize_rgb(image, self.input_size)[np.newaxis]
 
     def step(
         self, image: np.ndarray, recurrent: Mapping[str, np.ndarray] | None = None

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey
+
+from rlds.fsutil import replace_file
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 KEYS_FILE = "keys.json"
@@ -43,18 +44,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode=mode)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from cloud_jobs.publish.keys import ROLES, KeysError, KeyStore, generate_key
+from rlds.fsutil import replace_file
 
 METADATA = "metadata"
 TARGETS = "targets"
@@ -63,20 +64,6 @@ class Expiry:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Repository:
@@ -380,14 +367,14 @@ class _Writer:
 
     def write_root(self, md: Metadata[Root]) -> None:
         data = md.to_bytes(self._ser)
-        _atomic_bytes(self.meta_dir / f"{md.signed.version}.root.json", data)
-        _atomic_bytes(self.meta_dir / "root.json", data)
+        replace_file(self.meta_dir / f"{md.signed.version}.root.json", data)
+        replace_file(self.meta_dir / "root.json", data)
 
     def write_versioned(self, md: Metadata[Any], role: str) -> None:
-        _atomic_bytes(self.meta_dir / f"{md.signed.version}.{role}.json", md.to_bytes(self._ser))
+        replace_file(self.meta_dir / f"{md.signed.version}.{role}.json", md.to_bytes(self._ser))
 
     def write_timestamp(self, md: Metadata[Timestamp]) -> None:
-        _atomic_bytes(self.meta_dir / "timestamp.json", md.to_bytes(self._ser))
+        replace_file(self.meta_dir / "timestamp.json", md.to_bytes(self._ser))
 
 
 def bundle_target_name(hardware_id: str, version: str) -> str:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from brain.config import ApiConfig, Config
+from rlds.fsutil import replace_file
 
 _log = logging.getLogger("continuon.api.auth")
 
@@ -103,18 +103,7 @@ class TokenStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {"version": 1, "tokens": [vars_of(r) for r in self._by_hash.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        replace_file(self.path, json.dumps(data, indent=2).encode(), mode=0o600)
 
     def issue(self, name: str) -> tuple[str, TokenRecord]:
         token = secrets.token_urlsafe(TOKEN_BYTES)
