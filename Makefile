@@ -7,13 +7,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+# torch_xla pins its torch (2.9.0) below the main environment's, so the PyTorch/XLA test
+# (PJRT_DEVICE=CPU, the TPU code path) runs `cloud_jobs train` from its own environment.
+XLA_VENV  ?= .venv-xla
+XLA_STAMP := $(XLA_VENV)/.installed-xla
 CONFIG ?= configs/sim-donkey.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages used by the tests: systemd-analyze verifies the unit file, a real mosquitto
 # broker for the MQTT link, headless Chromium + chromedriver for the companion app.
 APT_PACKAGES := systemd mosquitto chromium chromium-driver
 
-.PHONY: help venv run demo test bench hw-check lint format install-service system-deps clean
+.PHONY: help venv xla-venv run demo test bench hw-check lint format install-service system-deps clean
 
 help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
@@ -31,6 +35,14 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP)
+
+$(XLA_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(XLA_VENV)/bin/python -m pip install -q -e '.[xla]'
+	@touch $@
+
+xla-venv: $(XLA_STAMP)
 
 run: venv
 	$(BIN)/continuon run --config $(CONFIG)
@@ -51,8 +63,8 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: venv system-deps
-	$(BIN)/python -m pytest -q
+test: venv xla-venv system-deps
+	CONTINUON_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python $(BIN)/python -m pytest -q
 
 bench: venv
 	@mkdir -p bench/results

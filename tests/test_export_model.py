@@ -17,6 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
 
 from brain.model import build_policy, export_onnx, load_policy, save_policy  # noqa: E402
 from brain.model.quantize import (  # noqa: E402
@@ -96,6 +97,20 @@ def test_quantize_int8_puts_int8_compute_in_the_graph_and_keeps_the_contract(
     assert set(first_conv_nodes(src)) <= set(rep.excluded_nodes)
     assert any(n.startswith("/head/") for n in rep.excluded_nodes)
     assert any(n.startswith("/memory/") for n in rep.excluded_nodes)
+    assert any(n.startswith("/encoder/proj/") for n in rep.excluded_nodes)
+    # Per output channel for the conv weights only; Gemm weights per tensor.
+    conv_weights = {n.input[1] for n in src.graph.node if n.op_type == "Conv"}
+    assert rep.per_channel and rep.per_channel_weights
+    assert set(rep.per_channel_weights) <= conv_weights
+    # Each quantized ReLU is folded into the int8 op before it when ONNX Runtime loads the
+    # graph: no float Relu is left outside the FP32 head.
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    float_relu = [n.name for n in optimized.graph.node if n.op_type == "Relu"]
+    assert [n for n in float_relu if "/head/" not in n] == []
+    assert any(n.op_type == "QLinearConv" for n in optimized.graph.node)
     assert rep.int8_size < rep.fp32_size
     assert inspect_quantized(out)["qdq_compute_nodes"] == rep.qdq_compute_nodes
     assert rep.to_dict()["quantized_compute_nodes"] == rep.quantized_compute_nodes

@@ -22,6 +22,7 @@ from brain.model import (  # noqa: E402
     delta_rule_update,
     export_onnx,
     load_policy,
+    make_config,
     memory_read,
     preprocess_frame,
     save_policy,
@@ -84,6 +85,44 @@ def test_config_json_roundtrip_and_seeded_build() -> None:
         ModelConfig.from_dict({**blob, "bogus": 1})
     with pytest.raises(ValueError, match="unknown preset"):
         build_policy("nope")
+
+
+def test_config_without_newer_fields_builds_the_architecture_it_was_trained_with() -> None:
+    """Checkpoints written before enc_norm/activation/input_norm existed hold GroupNorm,
+    SiLU and mean/std input weights: they must load as that, not as today's defaults."""
+    blob = dataclasses.asdict(make_config("pi5", enc_kernels=(5, 3, 3, 3, 3)))
+    for key in ("enc_norm", "activation", "input_norm"):
+        blob.pop(key)
+    cfg = ModelConfig.from_dict(json.loads(json.dumps(blob)))
+    assert (cfg.enc_norm, cfg.activation, cfg.input_norm) == ("group", "silu", "meanstd")
+    old = build_policy(config=cfg)
+    kinds = {type(m).__name__ for m in old.modules()}
+    assert {"GroupNorm", "SiLU"} <= kinds and not {"BatchNorm2d", "ReLU"} & kinds
+    assert type(old.encoder.convs[0]).__name__ == "Conv2d" and old.encoder.convs[0].bias is not None
+    new = _policy()
+    kinds = {type(m).__name__ for m in new.modules()}
+    assert {"BatchNorm2d", "ReLU"} <= kinds and not {"GroupNorm", "SiLU"} & kinds
+    with pytest.raises(ValueError, match="enc_norm='layer' must be one of"):
+        make_config("pi5", enc_norm="layer")
+
+
+def test_export_leaves_no_normalisation_op_on_the_image(tmp_path: Path) -> None:
+    """BatchNorm folds into the convs and the input scale into the first conv's weights:
+    between the uint8 image and the first Conv there is only a layout change and a cast."""
+    import onnx
+
+    p = _policy()
+    export_onnx(p, tmp_path / "p.onnx")
+    g = onnx.load(str(tmp_path / "p.onnx")).graph
+    ops = [n.op_type for n in g.node]
+    assert "BatchNormalization" not in ops
+    producer = {o: n for n in g.node for o in n.output}
+    first = next(n for n in g.node if n.op_type == "Conv")
+    chain, name = [], first.input[0]
+    while name in producer:
+        chain.append(producer[name].op_type)
+        name = producer[name].input[0]
+    assert name == "image" and set(chain) <= {"Transpose", "Cast"}, chain
 
 
 def test_save_load_roundtrip(tmp_path: Path) -> None:
@@ -245,7 +284,8 @@ def test_memorize_knobs_in_policy() -> None:
         {"cms_levels": 1, "memory": False},
         {"depth": True},
         {"action_dim": 7, "action_tanh": False},
-        {"enc_groups": 0, "keypoints": 0},
+        {"enc_norm": "none", "keypoints": 0},
+        {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"},
         {"action_feedback": True},
         {"action_feedback": True, "memory": False, "cms_levels": 1},
     ],
@@ -319,11 +359,24 @@ def _session(path: Path) -> ort.InferenceSession:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"memory": False, "cms_levels": 1}, {"action_feedback": True}],
-    ids=["pi5", "ablated", "action_feedback"],
+    [
+        {},
+        {"memory": False, "cms_levels": 1},
+        {"action_feedback": True},
+        {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"},
+    ],
+    ids=["pi5", "ablated", "action_feedback", "groupnorm_silu_meanstd"],
 )
 def test_onnx_export_parity_and_contract(tmp_path: Path, overrides) -> None:
     p = _policy(**overrides)
+    g = torch.Generator().manual_seed(3)
+    for m in p.modules():  # trained-looking BatchNorm statistics, so folding them is tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
     if p.action_in is not None:  # zero-initialised: make the feedback path matter
         with torch.no_grad():
             p.action_in.weight.normal_(0.0, 1.0)

@@ -242,6 +242,11 @@ class Trainer:
             g["lr"] = _lr_at(self.step, self.job)
         x, y = self._batch(self.sampler.next_batch())
         self.model.train()
+        # BatchNorm statistics stay those of the base model: a fine-tune's few, correlated
+        # frames would drift them, and they are not part of what the adapter may change.
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
         pred = self._run(self._features(x))
         loss = self.loss(pred, y)
         self.optim.zero_grad(set_to_none=True)

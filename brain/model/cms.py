@@ -20,12 +20,16 @@ import torch
 from torch import Tensor, nn
 
 
+def _act(name: str) -> nn.Module:
+    return nn.ReLU() if name == "relu" else nn.SiLU()
+
+
 class CMSLevel(nn.Module):
-    def __init__(self, d: int, hidden: int):
+    def __init__(self, d: int, hidden: int, activation: str = "silu"):
         super().__init__()
         self.norm = nn.LayerNorm(d)
         self.fc1 = nn.Linear(d, hidden)
-        self.act = nn.SiLU()
+        self.act = _act(activation)
         self.fc2 = nn.Linear(hidden, d)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -33,12 +37,14 @@ class CMSLevel(nn.Module):
 
 
 class ContinuumMemory(nn.Module):
-    def __init__(self, d: int, periods: tuple[int, ...], hidden_mult: float):
+    def __init__(
+        self, d: int, periods: tuple[int, ...], hidden_mult: float, activation: str = "silu"
+    ):
         super().__init__()
         self.d = d
         self.periods = tuple(int(p) for p in periods)
         hidden = max(1, round(hidden_mult * d))
-        self.levels = nn.ModuleList(CMSLevel(d, hidden) for _ in self.periods)
+        self.levels = nn.ModuleList(CMSLevel(d, hidden, activation) for _ in self.periods)
 
     @property
     def state_size(self) -> int:

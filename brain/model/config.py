@@ -15,6 +15,14 @@ from typing import Any
 IMAGE_HW: tuple[int, int] = (120, 160)
 """(H, W) of the image the network sees; camera frames are resized to it (INTER_AREA)."""
 
+ENC_NORMS = ("batch", "group", "none")
+ACTIVATIONS = ("relu", "silu")
+INPUT_NORMS = ("folded", "meanstd")
+
+#: Values of fields added after the first checkpoints were written: a saved config without
+#: them is read with these (the architecture it was trained with), not today's defaults.
+LEGACY_FIELDS: dict[str, Any] = {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -28,10 +36,21 @@ class ModelConfig:
     depth_max_m: float = 4.0  # depth is clipped to [0, depth_max_m] metres
 
     # --- encoder ------------------------------------------------------------------------------
-    enc_channels: tuple[int, ...] = (16, 32, 64, 64)
-    enc_kernels: tuple[int, ...] = (5, 3, 3, 3)
-    enc_strides: tuple[int, ...] = (2, 2, 2, 1)
-    enc_groups: int = 8  # GroupNorm groups after each conv; 0 = no normalisation
+    enc_channels: tuple[int, ...] = (16, 32, 64, 64, 64)
+    enc_kernels: tuple[int, ...] = (3, 3, 3, 3, 3)
+    enc_strides: tuple[int, ...] = (2, 2, 2, 1, 1)
+    # Normalisation after each conv: "batch" (folded into the conv at export: free at run
+    # time, and the int8 conv then fuses with its ReLU), "group" (enc_groups groups; stays a
+    # separate float op), or "none".
+    enc_norm: str = "batch"
+    enc_groups: int = 8  # GroupNorm groups (enc_norm="group"); 0 = no normalisation
+    # Nonlinearity everywhere (encoder, CMS, head): "relu" quantizes for free (ONNX Runtime
+    # folds it into the int8 conv/GEMM output range), "silu" stays float (Sigmoid + Mul).
+    activation: str = "relu"
+    # "folded": pixels are only scaled by 1/(255*std), and that scale is folded into the
+    # first conv's weights (exact, zero padding included) -- no normalisation ops run at all;
+    # "meanstd": (pixel/255 - mean)/std as separate ops before the conv (models before 0.2).
+    input_norm: str = "folded"
     keypoints: int = 32  # spatial-softmax keypoints (2 coordinates each)
     feature_dim: int = 256  # d: width of the recurrent core
 
@@ -66,8 +85,17 @@ class ModelConfig:
         n = len(self.enc_channels)
         if n == 0 or len(self.enc_kernels) != n or len(self.enc_strides) != n:
             raise bad("enc_channels, enc_kernels and enc_strides must have the same length >= 1")
+        for name, value, allowed in (
+            ("enc_norm", self.enc_norm, ENC_NORMS),
+            ("activation", self.activation, ACTIVATIONS),
+            ("input_norm", self.input_norm, INPUT_NORMS),
+        ):
+            if value not in allowed:
+                raise bad(f"{name}={value!r} must be one of {list(allowed)}")
         if self.enc_groups < 0 or (
-            self.enc_groups and any(c % min(self.enc_groups, c) for c in self.enc_channels)
+            self.enc_norm == "group"
+            and self.enc_groups
+            and any(c % min(self.enc_groups, c) for c in self.enc_channels)
         ):
             raise bad(f"enc_groups={self.enc_groups} must divide every entry of enc_channels")
         if self.feature_dim < 1 or self.keypoints < 0 or self.head_hidden < 1:
@@ -140,7 +168,7 @@ class ModelConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}")
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {k: v for k, v in LEGACY_FIELDS.items() if k not in data}
         for key, value in data.items():
             if isinstance(value, list):
                 value = tuple(value)
@@ -149,13 +177,12 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # ~1.4 M parameters, ~30 M multiply-adds per step: the on-robot policy (Pi 5 CPU).
+    # ~1.5 M parameters, ~35 M multiply-adds per step: the on-robot policy (Pi 5 CPU).
     "pi5": ModelConfig(preset="pi5"),
     # ~10 M parameters: a bigger model for cloud training / distillation experiments.
     "large": ModelConfig(
         preset="large",
-        enc_channels=(32, 64, 128, 128),
-        enc_groups=8,
+        enc_channels=(32, 64, 128, 128, 128),
         keypoints=64,
         feature_dim=512,
         mem_key_dim=64,

@@ -14,11 +14,43 @@ RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 
 
+def activation(cfg: ModelConfig) -> nn.Module:
+    return nn.ReLU() if cfg.activation == "relu" else nn.SiLU()
+
+
+def input_scale(cfg: ModelConfig) -> Tensor:
+    """Per-channel factor the first conv folds in (``input_norm="folded"``): [1, C, 1, 1]."""
+    scale = [1.0 / (255.0 * s) for s in RGB_STD] + ([1.0] if cfg.depth else [])
+    return torch.tensor(scale).view(1, len(scale), 1, 1)
+
+
+def normalisation_info(cfg: ModelConfig) -> dict[str, object]:
+    """What the graph does to raw pixels, for the mobile metadata (feed raw uint8 either way)."""
+    if cfg.input_norm == "folded":
+        return {
+            "formula": "x = pixel / (255 * std) per channel, folded into the first convolution",
+            "mean": None,
+            "std": list(RGB_STD),
+        }
+    return {
+        "formula": "x = (pixel / 255 - mean) / std per channel",
+        "mean": list(RGB_MEAN),
+        "std": list(RGB_STD),
+    }
+
+
 class InputNormalizer(nn.Module):
-    """uint8 NHWC RGB (+ uint16 depth in mm) -> float32 NCHW, normalised."""
+    """uint8 NHWC RGB (+ uint16 depth in mm) -> float32 NCHW.
+
+    With ``input_norm="folded"`` RGB stays in 0..255 here: the per-channel 1/(255*std) lives
+    in the first conv's weights (:class:`ScaledInputConv2d`), which is exact -- zero padding
+    stays zero -- and leaves no elementwise op on the full-resolution image at run time.
+    The mean is not subtracted: the conv bias / BatchNorm after it absorb any offset.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.folded = cfg.input_norm == "folded"
         self.depth = cfg.depth
         self.depth_max_m = float(cfg.depth_max_m)
         std = torch.tensor(RGB_STD)
@@ -31,7 +63,9 @@ class InputNormalizer(nn.Module):
     def forward(self, image: Tensor, depth: Tensor | None = None) -> Tensor:
         if image.dim() != 4 or image.shape[-1] != 3:
             raise ValueError(f"image must be [N, H, W, 3] uint8 RGB, got {tuple(image.shape)}")
-        x = image.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        if not self.folded:
+            x = x * self.scale + self.shift
         if not self.depth:
             return x
         if depth is None:
@@ -42,6 +76,29 @@ class InputNormalizer(nn.Module):
         m = depth.to(torch.float32) * 0.001
         m = torch.clamp(m, 0.0, self.depth_max_m) * (2.0 / self.depth_max_m) - 1.0
         return torch.cat([x, m.unsqueeze(1)], dim=1)
+
+
+class ScaledInputConv2d(nn.Conv2d):
+    """A conv whose input channels are scaled by a fixed factor folded into its weights.
+
+    ``conv(x * s) == conv_{w*s}(x)``; written as the weight product so the ONNX export's
+    constant folding leaves one plain Conv reading the raw pixels.
+    """
+
+    def __init__(self, *args: object, in_scale: Tensor, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register_buffer("in_scale", in_scale.clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * self.in_scale, self.bias)
+
+
+def _norm(cfg: ModelConfig, channels: int) -> nn.Module | None:
+    if cfg.enc_norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if cfg.enc_norm == "group" and cfg.enc_groups:
+        return nn.GroupNorm(min(cfg.enc_groups, channels), channels)
+    return None
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
@@ -62,11 +119,20 @@ class ConvEncoder(nn.Module):
         in_ch = 4 if cfg.depth else 3
         layers: list[nn.Module] = []
         h, w = cfg.image_hw
-        for out_ch, k, s in zip(cfg.enc_channels, cfg.enc_kernels, cfg.enc_strides, strict=True):
-            layers.append(nn.Conv2d(in_ch, out_ch, k, stride=s, padding=k // 2))
-            if cfg.enc_groups:
-                layers.append(nn.GroupNorm(min(cfg.enc_groups, out_ch), out_ch))
-            layers.append(nn.SiLU())
+        for i, (out_ch, k, s) in enumerate(
+            zip(cfg.enc_channels, cfg.enc_kernels, cfg.enc_strides, strict=True)
+        ):
+            norm = _norm(cfg, out_ch)
+            conv_args = (in_ch, out_ch, k)
+            # BatchNorm's shift makes a conv bias redundant; GroupNorm models kept theirs.
+            conv_kw = {"stride": s, "padding": k // 2, "bias": cfg.enc_norm != "batch"}
+            if i == 0 and cfg.input_norm == "folded":
+                layers.append(ScaledInputConv2d(*conv_args, in_scale=input_scale(cfg), **conv_kw))
+            else:
+                layers.append(nn.Conv2d(*conv_args, **conv_kw))
+            if norm is not None:
+                layers.append(norm)
+            layers.append(activation(cfg))
             in_ch = out_ch
             h, w = _conv_out(h, k, s), _conv_out(w, k, s)
         self.convs = nn.Sequential(*layers)

@@ -7,6 +7,7 @@ cloud extra) for the metadata; the robot only needs onnxruntime to run the resul
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -19,6 +20,25 @@ from .policy import Policy
 ONNX_OPSET = 18
 INPUT_NAMES = ("image", "state", "memory")
 OUTPUT_NAMES = ("action", "state_out", "memory_out")
+
+
+def fuse_batchnorm(policy: Policy) -> Policy:
+    """A copy of ``policy`` (eval mode) with every encoder BatchNorm folded into its conv.
+
+    torch's exporter folds Conv+BatchNorm itself only where the conv weight is a plain
+    parameter; the first conv's weight is ``weight * in_scale`` (the folded input scale), so
+    its BatchNorm would stay in the file as a separate op.  Folding here leaves plain Convs.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(policy).eval()
+    layers = list(fused.encoder.convs)
+    for i in range(len(layers) - 1):
+        conv, bn = layers[i], layers[i + 1]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            layers[i], layers[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    fused.encoder.convs = nn.Sequential(*layers)
+    return fused
 
 
 class _StepGraph(nn.Module):
@@ -58,7 +78,7 @@ def export_onnx(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _StepGraph(policy),
+                _StepGraph(fuse_batchnorm(policy)),
                 (image, state, memory),
                 path,
                 input_names=list(INPUT_NAMES),

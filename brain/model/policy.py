@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .cms import ContinuumMemory
 from .config import ModelConfig, make_config
-from .encoder import ConvEncoder, InputNormalizer
+from .encoder import ConvEncoder, InputNormalizer, activation
 from .memory import AssociativeMemory
 
 CHECKPOINT_FORMAT = "continuon-policy/1"
@@ -29,9 +29,9 @@ class ActionHead(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.net = nn.Sequential(
             nn.Linear(d, hdim),
-            nn.SiLU(),
+            activation(cfg),
             nn.Linear(hdim, hdim),
-            nn.SiLU(),
+            activation(cfg),
             nn.Linear(hdim, cfg.action_dim),
         )
         with torch.no_grad():  # start near the neutral action
@@ -53,7 +53,9 @@ class Policy(nn.Module):
         self.inputs = InputNormalizer(config)
         self.encoder = ConvEncoder(config)
         self.memory = AssociativeMemory(config) if config.memory else None
-        self.cms = ContinuumMemory(config.feature_dim, config.periods, config.cms_hidden_mult)
+        self.cms = ContinuumMemory(
+            config.feature_dim, config.periods, config.cms_hidden_mult, config.activation
+        )
         self.action_in: nn.Linear | None = None
         if config.action_feedback:  # previous action -> CMS input; starts as a no-op
             self.action_in = nn.Linear(config.action_dim, config.feature_dim)

@@ -7,10 +7,17 @@ What gets quantized, and why (measured on the ``pi5`` preset, one thread, VNNI C
 ``docs/export.md``):
 
 * ``Conv`` and ``Gemm`` (the encoder convolutions and every ``nn.Linear``): that is where the
-  multiply-adds are.  Weights int8 (per output channel by default), activations uint8.
+  multiply-adds are.  Weights int8, activations uint8.  Per output channel for convolutions
+  (a folded BatchNorm gives every channel its own scale), per tensor for ``Gemm``: at batch 1
+  ONNX Runtime's int8 GEMM ran ~25 % slower with per-channel weights (the closed-loop gate
+  judges the accuracy either way).
+* ``Relu``: quantized, it disappears -- ONNX Runtime folds it into the uint8 output range of
+  the conv/GEMM before it, which then writes straight into the next int8 op (with SiLU or
+  GroupNorm in between, every quantized op needed a Dequantize, a float op and a Quantize,
+  and INT8 stayed ~1.3x faster than FP32 instead of ~1.6x; see ``docs/export.md``).
 * NOT the first convolution: with 3 input channels an int8 kernel has nothing to vectorise
-  over, and quantizing its input drags the in-graph uint8 -> float normalisation off ONNX
-  Runtime's fast NCHWc path; quantizing it made the whole step ~2x *slower* than FP32.
+  over, and quantizing it pulls the image off ONNX Runtime's fast NCHWc path; it made the
+  whole step ~2x *slower* than FP32.
 * NOT ``MatMul``: those are the associative memory's tiny ``M k`` / ``M q`` products and the
   keypoint read-out, whose operands are recurrent state.  Quantizing them buys no time and
   puts 8-bit rounding into a state that is carried (and compounds) from tick to tick.
@@ -19,6 +26,14 @@ What gets quantized, and why (measured on the ``pi5`` preset, one thread, VNNI C
   the head quantized, a trained pi5 policy whose held-out action error was only 0.9 %
   worse left the road on the ``snake`` layout; with head and memory in FP32 it drove
   exactly like FP32 (0.0 % closed-loop drop) at the same speed-up.
+
+* NOT the encoder's projection (``/encoder/proj/``): its input is the spatial-softmax
+  keypoints -- *where* the lane edges are, coordinates in [-1, 1] -- concatenated with pooled
+  features of a much larger range; one uint8 scale for both rounds the keypoints to a few
+  centimetres of road.  With it quantized, a trained pi5 policy held the lane 4.4 % worse than
+  FP32 (mean |cte| 22.8 vs 21.8 mm on chicane, snake, random-101: the 2 % gate failed it)
+  although its held-out action error was only 0.2 % worse; kept in FP32 (a 128 -> 256 GEMM,
+  ~1 % of the step) it drove like FP32 (21.8 mm, -0.1 %).
 
 Calibration runs the FP32 graph over the frames *in order*, carrying its recurrent state, so
 the recurrent core is calibrated on the states it really meets on the road, not on zeros.
@@ -64,9 +79,11 @@ QOPERATOR_OPS = frozenset(
         "MatMulInteger",
     }
 )
-DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "Gemm")
+DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "Gemm", "Relu")
+#: Op types whose int8 weights get one scale per output channel when ``per_channel``.
+DEFAULT_PER_CHANNEL_OPS: tuple[str, ...] = ("Conv",)
 #: Node-name scopes (torch module paths, as ``torch.onnx`` names nodes) kept in FP32.
-DEFAULT_EXCLUDE_SCOPES: tuple[str, ...] = ("/head/", "/memory/")
+DEFAULT_EXCLUDE_SCOPES: tuple[str, ...] = ("/head/", "/memory/", "/encoder/proj/")
 
 
 class QuantizationError(RuntimeError):
@@ -89,6 +106,8 @@ class QuantReport:
     calibrate_method: str
     op_types_quantized: tuple[str, ...]
     excluded_nodes: tuple[str, ...]
+    #: int8 weights quantized per output channel: the weight initializers' names
+    per_channel_weights: tuple[str, ...] = ()
     #: op type -> count, in the quantized graph
     op_counts: dict[str, int] = field(default_factory=dict)
     quantize_linear: int = 0
@@ -110,6 +129,7 @@ class QuantReport:
         d = asdict(self)
         d["op_types_quantized"] = list(self.op_types_quantized)
         d["excluded_nodes"] = list(self.excluded_nodes)
+        d["per_channel_weights"] = list(self.per_channel_weights)
         d["quantized_compute_nodes"] = self.quantized_compute_nodes
         return d
 
@@ -249,12 +269,40 @@ def inspect_quantized(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def _per_channel_overrides(
+    model: Any, op_types: Sequence[str], nodes: set[str]
+) -> dict[str, list[dict[str, int]]]:
+    """ORT ``TensorQuantOverrides`` making the weights of ``nodes`` of ``op_types`` per channel.
+
+    Per channel pays where output channels differ in scale -- convolutions with a BatchNorm
+    folded in -- and costs time where it does not: ONNX Runtime's int8 GEMM for one row
+    (batch 1, the recurrent core's ``Gemm``) ran ~25 % slower per channel than per tensor.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    out: dict[str, list[dict[str, int]]] = {}
+    for node in model.graph.node:
+        if node.op_type not in op_types or node.name not in nodes or len(node.input) < 2:
+            continue
+        weight = node.input[1]
+        if weight not in inits:
+            continue
+        axis = 0
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis = 0 if trans_b else 1
+        elif node.op_type == "MatMul":
+            axis = -1
+        out[weight] = [{"axis": axis}]
+    return out
+
+
 def quantize_int8(
     fp32_onnx: Path,
     out_path: Path,
     calibration_frames: Iterable[np.ndarray],
     *,
     per_channel: bool = True,
+    per_channel_ops: Sequence[str] = DEFAULT_PER_CHANNEL_OPS,
     quant_format: str = "QDQ",
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     exclude_first_conv: bool = True,
@@ -270,7 +318,9 @@ def quantize_int8(
     INTER_AREA when they differ), in driving order -- the recurrent state is carried
     through them by the FP32 graph.  At most ``max_frames`` are used.  Nodes of ``op_types``
     are quantized except those in ``exclude_nodes``, under ``exclude_scopes`` and (with
-    ``exclude_first_conv``) the convolution reading the image.  Writes ``out_path``
+    ``exclude_first_conv``) the convolution reading the image; with ``per_channel`` the
+    weights of ``per_channel_ops`` nodes get one scale per output channel, the rest one per
+    tensor.  Writes ``out_path``
     (metadata such as ``version`` and ``action_names`` copied from the FP32 graph) and
     returns what is in it; raises :class:`QuantizationError` when the result has no
     quantized compute node or does not load, ``ValueError`` for a bad frame.
@@ -328,6 +378,11 @@ def quantize_int8(
             model_in = pre
         except Exception as exc:  # pragma: no cover - depends on the ORT version
             log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
+        overrides = (
+            _per_channel_overrides(onnx.load(str(model_in)), per_channel_ops, set(candidates))
+            if per_channel
+            else {}
+        )
         try:
             # The histogram calibrators print progress on stdout, which is a CLI's result.
             sink = contextlib.redirect_stdout(io.StringIO())
@@ -339,11 +394,14 @@ def quantize_int8(
                     quant_format=fmt,
                     op_types_to_quantize=list(op_types),
                     nodes_to_exclude=excluded,
-                    per_channel=per_channel,
+                    per_channel=False,  # per channel only where ``overrides`` says so
                     calibrate_method=methods[calibrate_method.lower()],
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    extra_options={"CalibTensorRangeSymmetric": False},
+                    extra_options={
+                        "CalibTensorRangeSymmetric": False,
+                        "TensorQuantOverrides": overrides,
+                    },
                 )
         except CalibrationFrameError:
             raise
@@ -378,11 +436,12 @@ def quantize_int8(
         fp32_path=str(fp32_onnx),
         out_path=str(out_path),
         quant_format="QDQ" if fmt == QuantFormat.QDQ else "QOperator",
-        per_channel=per_channel,
+        per_channel=bool(overrides),
         calibration_frames=reader.count,
         calibrate_method=calibrate_method.lower(),
         op_types_quantized=tuple(op_types),
         excluded_nodes=tuple(excluded),
+        per_channel_weights=tuple(overrides),
         fp32_size=fp32_onnx.stat().st_size,
         int8_size=out_path.stat().st_size,
         **info,

@@ -29,7 +29,7 @@ COREML_STATE_NAME = "state_in"
 
 
 def graph_metadata(policy: Any, version: str) -> dict[str, Any]:
-    from brain.model.encoder import RGB_MEAN, RGB_STD
+    from brain.model.encoder import normalisation_info
 
     cfg = policy.config
     h, w = cfg.image_hw
@@ -79,9 +79,7 @@ def graph_metadata(policy: Any, version: str) -> dict[str, Any]:
         "normalisation": {
             "in_graph": True,
             "feed": "raw RGB uint8 pixels, resized to the input size with area interpolation",
-            "formula": "x = (pixel / 255 - mean) / std per channel",
-            "mean": list(RGB_MEAN),
-            "std": list(RGB_STD),
+            **normalisation_info(cfg),
         },
         "recurrence": "start every recurrent input at zeros; after each step feed X_out back as X; "
         "reset to zeros when an output is NaN/Inf",

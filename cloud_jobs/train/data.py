@@ -361,12 +361,13 @@ def _shift(a: np.ndarray, d: int, axis: int) -> np.ndarray:
 
 
 def augment_window(frames: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Brightness/contrast jitter and a small shift, the same for every frame of the window."""
+    """Brightness/contrast jitter and a small (vertical) shift, the same for every frame."""
     if not cfg.enabled:
         return frames
     gain = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
     contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
-    dy, dx = (int(v) for v in rng.integers(-cfg.shift_px, cfg.shift_px + 1, size=2))
+    dy = int(rng.integers(-cfg.shift_px, cfg.shift_px + 1))
+    dx = int(rng.integers(-cfg.shift_x_px, cfg.shift_x_px + 1))
     # The photometric part is one affine map of the 256 pixel values: a lookup table.
     mean = float(frames.mean())
     lut = np.rint(np.clip((np.arange(256) - mean) * contrast + mean * gain, 0, 255))

@@ -84,6 +84,21 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm running statistics) over the processes.
+
+        Gradients keep parameters identical on every process, but each process updates its
+        BatchNorm statistics from its own batches (SyncBatchNorm needs a GPU); averaging them
+        before a checkpoint gives one model, estimated from every process's data.  Collective:
+        every process must call it at the same point.
+        """
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for buf in module.buffers():
+                if buf.is_floating_point():
+                    buf.copy_(self.all_reduce_sum(buf.detach().clone()) / self.world)
+
     def barrier(self, tag: str = "barrier") -> None:
         if self.world == 1:
             return

@@ -625,7 +625,8 @@ def _train(
     )
 
     def save(kind: str) -> None:
-        """Checkpoint (rank 0): step-N.pt and last.pt, or best.pt."""
+        """Checkpoint (rank 0): step-N.pt and last.pt, or best.pt.  Collective (buffers)."""
+        dist.average_buffers(policy)
         if not dist.is_main:
             return
         blob = {
@@ -786,6 +787,7 @@ def _train(
         if step % loop.checkpoint_every != 0:
             save("step")
     # Every process must hold the same weights: compare checksums across ranks.
+    dist.average_buffers(policy)
     checksum = param_checksum(policy)
     ranks = dist.all_gather_object(
         {
