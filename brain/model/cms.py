@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 
-def _act(name: str) -> nn.Module:
+def activation_module(name: str) -> nn.Module:
+    """``ModelConfig.activation`` as a module (``"relu"`` or ``"silu"``)."""
     return nn.ReLU() if name == "relu" else nn.SiLU()
 
 
@@ -29,7 +30,7 @@ class CMSLevel(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(d)
         self.fc1 = nn.Linear(d, hidden)
-        self.act = _act(activation)
+        self.act = activation_module(activation)
         self.fc2 = nn.Linear(hidden, d)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cms import activation_module
 from .config import ModelConfig
 
 # Per-channel RGB statistics (the common ImageNet values; any fixed constants would do, the
@@ -15,7 +16,7 @@ RGB_STD = (0.229, 0.224, 0.225)
 
 
 def activation(cfg: ModelConfig) -> nn.Module:
-    return nn.ReLU() if cfg.activation == "relu" else nn.SiLU()
+    return activation_module(cfg.activation)
 
 
 def input_scale(cfg: ModelConfig) -> Tensor:

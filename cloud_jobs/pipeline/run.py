@@ -53,7 +53,7 @@ class PipelineOptions:
     laps: int = 1
     drive_laps: int = 1
     camera: tuple[int, int] = (160, 120)  # width, height of the sim camera for this run
-    train_steps: int | None = None  # default: the training config's (pi5: 300, tiny: 600)
+    train_steps: int | None = None  # default: the training config's (pi5: 420, tiny: 600)
 
 
 def _cloud_jobs() -> list[str]:
