@@ -5,11 +5,8 @@ Exit code 0 when no check FAILed (SKIP and WARN do not fail the run), 1 otherwis
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +15,7 @@ from typing import Any, TextIO
 
 from brain.config import Config
 from brain.hwcheck.checks import CHECKS, CheckContext, CheckResult, count, run_checks
+from rlds.fsutil import replace_file
 
 NAME_WIDTH = 11
 STATUS_WIDTH = 6
@@ -73,18 +71,9 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
+    # 0600: what the report had when it was written through mkstemp directly.
+    replace_file(path, text.encode("utf-8"), mode=0o600)
 
 
 def run(
