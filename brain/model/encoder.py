@@ -15,10 +15,6 @@ RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 
 
-def activation(cfg: ModelConfig) -> nn.Module:
-    return activation_module(cfg.activation)
-
-
 def input_scale(cfg: ModelConfig) -> Tensor:
     """Per-channel factor the first conv folds in (``input_norm="folded"``): [1, C, 1, 1]."""
     scale = [1.0 / (255.0 * s) for s in RGB_STD] + ([1.0] if cfg.depth else [])
@@ -133,7 +129,7 @@ class ConvEncoder(nn.Module):
                 layers.append(nn.Conv2d(*conv_args, **conv_kw))
             if norm is not None:
                 layers.append(norm)
-            layers.append(activation(cfg))
+            layers.append(activation_module(cfg.activation))
             in_ch = out_ch
             h, w = _conv_out(h, k, s), _conv_out(w, k, s)
         self.convs = nn.Sequential(*layers)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cms import ContinuumMemory
+from .cms import ContinuumMemory, activation_module
 from .config import ModelConfig, make_config
-from .encoder import ConvEncoder, InputNormalizer, activation
+from .encoder import ConvEncoder, InputNormalizer
 from .memory import AssociativeMemory
 
 CHECKPOINT_FORMAT = "continuon-policy/1"
@@ -29,9 +29,9 @@ class ActionHead(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.net = nn.Sequential(
             nn.Linear(d, hdim),
-            activation(cfg),
+            activation_module(cfg.activation),
             nn.Linear(hdim, hdim),
-            activation(cfg),
+            activation_module(cfg.activation),
             nn.Linear(hdim, cfg.action_dim),
         )
         with torch.no_grad():  # start near the neutral action
