@@ -288,6 +288,8 @@ def test_memorize_knobs_in_policy() -> None:
         {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"},
         {"action_feedback": True},
         {"action_feedback": True, "memory": False, "cms_levels": 1},
+        {"motion_feedback": True},
+        {"action_feedback": True, "motion_feedback": True},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -314,6 +316,35 @@ def test_ablations_build_and_run(overrides) -> None:
     if cfg.depth:
         with pytest.raises(ValueError, match="depth"):
             p.step(imgs[:, 0], *p.initial_state(2))
+
+
+def test_motion_feedback_keeps_the_previous_features() -> None:
+    p = _policy(action_feedback=True, motion_feedback=True)
+    ref = _policy(action_feedback=True)
+    cfg = p.config
+    lay = cfg.state_layout()
+    assert cfg.state_size == ref.config.state_size + cfg.feature_dim
+    assert lay["prev_features"] == slice(ref.config.state_size, cfg.state_size)
+    assert lay["prev_action"] == ref.config.state_layout()["prev_action"]
+    imgs = _images(2, 4)
+    with torch.no_grad():
+        state, memory = p.initial_state(2)
+        a, s1, m1 = p.step(imgs[:, 0], state, memory)
+        torch.testing.assert_close(s1[:, lay["prev_features"]], p.encode(imgs[:, 0]))
+        torch.testing.assert_close(s1[:, lay["prev_action"]], a)
+        # what the view was a tick ago changes what the memory writes (and so the action)
+        s_other = s1.clone()
+        s_other[:, lay["prev_features"]] = p.encode(imgs[:, 2])
+        _, _, m_a = p.step(imgs[:, 1], s1, m1)
+        _, _, m_b = p.step(imgs[:, 1], s_other, m1)
+        assert not torch.allclose(m_a, m_b)
+        # teacher forcing writes the executed action into its own slot, not over the features
+        executed = torch.full((2, 4, cfg.action_dim), 0.3)
+        _, s_tf, _ = p.forward_sequence(imgs, *p.initial_state(2), executed_actions=executed)
+        torch.testing.assert_close(s_tf[:, lay["prev_action"]], executed[:, -1])
+        torch.testing.assert_close(s_tf[:, lay["prev_features"]], p.encode(imgs[:, 3]))
+    with pytest.raises(ValueError, match="motion_feedback"):
+        _policy(motion_feedback=True, memory=False)
 
 
 def test_action_feedback_state_and_teacher_forcing() -> None:

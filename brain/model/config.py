@@ -64,6 +64,10 @@ class ModelConfig:
     # Feed the previous tick's action (kept at the end of ``state``) into the core: into the
     # memory's q/k/v/gate projections and, through a linear map, the CMS input.  Off by default.
     action_feedback: bool = False
+    # Feed the previous tick's encoder features (kept in ``state``) into the memory's
+    # projections as LN(f_t) - LN(f_t-1): how the view moved since the last command, which is
+    # what shows a disturbance in the actuators (see docs/model.md).  Off by default.
+    motion_feedback: bool = False
 
     # --- continuum memory system ----------------------------------------------------------------
     cms_levels: int = 3
@@ -102,6 +106,8 @@ class ModelConfig:
             raise bad("feature_dim, head_hidden must be >= 1 and keypoints >= 0")
         if self.mem_key_dim < 1 or self.mem_value_dim < 1:
             raise bad("mem_key_dim and mem_value_dim must be >= 1")
+        if self.motion_feedback and not self.memory:
+            raise bad("motion_feedback feeds the memory: it needs memory=True")
         if self.mem_lr < 0 or self.mem_threshold < 0:
             raise bad("mem_lr and mem_threshold must be >= 0")
         if self.cms_levels < 0 or len(self.cms_periods) < self.cms_levels:
@@ -135,9 +141,11 @@ class ModelConfig:
     @property
     def state_size(self) -> int:
         """S: length of the flat ``state`` tensor (tick + per level: accumulator, output
-        [+ previous action when ``action_feedback``])."""
+        [+ previous action when ``action_feedback``] [+ previous features when
+        ``motion_feedback``])."""
         s = 1 + 2 * self.feature_dim * self.cms_levels
-        return s + self.action_dim if self.action_feedback else s
+        s += self.action_dim if self.action_feedback else 0
+        return s + self.feature_dim if self.motion_feedback else s
 
     @property
     def memory_size(self) -> int:
@@ -155,6 +163,9 @@ class ModelConfig:
             off += 2 * d
         if self.action_feedback:
             layout["prev_action"] = slice(off, off + self.action_dim)
+            off += self.action_dim
+        if self.motion_feedback:
+            layout["prev_features"] = slice(off, off + d)
         return layout
 
     # --- (de)serialisation -----------------------------------------------------------------------

@@ -61,7 +61,9 @@ class AssociativeMemory(nn.Module):
         d, dk, dv = cfg.feature_dim, cfg.mem_key_dim, cfg.mem_value_dim
         self.dk, self.dv = dk, dv
         self.norm = nn.LayerNorm(d)
-        extra = cfg.action_dim if cfg.action_feedback else 0  # previous action, appended to LN(h)
+        # Appended to LN(h): the previous action, and the view's change since the last tick.
+        extra = cfg.action_dim if cfg.action_feedback else 0
+        extra += d if cfg.motion_feedback else 0
         self.qkv = nn.Linear(d + extra, 2 * dk + dv)
         self.gates = nn.Linear(d + extra, 2)  # alpha (retention), beta (write strength) logits
         with torch.no_grad():
@@ -73,14 +75,24 @@ class AssociativeMemory(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(cfg.mem_threshold)), persistent=False)
 
     def forward(
-        self, h: Tensor, memory: Tensor, prev_action: Tensor | None = None
+        self,
+        h: Tensor,
+        memory: Tensor,
+        prev_action: Tensor | None = None,
+        prev_h: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """h [B, d], memory [B, d_k*d_v] (+ prev_action [B, A] with ``action_feedback``)
+        """h [B, d], memory [B, d_k*d_v] (+ prev_action [B, A] with ``action_feedback``,
+        + the previous tick's h [B, d] with ``motion_feedback``)
         -> (read-out [B, d], new memory [B, d_k*d_v])."""
         b = h.shape[0]
         x = self.norm(h)
+        parts = [x]
         if prev_action is not None:
-            x = torch.cat([x, prev_action], dim=-1)
+            parts.append(prev_action)
+        if prev_h is not None:
+            parts.append(x - self.norm(prev_h))
+        if len(parts) > 1:
+            x = torch.cat(parts, dim=-1)
         q, k, v = torch.split(self.qkv(x), [self.dk, self.dk, self.dv], dim=-1)
         q = F.normalize(q, dim=-1, eps=1e-6)
         k = F.normalize(k, dim=-1, eps=1e-6)

@@ -64,6 +64,7 @@ class Policy(nn.Module):
                 self.action_in.bias.zero_()
         self.head = ActionHead(config)
         self._tick_cycle = float(config.tick_cycle)
+        self._layout = config.state_layout()
 
     # --- state -----------------------------------------------------------------------------------
     def initial_state(
@@ -110,12 +111,14 @@ class Policy(nn.Module):
 
     def core(self, feat: Tensor, state: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One recurrent tick on encoded features: (action, state', memory')."""
+        lay = self._layout
         tick = state[:, 0:1]
         n_cms = 1 + self.cms.state_size
-        prev_action = state[:, n_cms:] if self.action_in is not None else None
+        prev_action = state[:, lay["prev_action"]] if "prev_action" in lay else None
+        prev_feat = state[:, lay["prev_features"]] if "prev_features" in lay else None
         h = feat
         if self.memory is not None:
-            read, memory_out = self.memory(h, memory, prev_action)
+            read, memory_out = self.memory(h, memory, prev_action, prev_feat)
             h = h + read
         else:
             memory_out = memory * 0.0  # unused, but kept as graph I/O (contract: X -> X_out)
@@ -124,7 +127,11 @@ class Policy(nn.Module):
         h, cms_state = self.cms(h, tick, state[:, 1:n_cms])
         action = self.head(h)
         tick_out = torch.remainder(tick + 1.0, self._tick_cycle)
-        parts = [tick_out, cms_state] + ([action] if self.action_in is not None else [])
+        parts = [tick_out, cms_state]
+        if prev_action is not None:
+            parts.append(action)
+        if prev_feat is not None:
+            parts.append(feat)
         return action, torch.cat(parts, dim=1), memory_out
 
     def step(
@@ -168,8 +175,9 @@ class Policy(nn.Module):
         for i in range(t):
             a, state, memory = self.core(feats[:, i], state, memory)
             if executed_actions is not None:
-                na = self.config.action_dim
-                state = torch.cat([state[:, :-na], executed_actions[:, i].to(state.dtype)], 1)
+                pa = self._layout["prev_action"]
+                executed = executed_actions[:, i].to(state.dtype)
+                state = torch.cat([state[:, : pa.start], executed, state[:, pa.stop :]], 1)
             actions.append(a)
         return torch.stack(actions, dim=1), state, memory
 
