@@ -71,6 +71,8 @@ def test_parameter_counts() -> None:
     print(f"\nparameters: pi5 {n_pi5:,}  large {n_large:,}")
     assert 1_000_000 <= n_pi5 <= 2_000_000
     assert n_large > 3 * n_pi5
+    tiny = build_policy("tiny")
+    assert tiny.config.image_hw == (48, 64) and tiny.num_parameters() < 50_000
 
 
 def test_config_json_roundtrip_and_seeded_build() -> None:

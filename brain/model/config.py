@@ -201,6 +201,24 @@ PRESETS: dict[str, ModelConfig] = {
         cms_hidden_mult=4.0,
         head_hidden=512,
     ),
+    # ~14 k parameters at 48x64: for tests and quick experiments in the sim (it learns to
+    # drive the oval in a few minutes on one core), not for the robot.
+    "tiny": ModelConfig(
+        preset="tiny",
+        image_hw=(48, 64),
+        enc_channels=(8, 16, 16),
+        enc_kernels=(5, 3, 3),
+        enc_strides=(2, 2, 2),
+        enc_groups=0,
+        keypoints=8,
+        feature_dim=32,
+        mem_key_dim=8,
+        mem_value_dim=16,
+        cms_levels=1,
+        cms_periods=(1,),
+        cms_hidden_mult=2.0,
+        head_hidden=32,
+    ),
 }
 
 

@@ -79,18 +79,18 @@ class AssociativeMemory(nn.Module):
         h: Tensor,
         memory: Tensor,
         prev_action: Tensor | None = None,
-        prev_h: Tensor | None = None,
+        motion: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """h [B, d], memory [B, d_k*d_v] (+ prev_action [B, A] with ``action_feedback``,
-        + the previous tick's h [B, d] with ``motion_feedback``)
+        + ``motion(h, previous h)`` [B, d] with ``motion_feedback``)
         -> (read-out [B, d], new memory [B, d_k*d_v])."""
         b = h.shape[0]
         x = self.norm(h)
         parts = [x]
         if prev_action is not None:
             parts.append(prev_action)
-        if prev_h is not None:
-            parts.append(x - self.norm(prev_h))
+        if motion is not None:
+            parts.append(motion)
         if len(parts) > 1:
             x = torch.cat(parts, dim=-1)
         q, k, v = torch.split(self.qkv(x), [self.dk, self.dk, self.dv], dim=-1)
@@ -102,3 +102,7 @@ class AssociativeMemory(nn.Module):
         mem, _ = delta_rule_update(mem, k, v, alpha, beta, self.lr, self.threshold)
         read = memory_read(mem, q)
         return self.out(read), mem.reshape(b, self.dv * self.dk)
+
+    def motion(self, h: Tensor, prev_h: Tensor) -> Tensor:
+        """LN(h_t) - LN(h_t-1): how the view moved since the previous tick."""
+        return self.norm(h) - self.norm(prev_h)

@@ -62,6 +62,12 @@ class Policy(nn.Module):
             with torch.no_grad():
                 self.action_in.weight.zero_()
                 self.action_in.bias.zero_()
+        self.motion_in: nn.Linear | None = None
+        if config.motion_feedback:  # the view's change -> CMS input too; starts as a no-op
+            self.motion_in = nn.Linear(config.feature_dim, config.feature_dim)
+            with torch.no_grad():
+                self.motion_in.weight.zero_()
+                self.motion_in.bias.zero_()
         self.head = ActionHead(config)
         self._tick_cycle = float(config.tick_cycle)
         self._layout = config.state_layout()
@@ -117,13 +123,18 @@ class Policy(nn.Module):
         prev_action = state[:, lay["prev_action"]] if "prev_action" in lay else None
         prev_feat = state[:, lay["prev_features"]] if "prev_features" in lay else None
         h = feat
+        motion = None
         if self.memory is not None:
-            read, memory_out = self.memory(h, memory, prev_action, prev_feat)
+            if prev_feat is not None:
+                motion = self.memory.motion(feat, prev_feat)
+            read, memory_out = self.memory(h, memory, prev_action, motion)
             h = h + read
         else:
             memory_out = memory * 0.0  # unused, but kept as graph I/O (contract: X -> X_out)
         if self.action_in is not None:
             h = h + self.action_in(prev_action)
+        if self.motion_in is not None:
+            h = h + self.motion_in(motion)
         h, cms_state = self.cms(h, tick, state[:, 1:n_cms])
         action = self.head(h)
         tick_out = torch.remainder(tick + 1.0, self._tick_cycle)
