@@ -64,9 +64,9 @@ class ModelConfig:
     # Feed the previous tick's action (kept at the end of ``state``) into the core: into the
     # memory's q/k/v/gate projections and, through a linear map, the CMS input.  Off by default.
     action_feedback: bool = False
-    # Feed the previous tick's encoder features (kept in ``state``) into the memory's
-    # projections as LN(f_t) - LN(f_t-1): how the view moved since the last command, which is
-    # what shows a disturbance in the actuators (see docs/model.md).  Off by default.
+    # Keep the previous tick's encoder features in ``state`` and feed LN(f_t) - LN(f_t-1),
+    # how the view moved since the last command (what shows a disturbance in the actuators),
+    # into the memory's projections and the CMS input (see docs/model.md).  Off by default.
     motion_feedback: bool = False
 
     # --- continuum memory system ----------------------------------------------------------------
