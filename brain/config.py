@@ -279,6 +279,9 @@ class RecordingConfig(_Strict):
     min_free_mb: Annotated[float, Field(ge=0)] = 500.0
     # Interrupted episodes shorter than this are discarded (and reported) on recovery.
     min_steps: Annotated[int, Field(ge=1, le=100_000)] = 10
+    # Bounds on <episodes>/.discarded/, applied at every start (oldest first); null: no bound.
+    discarded_max_mb: Annotated[float, Field(ge=0)] | None = 256.0
+    discarded_max_age_days: Annotated[float, Field(gt=0)] | None = 30.0
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:=-]{1,64}$")]] = Field(
         default_factory=list
     )

@@ -5,6 +5,12 @@ So the hook only decides (is recording armed, does the mode record, did the
 mode change) and puts a reference to the step on a bounded queue; a full
 queue drops the step and counts it.  A writer thread encodes images and
 appends records.  A mode change ends the episode: one episode is one mode.
+
+A write error (disk full, quota, I/O error) stops recording once: the episode
+is committed as truncated with what reached the disk, recording disarms, one
+error is logged, and ``status()["fault"]`` says why until space is back or
+recording is started again.  No episode starts while free space is below the
+floor, so a full disk never collects empty episode directories.
 """
 
 from __future__ import annotations
@@ -26,9 +32,17 @@ from brain import __version__
 from brain.config import Config
 from brain.control.loop import Step
 from brain.logs import log_fields
+from brain.recording_fault import (
+    ERROR,
+    LOW_SPACE,
+    RecordingFault,
+    describe,
+    kind_of,
+    new_fault,
+)
 from rlds.images import encode_jpeg, encode_png16
 from rlds.recovery import recover
-from rlds.storage import StorageBudget
+from rlds.storage import StorageBudget, purge_discarded
 from rlds.types import StepInput
 from rlds.writer import EpisodeWriter
 
@@ -37,10 +51,18 @@ _log = logging.getLogger(__name__)
 _END = "end"
 _IDLE = "idle"
 _PIPELINE_DEPTH = 4  # steps whose images may be in the encoder pool at once
+_SPACE_CHECK_S = 1.0  # how often free space is looked at while recording or after a fault
+# "Space is back" after ENOSPC needs at least this much even when the floor is 0,
+# or the few KiB the truncated commit frees would count.
+_SPACE_BACK_MIN_BYTES = 1 << 20
 
 
 class RecordingRefused(RuntimeError):
     """Recording cannot start; the message says why (e.g. the disk is nearly full)."""
+
+
+class _NoRoom(RuntimeError):
+    """An episode may not start: below the free-space floor or over the quota."""
 
 
 @dataclass
@@ -49,7 +71,8 @@ class RecorderStats:
     steps_written: int = 0
     steps_dropped: int = 0
     episodes_committed: int = 0
-    episodes_failed: int = 0
+    episodes_failed: int = 0  # left interrupted for recovery (the commit itself failed)
+    episodes_truncated: int = 0  # committed as truncated after a write error
     last_error: str | None = None
     last_episode: str | None = None
     writer: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +111,8 @@ class Recorder:
         self._writer_gen: int | None = None
         self._encodes: OrderedDict[tuple[str, int], Future[bytes]] = OrderedDict()
         self._drain_deadline: float | None = None
+        self._fault: RecordingFault | None = None
+        self._next_space_check = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,7 +121,30 @@ class Recorder:
         reports = recover(self.root, min_steps=self.rc.min_steps)
         for r in reports:
             _log.warning("episode recovery: %s", r, extra=log_fields(recovery=str(r)))
+        self.purge_discarded()
         return reports
+
+    def purge_discarded(self) -> None:
+        """Keep ``.discarded/`` within its configured size and age."""
+        rc = self.rc
+        try:
+            purged = purge_discarded(
+                self.root,
+                max_bytes=None if rc.discarded_max_mb is None else int(rc.discarded_max_mb * 1e6),
+                max_age_s=None
+                if rc.discarded_max_age_days is None
+                else rc.discarded_max_age_days * 86400.0,
+            )
+        except OSError as exc:
+            _log.error("could not purge %s/.discarded: %s", self.root, exc)
+            return
+        if purged:
+            _log.info(
+                "purged %d discarded episode(s) (%d bytes) from %s/.discarded",
+                len(purged),
+                sum(p.bytes for p in purged),
+                self.root,
+            )
 
     def start(self) -> None:
         if self._thread is None:
@@ -131,6 +179,7 @@ class Recorder:
             raise RecordingRefused(reason)
         with self._lock:
             self._armed = True
+            self._fault = None  # restarting acknowledges it; a new error reports itself
             if tags is not None:
                 self._tags = list(self.rc.tags) + list(tags)
         return self.status()
@@ -143,8 +192,10 @@ class Recorder:
     def status(self) -> dict[str, Any]:
         s = self.stats
         writer = self._writer
+        fault = self._fault
         return {
             "armed": self._armed,
+            "fault": fault.as_dict() if fault is not None else None,
             "recording": writer is not None,
             "episode_id": writer.episode_id if writer is not None else None,
             "root": str(self.root),
@@ -152,6 +203,7 @@ class Recorder:
             "steps_dropped": s.steps_dropped,
             "episodes_committed": s.episodes_committed,
             "episodes_failed": s.episodes_failed,
+            "episodes_truncated": s.episodes_truncated,
             "last_episode": s.last_episode,
             "last_error": s.last_error,
             "queue_depth": self._queue.qsize(),
@@ -210,10 +262,16 @@ class Recorder:
             max_workers=2, thread_name_prefix="recorder-encode", initializer=_lower_priority
         ) as pool:
             while True:
+                if pending:
+                    wait: float | None = 0.005
+                else:  # a fault that space can clear is re-checked while idle
+                    wait = _SPACE_CHECK_S if self._fault is not None else None
                 try:
-                    item = self._queue.get(timeout=0.005 if pending else None)
+                    item = self._queue.get(timeout=wait)
                 except queue.Empty:
                     item = _IDLE
+                if self._fault is not None:
+                    self._check_fault_cleared()
                 if isinstance(item, Step):
                     late = self._drain_deadline is not None
                     if late and time.monotonic() > self._drain_deadline:
@@ -256,11 +314,10 @@ class Recorder:
         try:
             encoded = {name: f.result() for name, f in futures.items()}
             self._write(step, encoded)
-        except Exception as exc:  # a disk error ends this episode, not the daemon
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            self.stats.episodes_failed += 1
-            _log.exception("recording failed; the episode is left for recovery")
-            self._writer = None
+        except _NoRoom as exc:
+            self._stop(LOW_SPACE, f"no new episode: {exc}", None)
+        except Exception as exc:  # a disk error ends recording, never the daemon
+            self._stop_on_error(exc)
 
     def _write(self, step: Step, encoded: dict[str, bytes]) -> None:
         w = self._writer
@@ -269,6 +326,9 @@ class Recorder:
             self._finish()  # a lost end marker: the generation tells us anyway
             w = None
         if w is None:
+            if not self._armed:  # queued before a fault (or stop) disarmed recording
+                self.stats.steps_dropped += 1
+                return
             w = self._open(step)
             self._writer_gen = gen
         obs: dict[str, Any] = {}
@@ -302,8 +362,33 @@ class Recorder:
             )
         )
         self.stats.steps_written += 1
+        if self.stats.last_error is not None and w.steps_written > 0:
+            self.stats.last_error = None  # recording has resumed: steps reach the disk again
+        self._check_space_while_recording()
+
+    def _check_space_while_recording(self) -> None:
+        """Below the floor mid-episode: end it cleanly before the disk (and the OS) fills."""
+        now = time.monotonic()
+        if now < self._next_space_check:
+            return
+        self._next_space_check = now + _SPACE_CHECK_S
+        if self.budget.free_ok():
+            return
+        w = self._writer
+        episode = w.episode_id if w is not None else None
+        self._finish()
+        self._stop(
+            LOW_SPACE,
+            f"free space on {self.root} fell below the floor of {self.rc.min_free_mb:g} MB; "
+            f"episode {episode} was committed",
+            episode,
+        )
 
     def _open(self, step: Step) -> EpisodeWriter:
+        problem = self.budget.check_room()  # before any directory is made
+        if problem is not None:
+            raise _NoRoom(problem)
+        self._next_space_check = time.monotonic() + _SPACE_CHECK_S
         cfg = self.cfg
         meta = {
             "robot_id": cfg.robot.id,
@@ -343,11 +428,13 @@ class Recorder:
         self._writer = None
         try:
             info = w.close()
-            self.stats.writer = w.stats()
         except Exception as exc:
-            self.stats.episodes_failed += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            _log.exception("committing episode %s failed; it is left for recovery", w.episode_id)
+            self.stats.writer = w.stats()
+            self._after_failed_write(w, exc)
+            return
+        self.stats.writer = w.stats()
+        if w.failed is not None:  # the held last step hit the error inside close()
+            self._after_failed_write(w, None, info)
             return
         if info is not None:
             self.stats.episodes_committed += 1
@@ -363,6 +450,81 @@ class Recorder:
                 _log.info("storage quota: evicted exported episodes %s", evicted)
         except Exception:
             _log.exception("eviction failed")
+
+    # ------------------------------------------------------------------ faults (writer thread)
+
+    def _stop_on_error(self, exc: BaseException) -> None:
+        """A step could not be written: commit what is on disk, then stop recording."""
+        w, self._writer = self._writer, None
+        if w is None:  # the episode could not even start; the writer removed its directory
+            self._stop(kind_of(exc), f"could not start an episode: {describe(exc)}", None, exc)
+            return
+        try:
+            info = w.close()  # after a write error: committed as truncated
+        except Exception as commit_exc:
+            self.stats.writer = w.stats()
+            self._after_failed_write(w, commit_exc, cause=exc)
+            return
+        self.stats.writer = w.stats()
+        self._after_failed_write(w, None, info, cause=exc)
+
+    def _after_failed_write(
+        self,
+        w: EpisodeWriter,
+        commit_exc: BaseException | None,
+        info: Any = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        exc = cause or commit_exc or w.error
+        what = describe(exc) if exc is not None else (w.failed or "write error")
+        if commit_exc is not None:
+            self.stats.episodes_failed += 1
+            outcome = f"episode {w.episode_id} is left for recovery ({commit_exc})"
+        elif info is None:
+            outcome = f"episode {w.episode_id} had no step on disk and was removed"
+        else:
+            truncated = bool(info.metadata.get("truncated"))
+            self.stats.episodes_committed += 1
+            self.stats.episodes_truncated += truncated
+            self.stats.last_episode = w.episode_id
+            how = "committed as truncated" if truncated else "committed"
+            outcome = f"episode {w.episode_id} {how} ({info.num_steps} steps)"
+        self._stop(kind_of(exc) if exc else ERROR, f"{what}; {outcome}", w.episode_id, exc)
+
+    def _stop(
+        self, kind: str, message: str, episode_id: str | None, exc: BaseException | None = None
+    ) -> None:
+        """Disarm, remember why, and log it once (a traceback only for what is not a disk error)."""
+        fault = new_fault(kind, f"recording stopped: {message}", episode_id)
+        with self._lock:
+            self._armed = False
+            self._fault = fault
+        self.stats.last_error = fault.message
+        _log.error(
+            "%s",
+            fault.message,
+            exc_info=exc if kind == ERROR and exc is not None else None,
+            extra=log_fields(episode_id=episode_id, fault=kind),
+        )
+
+    def _check_fault_cleared(self) -> None:
+        """Space is back: the fault is over (recording stays off until someone starts it)."""
+        fault = self._fault
+        now = time.monotonic()
+        if fault is None or not fault.clears_with_space or now < self._next_space_check:
+            return
+        self._next_space_check = now + _SPACE_CHECK_S
+        try:
+            back = self.budget.check_room() is None and (
+                fault.kind == LOW_SPACE or self.budget.free_bytes() >= _SPACE_BACK_MIN_BYTES
+            )
+        except OSError:
+            return
+        if back:
+            with self._lock:
+                if self._fault is fault:
+                    self._fault = None
+            _log.info("recording: free space is back on %s; recording can be started", self.root)
 
 
 def _lower_priority() -> None:

@@ -21,6 +21,9 @@ STEPS_FILE = "steps.tfrecord"
 OPEN_FILE = "open.json"
 EPISODE_FILE = "episode.json"
 EXPORTS_FILE = "exports.json"
+# Zero-filled space set aside when an episode starts and freed just before its
+# metadata is written, so that an episode can still be committed when the disk fills.
+RESERVE_FILE = "commit.reserve"
 DISCARDED_DIR = ".discarded"
 TRASH_DIR = ".trash"
 

@@ -45,6 +45,7 @@ from rlds.layout import (
     DISCARDED_DIR,
     EPISODE_FILE,
     OPEN_FILE,
+    RESERVE_FILE,
     STEPS_FILE,
     episode_dirs,
     is_committed,
@@ -134,6 +135,8 @@ def _sha256_prefix(path: Path, size: int) -> str:
 
 
 def _discard(root: Path, d: Path) -> Path:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(d / RESERVE_FILE)  # zeros: keeping them in .discarded/ would only cost space
     dest_dir = root / DISCARDED_DIR
     dest_dir.mkdir(exist_ok=True)
     dest = dest_dir / d.name
@@ -150,7 +153,7 @@ def _discard(root: Path, d: Path) -> Path:
 def _finish_leftovers(d: Path) -> list[str]:
     """Remove a stale open.json / temp files next to a committed episode.json."""
     removed = []
-    for name in (OPEN_FILE, OPEN_FILE + TMP_SUFFIX, EPISODE_FILE + TMP_SUFFIX):
+    for name in (OPEN_FILE, OPEN_FILE + TMP_SUFFIX, EPISODE_FILE + TMP_SUFFIX, RESERVE_FILE):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(d / name)
             removed.append(name)
@@ -257,6 +260,8 @@ def _recover_one(root: Path, d: Path, min_steps: int) -> RecoveryReport:
             "recovered_utc": utc_iso(time.time()),
         },
     }
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(d / RESERVE_FILE)  # the writer set it aside for this commit, on a full disk
     atomic_write_json(d / EPISODE_FILE, meta)
     _finish_leftovers(d)
     return RecoveryReport(

@@ -12,6 +12,11 @@ record.
 Deletion is crash-safe: the directory is first renamed into ``<root>/.trash/``
 (atomic), then removed; a crash halfway leaves only trash, which the next
 eviction or deletion empties.
+
+``.discarded/`` (interrupted episodes too short to keep) is bounded too: once
+it is over a size cap or its entries are older than an age limit, the oldest
+go first (``purge_discarded``).  They were never committed and never exported,
+so the cap is a person's decision in the config, not a silent default of zero.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from rlds.errors import EpisodeError
 from rlds.fsutil import atomic_write_json, episode_lock, fsync_dir, read_json
 from rlds.layout import (
+    DISCARDED_DIR,
     EPISODE_FILE,
     EXPORTS_FILE,
     OPEN_FILE,
@@ -98,6 +104,68 @@ def _empty_trash(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _remove_dir(root: Path, path: Path) -> None:
+    """Rename into ``.trash/`` (atomic), then remove: a crash halfway leaves only trash."""
+    trash = root / TRASH_DIR
+    trash.mkdir(exist_ok=True)
+    dest = trash / f"{path.name}-{os.urandom(4).hex()}"
+    os.replace(path, dest)
+    fsync_dir(path.parent)
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgedEntry:
+    name: str
+    bytes: int
+    age_s: float
+
+
+def purge_discarded(
+    root: Path,
+    *,
+    max_bytes: int | None = None,
+    max_age_s: float | None = None,
+    now: float | None = None,
+) -> list[PurgedEntry]:
+    """Remove entries of ``<root>/.discarded/``: older than ``max_age_s``, then oldest first
+    until the rest fits in ``max_bytes`` (0 empties it).  None means no limit of that kind.
+
+    Age is the entry's modification time (when it was discarded, or last written).
+    Returns what was removed, oldest first.
+    """
+    root = Path(root)
+    base = root / DISCARDED_DIR
+    if not base.is_dir():
+        return []
+    now = time.time() if now is None else now
+    entries = []
+    for p in base.iterdir():
+        try:
+            mtime = p.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            continue
+        size = dir_size(p) if p.is_dir() and not p.is_symlink() else 0
+        entries.append((mtime, p.name, p, size))
+    entries.sort()
+    total = sum(e[3] for e in entries)
+    purged: list[PurgedEntry] = []
+    for mtime, name, p, size in entries:
+        too_old = max_age_s is not None and now - mtime > max_age_s
+        too_big = max_bytes is not None and total > max_bytes
+        if not (too_old or too_big):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            _remove_dir(root, p)
+        else:
+            p.unlink()
+        total -= size
+        purged.append(PurgedEntry(name, size, now - mtime))
+    if purged:
+        fsync_dir(base)
+    return purged
+
+
 def delete_episode(path: Path) -> None:
     """Delete one episode directory (committed or interrupted), crash-safely.
 
@@ -110,12 +178,7 @@ def delete_episode(path: Path) -> None:
     with episode_lock(path / STEPS_FILE) as free:
         if not free:
             raise EpisodeError(f"{path}: being recorded (its step file is locked)")
-        trash = root / TRASH_DIR
-        trash.mkdir(exist_ok=True)
-        dest = trash / f"{path.name}-{os.urandom(4).hex()}"
-        os.replace(path, dest)
-        fsync_dir(root)
-    shutil.rmtree(dest, ignore_errors=True)
+        _remove_dir(root, path)
 
 
 # ---------------------------------------------------------------------- budget
@@ -150,6 +213,10 @@ class StorageBudget:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
 
+    def free_bytes(self) -> int:
+        """Free space on the episodes' filesystem (one statvfs)."""
+        return self._free()
+
     def usage(self) -> StorageUsage:
         episodes = exported = exported_bytes = interrupted = 0
         for d in episode_dirs(self.root):
@@ -172,24 +239,41 @@ class StorageBudget:
             interrupted=interrupted,
         )
 
+    def free_ok(self) -> bool:
+        """Free space is at or above the floor (one statvfs: cheap enough to ask often)."""
+        return self._free() >= self.min_free_bytes
+
+    def check_room(self) -> str | None:
+        """Why a new episode may not start now (below the floor, over the quota), or None.
+
+        Cheaper than ``can_start`` (no per-episode export scan): asked before every episode.
+        """
+        free = self._free()
+        if free < self.min_free_bytes:
+            return (
+                f"free space on {self.root} is {_human(free)}, below the floor of "
+                f"{_human(self.min_free_bytes)}"
+            )
+        if self.quota_bytes is not None:
+            used = dir_size(self.root)
+            if used >= self.quota_bytes:
+                return (
+                    f"recordings under {self.root} use {_human(used)}, at or over the quota "
+                    f"of {_human(self.quota_bytes)}"
+                )
+        return None
+
     def can_start(self) -> tuple[bool, str]:
         """Whether a new recording may start now, and a sentence saying why (not)."""
+        problem = self.check_room()
         u = self.usage()
-        evictable = (
-            f"; {u.exported} exported episodes ({_human(u.exported_bytes)}) could be evicted"
-            if u.exported
-            else "; no exported episodes to evict: export some first"
-        )
-        if u.free_bytes < self.min_free_bytes:
-            return False, (
-                f"free space on {self.root} is {_human(u.free_bytes)}, below the floor of "
-                f"{_human(self.min_free_bytes)}{evictable}"
+        if problem is not None:
+            evictable = (
+                f"; {u.exported} exported episodes ({_human(u.exported_bytes)}) could be evicted"
+                if u.exported
+                else "; no exported episodes to evict: export some first"
             )
-        if self.quota_bytes is not None and u.used_bytes >= self.quota_bytes:
-            return False, (
-                f"recordings under {self.root} use {_human(u.used_bytes)}, at or over the quota "
-                f"of {_human(self.quota_bytes)}{evictable}"
-            )
+            return False, problem + evictable
         quota = "no quota" if self.quota_bytes is None else f"quota {_human(self.quota_bytes)}"
         return True, (
             f"ok: {_human(u.free_bytes)} free (floor {_human(self.min_free_bytes)}), "

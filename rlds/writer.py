@@ -16,6 +16,14 @@ Life of an episode directory ``<root>/<episode_id>/``:
    removes ``open.json``.  The rename is the commit point: before it the episode
    is interrupted, after it it is complete.
 
+A full disk must not cost the episode: a write error cuts the partial record off
+and stops the writer, and ``close`` commits what is on disk as truncated.  The
+commit itself needs a little space (a new ``episode.json``), so ``reserve_bytes``
+of zeros (``commit.reserve``) are written when the episode starts and removed
+just before the commit.  An episode that cannot even start (no room for its
+files) removes its directory again, so a full disk does not fill up with empty
+episodes.  Files are created 0644 (subject to the umask), directories 0755.
+
 Encodings are cached per observation name: when a 30 fps camera frame is shared
 by consecutive 50 Hz ticks, the same array object (or the same
 ``extra["frame_seq"]`` for "image", ``extra["<name>_seq"]`` for other names) is
@@ -46,12 +54,13 @@ import numpy as np
 from rlds import images, jsonvalues, metadata, record, tfrecord
 from rlds.crc import IMPLEMENTATION as CRC_IMPLEMENTATION
 from rlds.errors import EpisodeError
-from rlds.fsutil import atomic_write_json, fsync_dir, try_lock
+from rlds.fsutil import TMP_SUFFIX, atomic_write_json, fsync_dir, try_lock
 from rlds.layout import (
     EPISODE_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
     OPEN_FILE,
+    RESERVE_FILE,
     STEPS_FILE,
     new_episode_id,
     utc_iso,
@@ -62,6 +71,10 @@ from rlds.types import EpisodeInfo, StepInput
 # Timing percentiles cover the most recent samples: ~20 s of steps at 50 Hz, and
 # for fsyncs (one a second) the last ~17 minutes.
 STATS_WINDOW = 1024
+# Room for the commit metadata (a few KiB) and a directory block, on any block size.
+RESERVE_BYTES = 64 * 1024
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 class _CacheEntry:
@@ -98,6 +111,7 @@ class EpisodeWriter:
         fsync_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         png_compression: int = 1,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         if not isinstance(metadata, dict):
             raise EpisodeError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -125,7 +139,7 @@ class EpisodeWriter:
             self.episode_id = new_episode_id(wall)
             self.path = self.root / self.episode_id
             try:
-                self.path.mkdir()
+                self.path.mkdir(mode=DIR_MODE)
                 break
             except FileExistsError:
                 continue
@@ -133,10 +147,9 @@ class EpisodeWriter:
             raise EpisodeError(f"could not create a unique episode directory under {self.root}")
 
         self._steps_path = self.path / STEPS_FILE
-        self._fd = os.open(self._steps_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-        if not try_lock(self._fd):  # pragma: no cover - the file was just created by us
-            raise EpisodeError(f"{self._steps_path} is locked by another process")
-        self._start_meta: dict[str, Any] = {
+        self._fd = -1
+        self._reserve_bytes = max(0, int(reserve_bytes))
+        start_meta = {
             **user_meta,
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -150,8 +163,12 @@ class EpisodeWriter:
                 "crc32c": CRC_IMPLEMENTATION,
             },
         }
-        atomic_write_json(self.path / OPEN_FILE, self._start_meta)
-        fsync_dir(self.root)
+        try:
+            self._create_files(start_meta)
+        except BaseException:
+            self._undo_create()
+            raise
+        self._start_meta: dict[str, Any] = start_meta
 
         self._sha = hashlib.sha256()
         self._size = 0
@@ -164,12 +181,33 @@ class EpisodeWriter:
         self._cache: dict[str, _CacheEntry] = {}
         self._closed = False
         self._failed: str | None = None
+        self._error: OSError | None = None
         self._last_fsync = clock()
         self._fsync_ms = Window(STATS_WINDOW)
         self._encode_ms = Window(STATS_WINDOW)
         self._write_ms = Window(STATS_WINDOW)
         self._encodes = 0
         self._reused = 0
+
+    def _create_files(self, start_meta: dict[str, Any]) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        self._fd = os.open(self._steps_path, flags, FILE_MODE)
+        if not try_lock(self._fd):  # pragma: no cover - the file was just created by us
+            raise EpisodeError(f"{self._steps_path} is locked by another process")
+        if self._reserve_bytes:
+            _write_zeros(self.path / RESERVE_FILE, self._reserve_bytes)
+        atomic_write_json(self.path / OPEN_FILE, start_meta)
+        fsync_dir(self.root)
+
+    def _undo_create(self) -> None:
+        """Remove what a failed start created: an episode that never began holds no data."""
+        self._release()
+        for name in (OPEN_FILE, OPEN_FILE + TMP_SUFFIX, RESERVE_FILE, STEPS_FILE):
+            with contextlib.suppress(OSError):
+                os.unlink(self.path / name)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+        self._closed = True
 
     # ------------------------------------------------------------------ appending
 
@@ -302,6 +340,7 @@ class EpisodeWriter:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as e:
+            self._error = e
             self._failed = f"{e.strerror or e} while writing step {self._steps}"
             self._pending = None
             # Cut the partial record off so the file stays a clean prefix of valid records.
@@ -319,7 +358,14 @@ class EpisodeWriter:
             self._first_t = header["t"]
         self._written_last_t = header["t"]
         if self._clock() - self._last_fsync >= self.fsync_interval_s:
-            self._fsync()
+            try:
+                self._fsync()
+            except OSError as e:
+                self._error = e
+                # The kernel may have dropped the dirty pages: stop here; close() retries
+                # the fsync before committing, and leaves the episode to recovery if it fails.
+                self._failed = f"{e.strerror or e} while syncing after step {self._steps - 1}"
+                raise EpisodeError(f"{self._steps_path}: fsync failed ({self._failed})") from e
 
     def _fsync(self) -> None:
         t0 = time.perf_counter()
@@ -363,6 +409,8 @@ class EpisodeWriter:
             meta = self._commit_meta(bool(terminal), extra_json)
             try:
                 self._fsync()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / RESERVE_FILE)  # its space is for episode.json
                 atomic_write_json(self.path / EPISODE_FILE, meta)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / OPEN_FILE)
@@ -408,7 +456,7 @@ class EpisodeWriter:
         return meta
 
     def _remove_empty(self) -> None:
-        for name in (STEPS_FILE, OPEN_FILE):
+        for name in (STEPS_FILE, RESERVE_FILE, OPEN_FILE):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path / name)
         self._release()
@@ -470,6 +518,21 @@ class EpisodeWriter:
         return self._steps + (self._pending is not None)
 
     @property
+    def steps_written(self) -> int:
+        """Steps that reached the step file (not counting the one held back)."""
+        return self._steps
+
+    @property
+    def failed(self) -> str | None:
+        """Why the writer stopped (a write or fsync error), or None."""
+        return self._failed
+
+    @property
+    def error(self) -> OSError | None:
+        """The OSError that stopped the writer, or None."""
+        return self._error
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -492,6 +555,17 @@ class EpisodeWriter:
             "encodes_reused": self._reused,
             "failed": self._failed,
         }
+
+
+def _write_zeros(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes for real (a sparse file would reserve nothing)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        view = memoryview(bytes(size))
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _reserved_in(d: dict[str, Any]) -> list[str]:
