@@ -1,4 +1,4 @@
-"""`continuon episodes ...`: list, show, validate, delete, recover and export recorded episodes.
+"""`continuon episodes ...`: list, show, validate, delete, recover, export, purge-discarded.
 
 These work on the episode files directly (no daemon needed), so they also
 run on a laptop against a copied episodes directory (`--root`).
@@ -47,6 +47,17 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
     q = esub.add_parser("recover", help="recover episodes interrupted by a crash or power cut")
     common(q)
     q.set_defaults(func=cmd_recover)
+
+    q = esub.add_parser(
+        "purge-discarded",
+        help="remove episodes discarded by recovery (.discarded/): by default down to the "
+        "configured size and age, --all for everything",
+    )
+    common(q)
+    q.add_argument("--all", action="store_true", help="empty .discarded/ completely")
+    q.add_argument("--max-mb", type=float, help="keep at most this much (default: config)")
+    q.add_argument("--older-than-days", type=float, help="remove older entries (default: config)")
+    q.set_defaults(func=cmd_purge_discarded)
 
     q = esub.add_parser("export", help="export as a TFDS RLDS dataset or a LeRobot v3 dataset")
     common(q)
@@ -166,6 +177,31 @@ def cmd_recover(args: argparse.Namespace) -> int:
     for r in reports:
         print(r)
     print(f"recover: {len(reports)} interrupted episode(s) handled")
+    return 0
+
+
+def cmd_purge_discarded(args: argparse.Namespace) -> int:
+    from rlds.storage import purge_discarded
+
+    rc = args.load_config().recording
+    max_mb = 0.0 if args.all else (args.max_mb if args.max_mb is not None else rc.discarded_max_mb)
+    days = args.older_than_days if args.older_than_days is not None else rc.discarded_max_age_days
+    for name, value in (("--max-mb", max_mb), ("--older-than-days", days)):
+        if value is not None and not value >= 0:
+            print(f"continuon: {name} must be a number >= 0, got {value}", file=sys.stderr)
+            return 2
+    root = _root(args)
+    purged = purge_discarded(
+        root,
+        max_bytes=None if max_mb is None else int(max_mb * 1e6),
+        max_age_s=None if args.all or days is None else days * 86400.0,
+    )
+    for p in purged:
+        print(f"  removed {p.name} ({p.bytes} bytes, {p.age_s / 86400:.1f} days old)")
+    print(
+        f"purge-discarded: {len(purged)} removed ({sum(p.bytes for p in purged)} bytes) "
+        f"from {root / '.discarded'}"
+    )
     return 0
 
 

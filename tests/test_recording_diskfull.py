@@ -17,16 +17,25 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
+from rlds_helpers import make_step
+from test_daemon import sim_config
 from test_recording_daemon import run_session
 
+from brain.cli import main
+from brain.config import parse_config
 from brain.interface import CommandError
+from edge_agent.control_socket import request, socket_path
+from rlds.errors import EpisodeError
 from rlds.layout import DISCARDED_DIR, RESERVE_FILE
 from rlds.reader import list_episodes, list_interrupted
 from rlds.validate import validate_episode
+from rlds.writer import EpisodeWriter
 
 MiB = 1 << 20
 
@@ -240,10 +249,6 @@ def test_falling_below_the_floor_mid_episode_ends_it_cleanly(tmp_path, small_fs)
 
 
 def test_episode_files_are_0644_and_directories_0755(tmp_path):
-    from rlds_helpers import make_step
-
-    from rlds.writer import EpisodeWriter
-
     old = os.umask(0o022)
     try:
         w = EpisodeWriter(tmp_path / "eps", {"seed": 1, "depth_scale": 0.001})
@@ -263,11 +268,6 @@ def test_episode_files_are_0644_and_directories_0755(tmp_path):
 def test_commit_succeeds_when_another_process_took_the_last_byte(small_fs, reserve):
     """The disk fills between two records (another writer took it all): nothing of the
     failed record reached the disk, so only the space set aside lets the episode commit."""
-    from rlds_helpers import make_step
-
-    from rlds.errors import EpisodeError
-    from rlds.writer import EpisodeWriter
-
     kw = {} if reserve is None else {"reserve_bytes": reserve}
     w = EpisodeWriter(small_fs / "eps", {"seed": 3, "depth_scale": 0.001}, **kw)
     for i in range(12):
@@ -288,3 +288,87 @@ def test_commit_succeeds_when_another_process_took_the_last_byte(small_fs, reser
     steps = list(ep.steps())
     assert [s.index for s in steps] == list(range(11)) and steps[-1].is_last
     assert validate_episode(ep.path).ok
+
+
+def test_real_daemon_process_disk_full_once_then_resumes(tmp_path, small_fs):
+    """`continuon run` as systemd starts it: one log line, status says why, driving goes on."""
+    episodes = small_fs / "episodes"
+    raw = sim_config(
+        tmp_path,
+        **{
+            "recording.root": str(episodes),
+            "recording.min_free_mb": 0,
+            "logging.level": "INFO",
+            "api.enabled": False,
+            "discovery.enabled": False,
+        },
+    )
+    cfg_path = tmp_path / "robot.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    ctl = socket_path(parse_config(raw))
+    log_path = tmp_path / "daemon.log"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+
+    def ask(cmd: str) -> dict:
+        resp = request(ctl, {"cmd": cmd})
+        assert resp["ok"], resp
+        return resp["result"]
+
+    def wait_for(pred, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            time.sleep(0.1)
+        return pred()
+
+    fill(small_fs, 400 * 1024)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg_path)],
+            env=env,
+            stderr=log,
+        )
+    try:
+        assert wait_for(ctl.exists, 20)
+        assert main(["record", "start", "--config", str(cfg_path)]) == 0
+        assert main(["mode", "autonomous", "--config", str(cfg_path)]) == 0
+        assert wait_for(lambda: ask("status")["recording"]["fault"] is not None, 30)
+        before = ask("stats")
+        time.sleep(3.0)  # an armed recorder opened ~20 episodes a second here
+        after = ask("stats")
+        status = ask("status")
+
+        (small_fs / "filler").unlink()
+        assert wait_for(lambda: ask("status")["recording"]["fault"] is None, 5)
+        assert main(["record", "start", "--config", str(cfg_path)]) == 0
+        assert wait_for(lambda: ask("status")["recording"]["last_error"] is None, 10)
+        time.sleep(1.0)
+        assert main(["mode", "idle", "--config", str(cfg_path)]) == 0
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+
+    rec = status["recording"]
+    assert status["mode"] == "autonomous" and rec["armed"] is False
+    assert rec["fault"]["kind"] == "disk_full" and rec["episodes_truncated"] == 1
+    ticks = after["control"]["ticks"] - before["control"]["ticks"]
+    assert ticks >= 0.6 * 20 * 3.0, ticks
+    assert after["sim"]["speed_mps"] > 0.1 and after["control"]["last_neutral"] is False
+    assert after["control"]["faults"]["recorder"] == 0
+
+    text = log_path.read_text()
+    stopped = [line for line in text.splitlines() if "recording stopped" in line]
+    assert len(stopped) == 1 and "ENOSPC" in stopped[0], stopped
+    assert "Traceback" not in text
+    eps = list_episodes(episodes)
+    assert [e.truncated for e in eps] == [True, False]
+    assert list_interrupted(episodes) == [] and not (episodes / DISCARDED_DIR).exists()
+    assert eps[0].episode_id == rec["fault"]["episode_id"]
+    assert validate_episode(eps[0].path).ok
