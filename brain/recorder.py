@@ -476,10 +476,13 @@ class Recorder:
         cause: BaseException | None = None,
     ) -> None:
         exc = cause or commit_exc or w.error
-        what = describe(exc) if exc is not None else (w.failed or "write error")
+        what = describe(exc) if exc is not None else "write error"
+        where = (w.failed or "").partition(" while ")[2]  # e.g. "writing step 44"
+        if where:
+            what += f" while {where}"
         if commit_exc is not None:
             self.stats.episodes_failed += 1
-            outcome = f"episode {w.episode_id} is left for recovery ({commit_exc})"
+            outcome = f"episode {w.episode_id} is left for recovery ({describe(commit_exc)})"
         elif info is None:
             outcome = f"episode {w.episode_id} had no step on disk and was removed"
         else:

@@ -73,11 +73,11 @@ def kind_of(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """One line: what went wrong, with the errno's name where there is one."""
+    """A few words on what went wrong: the errno's meaning and name (no paths: the app shows it)."""
     err = os_error_of(exc)
     if err is not None and err.errno is not None:
         name = errno.errorcode.get(err.errno, str(err.errno))
-        return f"{_NAMES.get(err.errno, err.strerror or 'OS error')} ({name}): {exc}"
+        return f"{_NAMES.get(err.errno, err.strerror or 'OS error')} ({name})"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -32,7 +32,11 @@ export function renderRecording(rec) {
   if (rec.recording) info.textContent = `recording ${rec.episode_id} · ${rec.steps_written} steps written`;
   else if (rec.armed) info.textContent = "armed: episodes are written while the robot drives";
   else info.textContent = `off · ${rec.episodes_committed ?? 0} episodes this session`;
-  if (rec.last_error) info.textContent += ` · last error: ${rec.last_error}`;
+  if (rec.last_error && !rec.fault) info.textContent += ` · last error: ${rec.last_error}`;
+  // Recording stopped by itself (disk full, I/O error): shown until space is back or it restarts.
+  const fault = $("record-fault");
+  fault.hidden = !rec.fault;
+  fault.textContent = rec.fault ? rec.fault.message : "";
 }
 
 export function onRecordToggle(refreshStatus) {
