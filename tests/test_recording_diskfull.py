@@ -372,3 +372,45 @@ def test_real_daemon_process_disk_full_once_then_resumes(tmp_path, small_fs):
     assert list_interrupted(episodes) == [] and not (episodes / DISCARDED_DIR).exists()
     assert eps[0].episode_id == rec["fault"]["episode_id"]
     assert validate_episode(eps[0].path).ok
+
+
+def test_read_only_filesystem_stops_recording_until_restarted(tmp_path, small_fs):
+    """EROFS (an SD card remounted read-only after errors): no directory, one error, and the
+    fault stays (free space says nothing about it) until recording is started again."""
+    episodes = small_fs / "episodes"
+
+    def remount(opt: str) -> None:
+        res = subprocess.run(["mount", "-o", f"remount,{opt}", str(small_fs)], capture_output=True)
+        assert res.returncode == 0, res.stderr
+
+    async def script(d):
+        d.brain.start_recording()
+        d.brain.set_mode("autonomous")
+        await asyncio.sleep(1.0)
+        d.brain.set_mode("idle")  # commits the first episode; no file is open any more
+        assert await until(lambda: d.brain.status()["recording"]["episodes_committed"] == 1, 5)
+        remount("ro")
+        try:
+            d.brain.set_mode("autonomous")
+            assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 10)
+            await asyncio.sleep(2.5)  # plenty of free space: the fault must not clear by itself
+            during = d.brain.status()["recording"]
+        finally:
+            remount("rw")
+        d.brain.start_recording()
+        assert await until(lambda: d.recorder.stats.last_error is None, 10)
+        d.brain.set_mode("idle")
+        await asyncio.sleep(0.5)
+        return during, d.brain.status()["recording"]
+
+    with recorder_errors() as errors:
+        _, (during, final) = run_session(
+            tmp_path, script, **{"recording.root": str(episodes), "recording.min_free_mb": 0}
+        )
+    assert during["fault"]["kind"] == "disk_error" and during["armed"] is False
+    assert "EROFS" in during["fault"]["message"] and during["fault"]["episode_id"] is None
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert final["fault"] is None and final["last_error"] is None
+    eps = list_episodes(episodes)
+    assert len(eps) == 2 and not any(e.truncated for e in eps)
+    assert sorted(p.name for p in episodes.iterdir()) == [e.episode_id for e in eps]
