@@ -414,3 +414,54 @@ def test_read_only_filesystem_stops_recording_until_restarted(tmp_path, small_fs
     eps = list_episodes(episodes)
     assert len(eps) == 2 and not any(e.truncated for e in eps)
     assert sorted(p.name for p in episodes.iterdir()) == [e.episode_id for e in eps]
+
+
+def test_which_errors_clear_when_space_is_back():
+    """Only ENOSPC and our floor are about free space; a quota (invisible to statvfs), an I/O
+    error or a read-only remount stay reported until recording is started again.
+    (tmpfs quotas are not built into this kernel, so EDQUOT is checked here, not on a disk.)"""
+    import errno
+
+    from brain.recording_fault import describe, kind_of, new_fault
+
+    wrapped = EpisodeError("write failed")
+    wrapped.__cause__ = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    cases = {
+        errno.ENOSPC: ("disk_full", True),
+        errno.EDQUOT: ("quota_exceeded", False),
+        errno.EIO: ("disk_error", False),
+        errno.EROFS: ("disk_error", False),
+        errno.EFBIG: ("disk_error", False),
+    }
+    for code, (kind, clears) in cases.items():
+        exc = OSError(code, os.strerror(code))
+        assert kind_of(exc) == kind
+        assert new_fault(kind_of(exc), "m", None).clears_with_space is clears
+        assert errno.errorcode[code] in describe(exc)
+    assert kind_of(wrapped) == "quota_exceeded" and "EDQUOT" in describe(wrapped)
+    assert kind_of(ValueError("bug")) == "error"
+
+
+def test_an_episode_that_cannot_start_leaves_no_directory(tmp_path, small_fs):
+    """Floor 0 and 16 KiB free: the directory and step file fit, the commit reserve does not;
+    the writer removes what it made, recording stops once, and the disk stays as it was."""
+    episodes = small_fs / "episodes"
+    episodes.mkdir()
+
+    async def script(d):
+        fill(small_fs, 16 * 1024)
+        left = free(small_fs)
+        d.brain.start_recording()
+        d.brain.set_mode("autonomous")
+        assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 10)
+        await asyncio.sleep(1.0)
+        return d.brain.status()["recording"], left, free(small_fs)
+
+    with recorder_errors() as errors:
+        _, (rec, before, after) = run_session(
+            tmp_path, script, **{"recording.root": str(episodes), "recording.min_free_mb": 0}
+        )
+    assert rec["fault"]["kind"] == "disk_full" and rec["fault"]["episode_id"] is None
+    assert "could not start an episode" in rec["fault"]["message"]
+    assert rec["armed"] is False and len(errors) == 1
+    assert list(episodes.iterdir()) == [] and after == before
