@@ -379,6 +379,10 @@ class CloudConfig(_Strict):
     password_file: Path | None = None
     client_id: str | None = None  # default: continuon-<robot id>
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    # MQTT 5 lets the robot tell the broker the largest packet it accepts, so an oversized
+    # command is never even received; false: MQTT 3.1.1 for brokers without MQTT 5 (then
+    # oversized payloads are read, and dropped by size before any parsing).
+    mqtt5: bool = True
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]{1,64}$")] = "continuon"
     telemetry_period_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     # How often the brain's status is checked for events (mode, e-stop, update, task errors).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import cv2
@@ -90,15 +91,65 @@ def _prepare_ws(request: web.Request, heartbeat: float | None) -> web.WebSocketR
     )
 
 
+class MessageBudget:
+    """A per-connection token bucket for client messages, and the flood test.
+
+    Parsing and validating a teleop message costs the event loop that also
+    answers /health and the e-stop route; a client sending tens of thousands
+    per second would delay them all.  ``rate`` messages per second (a burst of
+    one second) are handled; beyond that the reader only keeps the latest one,
+    and a client that sends more than ``FLOOD_FACTOR`` x ``rate`` in a second is
+    misbehaving and gets disconnected.
+    """
+
+    FLOOD_FACTOR = 4.0
+
+    def __init__(self, rate: float, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._last = clock()
+        self._window_start = self._last
+        self._window_count = 0
+        self.dropped = 0
+
+    def take(self) -> bool:
+        """True if one more message may be handled now (and counts it)."""
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_count = now, 0
+        self._window_count += 1
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.dropped += 1
+        return False
+
+    def flooding(self) -> bool:
+        return self._window_count > self.FLOOD_FACTOR * self.rate
+
+    def wait_s(self) -> float:
+        """Until the next message may be handled."""
+        return max(0.0, (1.0 - self._tokens) / self.rate)
+
+
+CLOSE_POLICY = 1008  # RFC 6455 policy violation: the client sent far too many messages
+
+
 async def teleop_ws(request: web.Request) -> web.WebSocketResponse:
     """Joystick in (JSON up to 50 Hz), telemetry out (~telemetry_hz)."""
     brain = request.app[BRAIN]
     auth = request.app[AUTH]
     token_id: str = request[TOKEN_ID]
-    hz = request.app[CONFIG].api.telemetry_hz
+    api_cfg = request.app[CONFIG].api
+    hz = api_cfg.telemetry_hz
     ws = _prepare_ws(request, heartbeat=2.0)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
+    budget = MessageBudget(api_cfg.ws_max_msgs_per_s)
+    pending: str | None = None  # the latest message over budget: handled when budget is back
 
     async def telemetry() -> None:
         while not ws.closed:
@@ -108,21 +159,54 @@ async def teleop_ws(request: web.Request) -> web.WebSocketResponse:
             await ws.send_json({"type": "telemetry", **brain.telemetry()}, dumps=_dumps)
             await asyncio.sleep(1.0 / hz)
 
+    async def handle(text: str) -> None:
+        reply = _handle_teleop_message(brain, text)
+        if reply is not None:
+            await ws.send_json(reply, dumps=_dumps)
+
+    async def flush_pending() -> None:
+        """The last command of a burst must not be lost (it may be the stop)."""
+        nonlocal pending
+        while pending is not None and not ws.closed:
+            await asyncio.sleep(budget.wait_s())
+            if pending is not None and budget.take():
+                text, pending = pending, None
+                await handle(text)
+
     sender = asyncio.create_task(telemetry())
+    flusher: asyncio.Task[None] | None = None
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                reply = _handle_teleop_message(brain, msg.data)
-                if reply is not None:
-                    await ws.send_json(reply, dumps=_dumps)
+                allowed = budget.take()
+                if allowed or "estop" in msg.data:  # an e-stop is never held back
+                    pending = None  # a later message supersedes a held one
+                    await handle(msg.data)
+                if allowed:
+                    continue
+                if budget.flooding():
+                    _log.warning(
+                        "teleop client %s sent over %.0f messages/s; disconnected",
+                        request.remote,
+                        budget.FLOOD_FACTOR * budget.rate,
+                    )
+                    await ws.close(code=CLOSE_POLICY, message=b"too many messages")
+                    break
+                if "estop" not in msg.data:
+                    pending = msg.data
+                    if flusher is None or flusher.done():
+                        flusher = asyncio.create_task(flush_pending())
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_json(_ws_error("bad_message", "send JSON text messages"))
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
-            await sender
+        for task in (sender, flusher):
+            if task is None:
+                continue
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await task
         # Nothing to stop here: without new commands the brain's watchdog returns to neutral.
     return ws
 
@@ -154,7 +238,9 @@ def _handle_teleop_message(brain: BrainInterface, text: str) -> dict[str, Any] |
 
 
 def _ws_error(code: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"code": code, "message": message}}
+    from edge_agent.api.redact import redact_paths
+
+    return {"type": "error", "error": {"code": code, "message": redact_paths(message)}}
 
 
 def _dumps(obj: Any) -> str:
@@ -170,9 +256,12 @@ async def camera_ws(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
 
+    budget = MessageBudget(app[CONFIG].api.ws_max_msgs_per_s)
+
     async def drain_incoming() -> None:
         async for _ in ws:  # answers pings, notices the close
-            pass
+            if not budget.take() and budget.flooding():
+                await ws.close(code=CLOSE_POLICY, message=b"too many messages")
 
     reader = asyncio.create_task(drain_incoming())
     try:
