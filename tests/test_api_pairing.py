@@ -334,6 +334,10 @@ def test_teleop_websocket_flood_is_rate_limited_and_health_stays_fast(robot: Rob
             await checker
             assert ws.close_code == 1008, ws.close_code
             assert flood_t < 3.0
+            # Reconnecting at once does not buy a fresh budget: this client waits.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await s.ws_connect("/api/v1/teleop", protocols=protocols)
+            assert err.value.status == 429 and int(err.value.headers["Retry-After"]) >= 1
             assert latencies and max(latencies) < 1.0, latencies
         return {
             "sent": sent_total,

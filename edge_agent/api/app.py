@@ -31,10 +31,11 @@ from edge_agent.api.keys import (
     TOKEN_ID,
     UPLOAD_LOCK,
     WEBSOCKETS,
+    WS_BUDGETS,
 )
 from edge_agent.api.models import ApiError, error_response, validation_message
 from edge_agent.api.routes import PUBLIC, ROUTES, SPECS, RouteSpec
-from edge_agent.api.streams import FrameEncoder
+from edge_agent.api.streams import Budgets, FrameEncoder
 
 _log = logging.getLogger("continuon.api")
 
@@ -200,6 +201,7 @@ def create_app(brain: BrainInterface, config: Config, *, auth: Auth) -> web.Appl
     app[ENCODER] = FrameEncoder(brain, config.api.camera_jpeg_quality)
     app[CLOSING] = asyncio.Event()
     app[WEBSOCKETS] = weakref.WeakSet()
+    app[WS_BUDGETS] = Budgets(config.api.ws_max_msgs_per_s)
     app[UPLOAD_LOCK] = asyncio.Lock()
     for spec in ROUTES:
         app.router.add_route(spec.method, spec.path, spec.handler, name=None)
