@@ -164,7 +164,9 @@ def test_websocket_needs_token_and_checks_origin(tmp_path):
             )
             assert resp.status == 403
             resp = await c.post(
-                "/api/v1/pair", json={"code": "1234-5678-9012"}, headers={"Origin": "http://evil.example"}
+                "/api/v1/pair",
+                json={"code": "1234-5678-9012"},
+                headers={"Origin": "http://evil.example"},
             )
             assert resp.status == 403
 
