@@ -351,7 +351,7 @@ def test_teleop_websocket_flood_is_rate_limited_and_health_stays_fast(robot: Rob
     assert "disconnected" in robot.log.read_text()
 
 
-def test_ssl_module_is_the_one_used():  # the server context refuses old protocol versions
+def test_server_tls_context_needs_tls12_and_a_matching_key():
     from brain.config import ApiConfig
     from edge_agent.api.tls import make_self_signed, server_tls_context
 
@@ -363,5 +363,10 @@ def test_ssl_module_is_the_one_used():  # the server context refuses old protoco
         ctx = server_tls_context(ApiConfig(tls_cert=d / "c.pem", tls_key=d / "k.pem"))
         assert ctx is not None and ctx.minimum_version == ssl.TLSVersion.TLSv1_2
         assert server_tls_context(ApiConfig()) is None
+        # A key that does not belong to the certificate: a clear error, never plain HTTP.
+        _, other_key = make_self_signed(["robot.local"], [], days=1)
+        (d / "k.pem").write_bytes(other_key)
+        with pytest.raises(RuntimeError, match=r"api\.tls_cert"):
+            server_tls_context(ApiConfig(tls_cert=d / "c.pem", tls_key=d / "k.pem"))
     finally:
         shutil.rmtree(d, ignore_errors=True)

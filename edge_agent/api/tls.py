@@ -29,7 +29,14 @@ def server_tls_context(api: ApiConfig) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(api.tls_cert), str(api.tls_key))
+    try:
+        ctx.load_cert_chain(str(api.tls_cert), str(api.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        # Never fall back to plain HTTP: the owner asked for TLS, and tokens would leak.
+        raise RuntimeError(
+            f"api.tls_cert / api.tls_key: cannot load {api.tls_cert} with {api.tls_key}: {exc} "
+            "(make a pair with `continuon tls init`)"
+        ) from None
     return ctx
 
 
