@@ -339,9 +339,9 @@ class ApiConfig(_Strict):
     # HTTPS: a PEM certificate and its key (`continuon tls init` makes a self-signed pair).
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # Teleop WebSocket messages per second per connection; a burst of one second is
-    # allowed, excess teleop messages are coalesced (latest wins) and a connection that
-    # sends more than 4x this within a second is closed (the watchdog then stops the car).
+    # WebSocket messages per second per client address; a burst of one second is allowed,
+    # excess messages are coalesced (latest wins) and a client that sends more than 4x this
+    # within a second is disconnected for 5 s (the teleop watchdog then stops the car).
     ws_max_msgs_per_s: Annotated[float, Field(ge=10, le=1000)] = 200.0
     stream_ticket_ttl_s: Annotated[float, Field(ge=5, le=600)] = 60.0
     camera_max_fps: Annotated[float, Field(gt=0, le=60)] = 15.0
