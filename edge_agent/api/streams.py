@@ -101,7 +101,7 @@ def _prepare_ws(request: web.Request, heartbeat: float | None) -> web.WebSocketR
 
 
 class MessageBudget:
-    """A per-connection token bucket for client messages, and the flood test.
+    """A token bucket for one client's WebSocket messages, and the flood test.
 
     Parsing and validating a teleop message costs the event loop that also
     answers /health and the e-stop route; a client sending tens of thousands
