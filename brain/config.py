@@ -324,16 +324,38 @@ class ApiConfig(_Strict):
     allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
         default_factory=list
     )
+    # Host names (besides the robot's own names and addresses, which are always allowed)
+    # that clients may put in the Host header, e.g. a name given to the robot in the LAN's DNS.
+    allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")]] = (
+        Field(default_factory=list)
+    )
     pairing_code_ttl_s: Annotated[float, Field(ge=30, le=3600)] = 300.0
-    # Wrong codes before pairing locks; `continuon pair` issues a new code and unlocks.
+    # Wrong codes one client address (an IPv6 /64) may send before it must wait; the wait
+    # starts at 2 s and doubles with every further wrong code, up to pairing_lockout_s.
+    # It only ever holds back that address, never pairing as a whole.
     pairing_max_failures: Annotated[int, Field(ge=1, le=20)] = 5
     pairing_lockout_s: Annotated[float, Field(ge=10, le=86400)] = 300.0
     # Pairing attempts per client address per minute (429 beyond).
     pairing_rate_per_min: Annotated[int, Field(ge=1, le=600)] = 10
+    # Owner tokens stop working this many days after pairing (null: never).
+    token_ttl_days: Annotated[float, Field(gt=0, le=3650)] | None = None
+    # HTTPS: a PEM certificate and its key (`continuon tls init` makes a self-signed pair).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # WebSocket messages per second per client address; a burst of one second is allowed,
+    # excess messages are coalesced (latest wins) and a client that sends more than 4x this
+    # within a second is disconnected for 5 s (the teleop watchdog then stops the car).
+    ws_max_msgs_per_s: Annotated[float, Field(ge=10, le=1000)] = 200.0
     stream_ticket_ttl_s: Annotated[float, Field(ge=5, le=600)] = 60.0
     camera_max_fps: Annotated[float, Field(gt=0, le=60)] = 15.0
     camera_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 75
     telemetry_hz: Annotated[float, Field(ge=1, le=50)] = 15.0
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("api.tls_cert and api.tls_key go together: set both or neither")
+        return self
 
 
 class DiscoveryConfig(_Strict):
@@ -360,6 +382,10 @@ class CloudConfig(_Strict):
     password_file: Path | None = None
     client_id: str | None = None  # default: continuon-<robot id>
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    # MQTT 5 lets the robot tell the broker the largest packet it accepts, so an oversized
+    # command is never even received; false: MQTT 3.1.1 for brokers without MQTT 5 (then
+    # oversized payloads are read, and dropped by size before any parsing).
+    mqtt5: bool = True
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]{1,64}$")] = "continuon"
     telemetry_period_s: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     # How often the brain's status is checked for events (mode, e-stop, update, task errors).

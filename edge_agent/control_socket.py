@@ -13,6 +13,7 @@ Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "reset_stats"}
           {"cmd": "pair"}  (a new Robot API pairing code)
           {"cmd": "tokens", "action": "list"}
           {"cmd": "tokens", "action": "revoke", "token_id": "..."}
+          {"cmd": "tokens", "action": "rotate"}  (revoke every token; devices pair again)
 Response: {"ok": true, "result": ...} or {"ok": false, "error": "what was wrong"}
 """
 
@@ -69,7 +70,9 @@ def _tokens(config: Config | None, req: dict[str, Any]) -> Any:
         if not store.revoke(token_id):
             raise CommandError(f"no token {token_id!r}; see `continuon tokens list`")
         return {"revoked": token_id}
-    raise CommandError('"tokens" needs "action": "list" or "revoke"')
+    if action == "rotate":
+        return {"revoked_all": store.revoke_all()}
+    raise CommandError('"tokens" needs "action": "list", "revoke" or "rotate"')
 
 
 def handle_request(brain: BrainInterface, req: Any, config: Config | None = None) -> dict[str, Any]:
@@ -265,7 +268,11 @@ def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
     r = tsub.add_parser("revoke", help="revoke a token now (open streams are closed)")
     r.add_argument("token_id")
     add_config(r)
+    add_config(tsub.add_parser("rotate", help="revoke every token now; each device pairs again"))
     p.set_defaults(func=_cli_tokens)
+    from edge_agent.api.tls import register_cli as register_tls
+
+    register_tls(sub, add_config)
 
 
 def _run_cli(args: argparse.Namespace, payload: dict[str, Any]) -> int:
@@ -312,7 +319,7 @@ def _cli_pair(args: argparse.Namespace) -> int:
     print(f"pairing code: {r['code']}")
     print(
         f"valid {int(r['expires_in_s'])} s, once; enter it in the companion app "
-        f"(http://<robot>:{r['port']}/)"
+        f"({'https' if config.api.tls_cert else 'http'}://<robot>:{r['port']}/)"
     )
     return 0
 
@@ -328,9 +335,11 @@ def _cli_tokens(args: argparse.Namespace) -> int:
     except DaemonUnavailable:
         from edge_agent.api.auth import TokenStore, tokens_path
 
-        store = TokenStore(tokens_path(config))
+        store = TokenStore(tokens_path(config), config.api.token_ttl_days)
         if args.tokens_action == "list":
             resp = {"ok": True, "result": store.list()}
+        elif args.tokens_action == "rotate":
+            resp = {"ok": True, "result": {"revoked_all": store.revoke_all()}}
         elif store.revoke(args.token_id):
             resp = {"ok": True, "result": {"revoked": args.token_id}}
         else:
@@ -339,6 +348,12 @@ def _cli_tokens(args: argparse.Namespace) -> int:
         print(f"continuon: {resp.get('error')}", file=sys.stderr)
         return 1
     result = resp["result"]
+    if args.tokens_action == "rotate":
+        print(
+            f"revoked all {result['revoked_all']} owner tokens; every device must pair again: "
+            "run `continuon pair` and enter the code in the companion app"
+        )
+        return 0
     if args.tokens_action == "revoke":
         print(f"revoked {result['revoked']}")
         return 0
@@ -346,5 +361,12 @@ def _cli_tokens(args: argparse.Namespace) -> int:
         print("no paired clients (run `continuon pair`)")
     for t in result:
         print(f"{t['token_id']}  {t['name']!r:24}  created {t['created']}", end="")
-        print(f"  last used {t['last_used']}")
+        print(f"  last used {t['last_used']}", end="")
+        print(
+            "  EXPIRED"
+            if t.get("expired")
+            else f"  expires {t['expires']}"
+            if t.get("expires")
+            else ""
+        )
     return 0

@@ -167,6 +167,8 @@ class Advertiser:
             "api": API_VERSION,
             "kind": str(st.get("robot_kind") or ""),
             "sw": str(st.get("software_version") or ""),
+            # The app must know to speak TLS (and then check the pinned fingerprint).
+            "scheme": "https" if self.config.api.tls_cert else "http",
         }
         return Advert(tuple(self.addresses()), int(port), tuple(sorted(props.items())))
 
@@ -266,13 +268,14 @@ class FoundRobot:
     kind: str
     software_version: str
     host: str
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
         if not self.addresses:
             return ""
         a = self.addresses[0]
-        return f"http://{'[' + a + ']' if ':' in a else a}:{self.port}/"
+        return f"{self.scheme}://{'[' + a + ']' if ':' in a else a}:{self.port}/"
 
 
 def _text(props: dict[bytes, bytes | None], key: str) -> str:
@@ -330,6 +333,7 @@ async def browse(
                         kind=_text(props, "kind"),
                         software_version=_text(props, "sw"),
                         host=info.server or "",
+                        scheme="https" if _text(props, "scheme") == "https" else "http",
                     )
             if robot_id is not None and any(r.robot_id == robot_id for r in found.values()):
                 return [r for r in found.values() if r.robot_id == robot_id]

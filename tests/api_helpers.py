@@ -49,7 +49,12 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    tmp_path: Path, *, brain_wrapper: Any = None, clock: Any = None, **overrides: Any
+    tmp_path: Path,
+    *,
+    brain_wrapper: Any = None,
+    clock: Any = None,
+    wall: Any = None,
+    **overrides: Any,
 ):
     cfg = make_config(tmp_path, **overrides)
     devices = open_devices(cfg)
@@ -62,7 +67,8 @@ async def running_api(
             if daemon.sensors.latest()[0] is not None:
                 break
             await asyncio.sleep(0.01)
-        auth = auth_for(cfg, clock=clock or time.monotonic)  # shared with the control socket
+        # shared with the control socket
+        auth = auth_for(cfg, clock=clock or time.monotonic, wall=wall or time.time)
         brain = brain_wrapper(daemon.brain) if brain_wrapper else daemon.brain
         app = create_app(brain, cfg, auth=auth)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:

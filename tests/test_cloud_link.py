@@ -87,7 +87,7 @@ class Watcher:
             async for m in self.client.messages:
                 try:
                     payload = json.loads(m.payload) if m.payload else None
-                except ValueError:
+                except (ValueError, RecursionError):
                     payload = m.payload  # the test's own garbage on the cmd topic
                 self.messages.append((m.topic.value, payload, m.retain))
                 self._changed.set()
@@ -621,3 +621,47 @@ def test_reconnect_backs_off_exponentially_with_a_cap(tmp_path):
     # Growing at first (0.05-0.1, 0.1-0.2, 0.2-0.4 s), then capped (never above 0.4 s + slack).
     assert gaps[0] < 0.2 and max(gaps) < 0.7
     assert sum(gaps[-3:]) / 3 > gaps[0]
+
+
+def test_hostile_commands_deep_nesting_and_oversize_are_refused_not_crashed(tmp_path, broker):
+    """8,000-deep nesting, an 8 MiB payload: an event each (or never delivered), no task crash."""
+
+    async def body(mqtt5: bool, sub: str) -> tuple[Watcher, list[dict]]:
+        loop_errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: loop_errors.append(ctx))
+        link = CloudLink(FakeBrain(), cloud_cfg(tmp_path / sub, broker, mqtt5=mqtt5))
+        async with running(link), Watcher(broker.port) as w:
+            await asyncio.wait_for(link.connected.wait(), 10)
+            deep = b"[" * 8000 + b"]" * 8000  # 16,000 B: under the size limit, over the stack
+            await w.client.publish(f"{TOPIC}/cmd", deep, qos=1)
+            nested_args = b'{"id": "d2", "cmd": "ping", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+            await w.client.publish(f"{TOPIC}/cmd", nested_args, qos=1)
+            big = b'{"id": "big", "cmd": "ping", "args": {"x": "' + b"a" * (8 << 20) + b'"}}'
+            await w.client.publish(f"{TOPIC}/cmd", big, qos=1)
+            await w.send({"id": "after", "cmd": "ping"})
+            await w.wait(lambda: replies(w, "after"))
+            rejected = await w.wait(
+                lambda: (
+                    len(events_of(w, "command-rejected")) >= 2 and events_of(w, "command-rejected")
+                )
+            )
+            await asyncio.sleep(0.3)
+            rejected = events_of(w, "command-rejected")
+            assert not replies(w, "big"), "an 8 MiB command must never be parsed"
+            gc_errors = [e for e in loop_errors if "exception" in e]
+            assert not gc_errors, gc_errors  # "Task exception was never retrieved"
+            assert not events_of(w, "command-failed")
+            return w, rejected
+
+    _, rejected = asyncio.run(body(True, "v5"))
+    assert [e["reason"] for e in rejected] == ["command is nested too deeply to be a command"] * 2
+    # Under MQTT 5 the broker honoured the robot's Maximum Packet Size: the 8 MiB message
+    # was never sent to the robot's session, so nothing of it was read into memory.
+    log = broker.log.read_text()
+    assert "Sending PUBLISH to continuon-bot-1" in log
+    assert "Dropping too large outgoing PUBLISH for continuon-bot-1" in log
+    # Under MQTT 3.1.1 it arrives (paho reads it) and is dropped by size before any parsing.
+    _, rejected = asyncio.run(body(False, "v311"))
+    reasons = [e["reason"] for e in rejected]
+    assert reasons.count("command is nested too deeply to be a command") == 2
+    assert [r for r in reasons if "exceeds 16384" in r]

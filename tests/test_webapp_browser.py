@@ -253,7 +253,7 @@ def test_pairing_code_flows_to_main_screen(browser, robot, no_js_errors):
     wait_until(lambda: "sim-donkey-01" in by_id(browser, "pair-robot").text, "the robot's name")
 
     code = robot.ctl({"cmd": "pair"})["code"]
-    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    wrong = f"{(int(code.replace('-', '')) + 1) % 10**12:012d}"
     by_id(browser, "pair-code").send_keys(wrong)
     by_id(browser, "pair-submit").click()
     wait_until(lambda: by_id(browser, "pair-error").text, "the wrong-code message")

@@ -20,19 +20,22 @@ from pydantic import ValidationError
 from brain.config import Config
 from brain.interface import BrainInterface, CommandError, NotFound
 from edge_agent.api.auth import Auth
+from edge_agent.api.hosts import host_check_for
 from edge_agent.api.keys import (
     AUTH,
     BRAIN,
     CLOSING,
     CONFIG,
     ENCODER,
+    HOSTS,
     TOKEN_ID,
     UPLOAD_LOCK,
     WEBSOCKETS,
+    WS_BUDGETS,
 )
 from edge_agent.api.models import ApiError, error_response, validation_message
 from edge_agent.api.routes import PUBLIC, ROUTES, SPECS, RouteSpec
-from edge_agent.api.streams import FrameEncoder
+from edge_agent.api.streams import Budgets, FrameEncoder
 
 _log = logging.getLogger("continuon.api")
 
@@ -110,7 +113,7 @@ def bearer_from(request: web.Request, spec: RouteSpec) -> str | None:
 
 
 def origin_allowed(request: web.Request, config: Config) -> bool:
-    """Same origin as the Host the client used, or one of api.allowed_origins."""
+    """Same origin as the Host the client used (itself checked), or one of api.allowed_origins."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser; such clients are still held to the token
@@ -125,6 +128,15 @@ def origin_allowed(request: web.Request, config: Config) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    if not request.app[HOSTS].allowed(request.headers.get("Host")):
+        # Before anything else, public routes and 404s included: a DNS-rebound page must
+        # learn nothing.  421: the request was not meant for this server.
+        raise ApiError(
+            421,
+            "bad_host",
+            "the Host header does not name this robot; use its address or name "
+            "(or add the name to api.allowed_hosts)",
+        )
     match_exc = request.match_info.http_exception
     if match_exc is not None:
         raise match_exc  # 404/405 before anything else; no handler runs
@@ -185,9 +197,11 @@ def create_app(brain: BrainInterface, config: Config, *, auth: Auth) -> web.Appl
     app[BRAIN] = brain
     app[CONFIG] = config
     app[AUTH] = auth
+    app[HOSTS] = host_check_for(config, brain.robot_id)
     app[ENCODER] = FrameEncoder(brain, config.api.camera_jpeg_quality)
     app[CLOSING] = asyncio.Event()
     app[WEBSOCKETS] = weakref.WeakSet()
+    app[WS_BUDGETS] = Budgets(config.api.ws_max_msgs_per_s)
     app[UPLOAD_LOCK] = asyncio.Lock()
     for spec in ROUTES:
         app.router.add_route(spec.method, spec.path, spec.handler, name=None)

@@ -13,12 +13,15 @@ from brain.interface import BrainInterface
 
 if TYPE_CHECKING:
     from edge_agent.api.auth import Auth
-    from edge_agent.api.streams import FrameEncoder
+    from edge_agent.api.hosts import HostCheck
+    from edge_agent.api.streams import Budgets, FrameEncoder
 
 BRAIN: web.AppKey[BrainInterface] = web.AppKey("brain", BrainInterface)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 AUTH: web.AppKey[Auth] = web.AppKey("auth")
 ENCODER: web.AppKey[FrameEncoder] = web.AppKey("encoder")
+HOSTS: web.AppKey[HostCheck] = web.AppKey("hosts")
+WS_BUDGETS: web.AppKey[Budgets] = web.AppKey("ws_budgets")
 CLOSING: web.AppKey[asyncio.Event] = web.AppKey("closing", asyncio.Event)
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 TOKEN_ID: web.RequestKey[str] = web.RequestKey("token_id", str)

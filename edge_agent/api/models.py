@@ -35,8 +35,10 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
+    from edge_agent.api.redact import redact_paths
+
     return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
+        {"error": {"code": code, "message": redact_paths(message)}}, status=status, headers=headers
     )
 
 
@@ -45,7 +47,7 @@ class _Body(BaseModel):
 
 
 class PairBody(_Body):
-    code: Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+    code: Annotated[str, Field(pattern=r"^[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{4}$")]
     name: Annotated[str, Field(max_length=64)] = "owner"  # blank: "owner"
 
 

@@ -135,7 +135,8 @@ def health_checks(config: Config) -> dict[str, dict[str, Any]]:
     )
     return {
         "cpu_temp": {"status": _level(temp, 70, 80), "celsius": temp},
-        "disk": {"status": _level(disk, 80, 90), "used_percent": disk, "path": str(path)},
+        # No path: where the robot keeps its data is nobody's business on the LAN.
+        "disk": {"status": _level(disk, 80, 90), "used_percent": disk},
         "memory": {"status": mem_level, "used_percent": mem},
         "cpu": {"status": "ok", "load_percent": psutil.cpu_percent(interval=None)},
     }

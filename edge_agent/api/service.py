@@ -14,6 +14,7 @@ from brain.config import Config
 from brain.interface import BrainInterface, Service
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import auth_for
+from edge_agent.api.tls import server_tls_context
 
 _log = logging.getLogger("continuon.api")
 
@@ -33,15 +34,19 @@ async def serve(brain: BrainInterface, config: Config) -> None:
     await runner.setup()
     endpoint = config.runtime_dir() / ENDPOINT_FILE
     try:
-        site = web.TCPSite(runner, config.api.host, config.api.port, reuse_address=True)
+        ssl_ctx = server_tls_context(config.api)
+        site = web.TCPSite(
+            runner, config.api.host, config.api.port, reuse_address=True, ssl_context=ssl_ctx
+        )
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else config.api.port  # api.port 0
+        scheme = "https" if ssl_ctx else "http"
         endpoint.parent.mkdir(parents=True, exist_ok=True)
-        endpoint.write_text(json.dumps({"host": config.api.host, "port": port}))
-        _log.info("Robot API listening on %s:%d", config.api.host, port)
+        endpoint.write_text(json.dumps({"host": config.api.host, "port": port, "scheme": scheme}))
+        _log.info("Robot API listening on %s://%s:%d", scheme, config.api.host, port)
         if not auth.tokens.list():
-            # First boot: nobody owns the robot yet, so the log shows a code to pair with.
-            auth.pairing.new_code()
+            # Codes are never logged (anyone who reads the journal could pair): say how.
+            _log.info("no device is paired yet: run `continuon pair` on the robot")
         await asyncio.Event().wait()
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -79,6 +79,9 @@ def parse_command(payload: bytes) -> Command:
         obj = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadCommand(f"command is not valid JSON: {exc}") from None
+    except RecursionError:
+        # 16 KiB of "[" is valid-looking JSON that the parser cannot descend into.
+        raise BadCommand("command is nested too deeply to be a command") from None
     if not isinstance(obj, dict):
         raise BadCommand("a command is a JSON object")
     cid = obj.get("id")

@@ -33,15 +33,26 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from brain.config import Config
 from brain.interface import BrainInterface, Service
-from edge_agent.cloud.commands import BadCommand, CommandHandler, parse_command
+from edge_agent.cloud.commands import (
+    MAX_COMMAND_BYTES,
+    BadCommand,
+    CommandHandler,
+    parse_command,
+)
 from edge_agent.cloud.queue import EventQueue
 
 _log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
+# MQTT 5 Maximum Packet Size sent in CONNECT: the broker never sends this client a larger
+# packet, so a huge payload is not even read into memory.  A command (<= 16 KiB) plus its
+# topic, header and properties fits.
+MAX_INCOMING_PACKET = MAX_COMMAND_BYTES + 2048
 # A connection that stayed up this long resets the backoff to its initial delay.
 STABLE_AFTER_S = 30.0
 
@@ -286,6 +297,17 @@ class CloudLink:
             qos=1,
             retain=True,
         )
+        session: dict[str, Any] = {"clean_session": True}
+        if c.mqtt5:
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = MAX_INCOMING_PACKET
+            # MQTT 5 has no clean_session: a clean start and a session that ends with the
+            # connection (no SessionExpiryInterval) is the same thing.
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": True,
+                "properties": props,
+            }
         return aiomqtt.Client(
             c.host,
             c.port,
@@ -294,9 +316,9 @@ class CloudLink:
             password=self._password,
             will=will,
             keepalive=c.keepalive_s,
-            clean_session=True,
             tls_context=self._tls,
             timeout=PUBLISH_TIMEOUT_S,
+            **session,
         )
 
     async def _connection_loop(self) -> None:
@@ -414,22 +436,42 @@ class CloudLink:
                 payload = payload.encode()
             if not isinstance(payload, bytes | bytearray):
                 payload = b""
+            if len(payload) > MAX_COMMAND_BYTES:
+                # (MQTT 3.1.1 only: under MQTT 5 the broker never delivers one this big.)
+                # Nothing of it is parsed, not even its id; the cloud hears of it as an event.
+                self.emit(
+                    {
+                        "type": "command-rejected",
+                        "id": None,
+                        "reason": f"command of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}",
+                    }
+                )
+                continue
             task = asyncio.create_task(self._run_command(client, bytes(payload)))
             self._command_tasks.add(task)
             task.add_done_callback(self._command_tasks.discard)
 
     async def _run_command(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """One command, start to reply; never raises (a task nobody awaits must not fail)."""
         try:
-            command = parse_command(payload)
-        except BadCommand as exc:
-            self.emit({"type": "command-rejected", "id": exc.command_id, "reason": str(exc)})
-            if exc.command_id is not None:
-                await self._reply(client, {"id": exc.command_id, "ok": False, "error": str(exc)})
-            return
-        if self.commands.seen_before(command.id):
-            return
-        reply = await self.commands.handle(command)
-        await self._reply(client, reply)
+            try:
+                command = parse_command(payload)
+            except BadCommand as exc:
+                self.emit({"type": "command-rejected", "id": exc.command_id, "reason": str(exc)})
+                if exc.command_id is not None:
+                    await self._reply(
+                        client, {"id": exc.command_id, "ok": False, "error": str(exc)}
+                    )
+                return
+            if self.commands.seen_before(command.id):
+                return
+            reply = await self.commands.handle(command)
+            await self._reply(client, reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.exception("cloud command failed")
+            self.emit({"type": "command-failed", "reason": f"{type(exc).__name__}: {exc}"})
 
     async def _reply(self, client: aiomqtt.Client, reply: dict[str, Any]) -> None:
         body = json.dumps(reply, default=str)

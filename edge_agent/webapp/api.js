@@ -102,7 +102,7 @@ export function openSocket(path) {
   return new WebSocket(`${scheme}//${location.host}${BASE}${path}`, protocols);
 }
 
-/** Trade the 6-digit code shown by `continuon pair` for an owner token, and keep it. */
+/** Trade the 12-digit code shown by `continuon pair` for an owner token, and keep it. */
 export async function pair(code, name) {
   const answer = await request("POST", "/pair", { code, name }, { auth: false });
   if (!answer || typeof answer.token !== "string") throw new ApiError(500, "bad_answer", "the robot sent no token");

@@ -249,8 +249,8 @@ function stopMain() {
 $("pair-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const code = $("pair-code").value.replace(/\D/g, "");
-  if (code.length !== 6) {
-    $("pair-error").textContent = "The pairing code has 6 digits.";
+  if (code.length !== 12) {
+    $("pair-error").textContent = "The pairing code has 12 digits.";
     return;
   }
   $("pair-submit").disabled = true;
