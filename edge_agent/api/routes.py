@@ -238,7 +238,8 @@ async def training(request: web.Request) -> web.Response:
 
 async def training_start(request: web.Request) -> web.Response:
     body = await read_body(request, TrainingStartBody)
-    return _json(request.app[BRAIN].start_training(body.root))
+    # Only the fields the client sent: the trainer fills the rest from the config.
+    return _json(request.app[BRAIN].start_training(body.model_dump(exclude_unset=True)))
 
 
 async def training_stop(request: web.Request) -> web.Response:
