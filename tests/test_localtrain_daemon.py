@@ -97,6 +97,10 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
             if res["gate"]["accepted"]:  # derived from the committed bundle: installed
                 assert promo and promo["installed"], promo
                 assert promo["version"].startswith("1.4.0+local.")
+                # the robot now drives the local derivative: it is not a base to train from
+                with pytest.raises(CommandError, match="is itself a local fine-tune"):
+                    brain.start_training({})
+                assert daemon.modes.mode is Mode.IDLE
             else:
                 assert promo is None
         finally:

@@ -29,7 +29,7 @@ from brain.localtrain.job import TrainJob
 from brain.localtrain.manager import LocalTrainManager, StartRefused
 from brain.localtrain.options import StartOptions, parse_options
 from brain.localtrain.promote import Promoter
-from brain.localtrain.worker import read_pinned_base
+from brain.localtrain.worker import check_torch, read_pinned_base
 from brain.modes import Mode
 from rlds.fsutil import sha256_file
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
@@ -268,6 +268,14 @@ def test_the_worker_loads_only_the_bytes_the_job_pinned(world, tmp_path):
     job.base_sha256 = None  # a job.json from before pinning
     with pytest.raises(ValueError, match="pins no base model"):
         read_pinned_base(job)
+
+
+def test_the_worker_refuses_a_torch_with_unsafe_weights_only_loading():
+    for old in ("2.5.1", "2.5.1+cpu", "1.13.0", "2.0"):
+        with pytest.raises(RuntimeError, match="CVE-2025-32434"):
+            check_torch(old)
+    for ok in ("2.6.0", "2.6.0+cu124", "2.13.0+cpu", "3.0.0a0"):
+        check_torch(ok)
 
 
 def _fake_run(run_dir: Path, *, pinned: str, manifest_sha: str, loaded: str) -> Path:
