@@ -133,7 +133,7 @@ def main() -> int:
         finally:
             daemon.kill()
         st = mgr.status()
-        run = Path(st["run_dir"])
+        run = mgr.run_dir(st)
         events = [json.loads(x) for x in (run / "progress.ndjson").read_text().splitlines()]
         started = next(e for e in events if e["event"] == "started")
         result = json.loads((run / "result.json").read_text()) if st["state"] == "finished" else {}
