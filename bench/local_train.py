@@ -99,6 +99,12 @@ def main() -> int:
             recording={"root": str(tmp / "episodes")},
             local_train=lt,
         )
+        # The trainer starts only from the committed cloud bundle's weights: commit one that
+        # names base.pt's sha256, as a robot that got its model over the air has.
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.localtrain_helpers import commit_cloud_base
+
+        commit_cloud_base(tmp / "daemon" / "state" / "ota", tmp / "base.pt")
         floor = sleep_floor(args.hz)
         daemon = Daemon(cfg_path, tmp, "daemon")
         try:
@@ -127,7 +133,7 @@ def main() -> int:
         finally:
             daemon.kill()
         st = mgr.status()
-        run = Path(st["run_dir"])
+        run = mgr.run_dir(st)
         events = [json.loads(x) for x in (run / "progress.ndjson").read_text().splitlines()]
         started = next(e for e in events if e["event"] == "started")
         result = json.loads((run / "result.json").read_text()) if st["state"] == "finished" else {}

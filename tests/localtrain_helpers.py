@@ -75,3 +75,33 @@ def tiny_base(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     save_policy(build_policy("pi5", **TINY), path)
     return path
+
+
+def commit_cloud_base(ota_dir: Path, base_pt: Path, version: str = "1.4.0", counter: int = 7):
+    """A robot whose committed bundle is a cloud bundle exported from ``base_pt``.
+
+    Its manifest names ``sha256(base_pt)`` as ``provenance.checkpoint_sha256``, as
+    ``cloud_jobs export`` writes it.  The ONNX inside is the OTA tests' small dummy policy
+    (the trainer only checks the hash; the daemon drives with whatever is committed), so no
+    torch is needed here.  Returns the manifest's sha256 as the updater records it.
+    """
+    import json
+
+    from brain.bundle.pack import build_bundle
+    from rlds.fsutil import sha256_file
+    from tests.ota_helpers import fast_safety, make_export, seed_committed
+
+    work = ota_dir.parent / f"cloud-{version}"
+    export = make_export(work / "export")
+    report = json.loads((export / "export_report.json").read_text())
+    report["source"] = {"checkpoint": "policy.pt", "checkpoint_sha256": sha256_file(base_pt)}
+    (export / "export_report.json").write_text(json.dumps(report))
+    archive = build_bundle(
+        export,
+        work / "bundle.tar",
+        version=version,
+        release_counter=counter,
+        hardware_id="continuon-car",
+        safety=fast_safety(),
+    )
+    return seed_committed(ota_dir, archive, "A").committed.manifest_sha256

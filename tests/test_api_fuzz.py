@@ -11,9 +11,10 @@ import http.client
 import json
 
 from api_helpers import running_api
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from edge_agent.api.models import TrainingStartBody
 from edge_agent.api.routes import ROUTES
 
 json_values = st.recursive(
@@ -29,9 +30,31 @@ json_values = st.recursive(
 )
 # bodies shaped like the real ones, with the real keys, so validation is exercised deeply
 known_keys = st.sampled_from(
-    ["mode", "reason", "code", "name", "tags", "format", "seed", "split", "type", "action"]
+    [
+        *("mode", "reason", "code", "name", "tags", "format", "seed", "split", "type", "action"),
+        *sorted(TrainingStartBody.model_fields),
+    ]
 )
 shaped = st.dictionaries(known_keys, json_values, max_size=4)
+# training/start: every field of its body, with values of the right type and out of range,
+# plus the keys it used to take (paths, a run id, floors) that must now be refused
+TRAINING_VALUES = {
+    "resume": st.booleans() | json_values,
+    "steps": st.integers(-10, 200_000) | st.floats() | json_values,
+    "max_seconds": st.floats() | st.integers(-10, 10**6) | json_values,
+}
+assert set(TRAINING_VALUES) == set(TrainingStartBody.model_fields), "a field is not fuzzed"
+RETIRED_KEYS = ("base_model", "episodes_root", "run_id", "min_episodes", "closed_loop_steps")
+training_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        **TRAINING_VALUES,
+        **{
+            k: st.sampled_from(["/etc/shadow", "../../x", "/proc/self/fd/3", 5])
+            for k in RETIRED_KEYS
+        },
+    },
+)
 raw_bytes = st.binary(max_size=300)
 
 POST_PATHS = sorted(r.canonical for r in ROUTES if r.method == "POST")
@@ -76,6 +99,12 @@ def test_fuzzed_bodies_never_yield_500(tmp_path):
                 ctype=CONTENT_TYPES,
                 authed=st.booleans(),
             )
+            # One of each outcome whatever the generated examples are, so the coverage
+            # assertion below does not depend on hypothesis's draws (run alone, the draws
+            # once held no 200 at all).
+            @example("/api/v1/stream-ticket", b"{}", "application/json", True)  # 200
+            @example("/api/v1/training/start", b'{"steps": "x"}', "application/json", True)
+            @example("/api/v1/mode", b'{"mode": "idle"}', "application/json", False)  # 401
             def fuzz(path, payload, ctype, authed):
                 if path == "/api/v1/updates/upload":
                     # keep the fuzz to body validation; a real install is the OTA tests' job
@@ -98,6 +127,40 @@ def test_fuzzed_bodies_never_yield_500(tmp_path):
     seen = asyncio.run(body())
     # the fuzz reached both valid and invalid input, not only one kind of refusal
     assert seen.get(200, 0) > 0 and seen.get(422, 0) > 0 and seen.get(401, 0) > 0, seen
+
+
+def test_fuzzed_training_bodies_are_refused_by_name_and_never_start(tmp_path):
+    """Every field of training/start, fuzzed: 422 naming a field of the body, or the
+    trainer's own refusal (no committed model here), never a 5xx, never TRAINING."""
+
+    async def body():
+        async with running_api(tmp_path) as api:
+            token = await api.token()
+            port = api.client.server.port
+            seen: dict[int, int] = {}
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+            @settings(max_examples=150, deadline=None, derandomize=True)
+            @given(doc=training_bodies)
+            def fuzz(doc):
+                raw = json.dumps(doc).replace("Infinity", "1e999").replace("NaN", "1e999")
+                status, text = _post(port, "/api/v1/training/start", raw.encode(), headers)
+                seen[status] = seen.get(status, 0) + 1
+                assert status in (409, 422), (doc, status, text)
+                msg = json.loads(text)["error"]["message"]
+                if status == 422:
+                    assert msg.split(":")[0].split(".")[0] in doc, (doc, msg)
+                else:
+                    assert "no committed cloud bundle" in msg, (doc, msg)
+                    assert not set(doc) & set(RETIRED_KEYS)
+                assert api.daemon.modes.mode.value == "idle"
+
+            await asyncio.to_thread(fuzz)
+            return seen
+
+    seen = asyncio.run(body())
+    assert seen.get(409, 0) > 0 and seen.get(422, 0) > 0, seen
+    assert not list(tmp_path.rglob("job.json"))
 
 
 def test_fuzzed_teleop_messages_never_break_the_socket(tmp_path):

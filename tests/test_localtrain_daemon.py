@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from brain.interface import CommandError
+from brain.localtrain.job import TrainJob
 from brain.modes import Mode
-from tests.localtrain_helpers import write_episodes
+from rlds.fsutil import sha256_file
+from tests.localtrain_helpers import commit_cloud_base, write_episodes
 from tests.test_daemon import _start, _stop, make_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,9 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
         cwd=ROOT,
     )
 
+    # the robot drives a cloud bundle exported from base.pt: the only model it may fine-tune
+    manifest_sha = commit_cloud_base(tmp_path / "state" / "ota", tmp_path / "base.pt")
+
     async def body():
         daemon, act = make_daemon(
             tmp_path,
@@ -46,6 +51,8 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
                 "local_train.steps": 15,
                 "local_train.window": 8,
                 "local_train.gate_closed_loop": False,
+                "ota.health_window_s": 0.5,
+                "ota.max_deadline_misses": 50,
             },
         )
         task = await _start(daemon)
@@ -80,10 +87,22 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
             assert calls and all(kind == "neutral" for _, kind, _ in calls)
             res = st["last_result"]["result"]
             assert res["steps"] == 15
-            assert Path(res["adapter"], "adapter_config.json").is_file()
+            work = daemon.config.localtrain_dir()
+            assert (work / res["adapter"] / "adapter_config.json").is_file()
+            assert str(tmp_path) not in repr(st)  # the status names no path on the robot
+            job = TrainJob.read(work / st["run_dir"] / "job.json")
+            assert job.base_sha256 == res["base_sha256"] == sha256_file(tmp_path / "base.pt")
+            assert (job.base_version, job.base_manifest_sha256) == ("1.4.0", manifest_sha)
             promo = st["last_result"].get("promotion")
-            if res["gate"]["accepted"]:  # no committed cloud bundle here: nothing installed
-                assert promo and not promo["installed"]
+            if res["gate"]["accepted"]:  # derived from the committed bundle: installed
+                assert promo and promo["installed"], promo
+                assert promo["version"].startswith("1.4.0+local.")
+                # the robot now drives the local derivative: it is not a base to train from
+                with pytest.raises(CommandError, match="is itself a local fine-tune"):
+                    brain.start_training({})
+                assert daemon.modes.mode is Mode.IDLE
+            else:
+                assert promo is None
         finally:
             await _stop(daemon, task)
 

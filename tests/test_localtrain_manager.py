@@ -19,7 +19,7 @@ from brain.config import Config
 from brain.localtrain.guard import Readings
 from brain.localtrain.manager import LocalTrainManager, StartRefused
 from brain.modes import ModeManager
-from tests.localtrain_helpers import write_episodes
+from tests.localtrain_helpers import commit_cloud_base, write_episodes
 
 
 class Dial:
@@ -50,7 +50,10 @@ def world(tmp_path_factory):
     return root
 
 
-def config(world: Path, tmp_path: Path, **lt) -> Config:
+def config(world: Path, tmp_path: Path, *, committed: bool = True, **lt) -> Config:
+    """The robot's config; ``committed``: its OTA slot holds a cloud bundle of base.pt."""
+    if committed:
+        commit_cloud_base(tmp_path / "state" / "ota", world / "base.pt")
     return Config.model_validate(
         {
             "paths": {"state_dir": str(tmp_path / "state")},
@@ -105,12 +108,9 @@ def test_start_conditions_each_refused_with_a_clear_message(world, tmp_path):
     dial.plugged = True  # on mains the battery level does not matter
     assert mgr.check_start() == []
 
-    (msg,) = refused(mgr, {"min_episodes": 40})
-    assert "only 17 recorded episode(s)" in msg and "at least 40" in msg
+    (msg,) = refused(LocalTrainManager(config(world, tmp_path, min_episodes=40), reader=Dial()))
+    assert msg == "only 17 recorded episode(s) with camera images; at least 40 are needed"
     assert modes.mode.value == "idle"  # nothing was started
-
-    (msg,) = refused(mgr, {"base_model": str(tmp_path / "nope.pt")})
-    assert "no base model to fine-tune" in msg
 
 
 def test_disabled_and_too_few_episodes(world, tmp_path):
@@ -137,9 +137,9 @@ def proc_state(pid: int) -> str:
 def test_worker_runs_is_paused_by_the_guard_stops_and_resumes(world, tmp_path):
     modes = ModeManager()
     dial = Dial()
-    cfg = config(world, tmp_path, steps=400, checkpoint_every=5, promote=False)
+    cfg = config(world, tmp_path, steps=120, checkpoint_every=5, promote=False)
     mgr = LocalTrainManager(cfg, modes=modes, reader=dial)
-    st = mgr.start({"run_id": "r1"})
+    st = mgr.start({})
     assert modes.mode.value == "training"
     pid = st["pid"]
     wait_for(lambda: (mgr.status()["step"] or 0) >= 3, what="training progress")
@@ -163,15 +163,16 @@ def test_worker_runs_is_paused_by_the_guard_stops_and_resumes(world, tmp_path):
     assert st["state"] == "stopped", st
     assert "resume to continue" in st["message"]
     assert modes.mode.value == "idle"
-    run = Path(st["run_dir"])
+    run = mgr.run_dir(st)
+    assert run.parent == cfg.localtrain_dir() / "runs"
     events = [json.loads(x) for x in (run / "progress.ndjson").read_text().splitlines()]
     steps = [e["step"] for e in events if e["event"] == "progress"]
     assert steps == list(range(1, len(steps) + 1))  # one line per step, in order
     stopped_at = next(e["step"] for e in events if e["event"] == "stopped")
     assert (run / "checkpoint.pt").is_file()
 
-    st = mgr.start({"resume": True, "steps": stopped_at + 10})  # continue the same run
-    assert Path(st["run_dir"]) == run
+    st = mgr.start({"resume": True})  # continue the same run
+    assert mgr.run_dir(st) == run
     st = mgr.wait(120)
     assert modes.mode.value == "idle"
     events = [json.loads(x) for x in (run / "progress.ndjson").read_text().splitlines()]
@@ -179,6 +180,6 @@ def test_worker_runs_is_paused_by_the_guard_stops_and_resumes(world, tmp_path):
     assert started[-1]["resumed"] is True and started[-1]["step"] == stopped_at
     assert st["state"] == "finished", st
     res = json.loads((run / "result.json").read_text())
-    assert res["ended_by"] == "steps" and res["steps"] == stopped_at + 10
+    assert res["ended_by"] == "steps" and res["steps"] == 120
     assert (run / "adapter" / "adapter_config.json").is_file()
     assert st["last_result"]["result"]["gate"]["accepted"] in (True, False)

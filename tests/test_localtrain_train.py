@@ -22,7 +22,14 @@ peft = pytest.importorskip("peft")
 from brain.localtrain import gate as G  # noqa: E402
 from brain.localtrain.job import GateSettings, TrainJob  # noqa: E402
 from brain.localtrain.worker import Trainer, _Events  # noqa: E402
+from rlds.fsutil import sha256_file  # noqa: E402
 from tests.localtrain_helpers import tiny_base, write_episodes  # noqa: E402
+
+
+def pin_committed(job: TrainJob, manifest_sha256: str) -> None:
+    """The run was started on the bundle whose manifest has this sha256 (as the manager pins)."""
+    job.base_manifest_sha256 = manifest_sha256
+    job.write()
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +42,12 @@ def world(tmp_path_factory):
 
 def make_job(world: Path, run: str, **kw) -> TrainJob:
     gate = kw.pop("gate", GateSettings(max_action_change=2.0, closed_loop=False))
+    base = Path(kw.pop("base_model", world / "base.pt"))
     job = TrainJob(
         run_dir=str(world / "runs" / run),
-        base_model=str(kw.pop("base_model", world / "base.pt")),
+        base_model=str(base),
+        base_sha256=sha256_file(base),
+        base_version="1.4.0",
         episodes_root=str(world / "episodes"),
         cache_dir=str(world / "cache"),
         window=8,
@@ -126,6 +136,7 @@ def test_checkpoint_of_another_base_is_refused(world, tmp_path):
     tiny_base(tmp_path / "b2.pt", seed=7)
     job = TrainJob.read(tr.job.path("job"))
     job.base_model = str(tmp_path / "b2.pt")
+    job.base_sha256 = sha256_file(tmp_path / "b2.pt")  # a run on another committed model
     with pytest.raises(ValueError, match="another base model"):
         trainer(job).load_checkpoint()
 
@@ -204,6 +215,7 @@ def test_decide_rules():
 def test_accepted_candidate_is_merged_exported_packed_and_signed(world, trained, tmp_path):
     from brain.bundle.unpack import unpack_bundle
     from brain.config import Config
+    from brain.localtrain.base import CommittedBase
     from brain.localtrain.promote import Promoter
     from brain.ota.device_key import verify_local_bundle
     from brain.ota.updater import UpdateRefused
@@ -235,7 +247,8 @@ def test_accepted_candidate_is_merged_exported_packed_and_signed(world, trained,
         archives.append(archive)
         return {"result": "captured"}
 
-    base = {"version": "1.4.0", "release_counter": 7, "manifest_sha256": "ab" * 32}
+    base = CommittedBase("A", "1.4.0", 7, "ab" * 32, sha256_file(world / "base.pt"))
+    pin_committed(tr.job, base.manifest_sha256)
     promo = Promoter(cfg, base_info=lambda: base, install=install)(
         Path(tr.job.run_dir), {"adapter": str(tr.job.path("adapter")), "export": res}
     )
@@ -283,6 +296,7 @@ def test_promoted_bundle_installs_through_the_real_updater_on_a_committed_cloud_
     test, swap in a running PolicyRunner, health window) → committed, driving on it."""
     from brain.bundle.pack import build_bundle
     from brain.config import Config
+    from brain.localtrain.base import committed_base
     from brain.localtrain.promote import Promoter
     from brain.model import export_onnx, load_policy
     from brain.ota.wiring import create_updater
@@ -307,6 +321,7 @@ def test_promoted_bundle_installs_through_the_real_updater_on_a_committed_cloud_
                 "image": {"height": 24, "width": 32},
                 "artifacts": [{"file": "model_fp32.onnx", "backend": "onnx_fp32"}],
                 "preferred_backends": ["onnx_fp32"],
+                "source": {"checkpoint_sha256": sha256_file(world / "base.pt")},
             }
         )
     )
@@ -318,7 +333,7 @@ def test_promoted_bundle_installs_through_the_real_updater_on_a_committed_cloud_
         hardware_id=cfg.ota_hardware_id(),
         safety={"max_latency_ms": 500.0, "health_window_s": 0.3},
     )
-    seed_committed(cfg.ota_dir(), archive, "A")
+    committed = seed_committed(cfg.ota_dir(), archive, "A").committed
 
     runner = PolicyRunner(None, deadline_s=0.5).start()
     up = create_updater(cfg, policy=runner).open()
@@ -330,8 +345,9 @@ def test_promoted_bundle_installs_through_the_real_updater_on_a_committed_cloud_
             return asyncio.run(up.install(path))
 
         tr, _ = trained
+        pin_committed(tr.job, committed.manifest_sha256)
         res = tr.export()
-        promo = Promoter(cfg, base_info=lambda: up.status()["committed"], install=install)(
+        promo = Promoter(cfg, base_info=lambda: committed_base(cfg), install=install)(
             Path(tr.job.run_dir), {"adapter": str(tr.job.path("adapter")), "export": res}
         )
         assert promo["installed"], promo

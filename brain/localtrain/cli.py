@@ -29,11 +29,14 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
         help="fine-tune the policy on this robot's episodes (LoRA), in the foreground",
     )
     add_config(p)
-    p.add_argument("--steps", type=int, help="optimiser steps (default local_train.steps)")
-    p.add_argument("--max-seconds", type=float, help="training time budget")
-    p.add_argument("--base-model", type=Path, help="brain.model checkpoint to fine-tune")
-    p.add_argument("--episodes", type=Path, help="episodes directory (default: recording root)")
-    p.add_argument("--run-id", help="name of the run directory (default lt-<UTC time>)")
+    p.add_argument(
+        "--steps", type=int, help="optimiser steps (at least local_train.steps, the default)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="training time budget (at least local_train.max_seconds, the default)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the last unfinished run")
     p.add_argument("--no-promote", action="store_true", help="stop after the gate and export")
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
@@ -56,6 +59,7 @@ def daemon_running(config: Any) -> bool:
 
 def _cli_promoter(config: Any) -> Any:
     """Stage through the OTA slots (no daemon: the trial runs at the daemon's next start)."""
+    from brain.localtrain.base import committed_base
     from brain.localtrain.promote import Promoter
 
     def updater() -> Any:
@@ -65,23 +69,18 @@ def _cli_promoter(config: Any) -> Any:
 
         return create_updater(config)
 
-    def base_info() -> dict[str, Any] | None:
-        try:
-            from brain.ota.state import StateStore
-        except ImportError:
-            return None
-        rec = StateStore(config.ota_dir()).load_committed()
-        return None if rec is None else rec.model_dump(mode="json")
-
     def install(archive: Path) -> dict[str, Any]:
         return asyncio.run(updater().install(archive))
 
-    return Promoter(config, base_info=base_info, install=install)
+    return Promoter(config, base_info=lambda: committed_base(config), install=install)
 
 
 def cmd_train_local(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from brain.interface import CommandError
     from brain.localtrain.manager import LocalTrainManager
+    from brain.localtrain.options import validation_text
 
     config = args.load_config()
     if daemon_running(config):
@@ -96,12 +95,6 @@ def cmd_train_local(args: argparse.Namespace) -> int:
         opts["steps"] = args.steps
     if args.max_seconds is not None:
         opts["max_seconds"] = args.max_seconds
-    if args.base_model is not None:
-        opts["base_model"] = str(args.base_model)
-    if args.episodes is not None:
-        opts["episodes_root"] = str(args.episodes)
-    if args.run_id:
-        opts["run_id"] = args.run_id
     if args.resume:
         opts["resume"] = True
     promoter = None if args.no_promote else _cli_promoter(config)
@@ -111,7 +104,10 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"continuon train-local: {exc}", file=sys.stderr)
         return 1
-    print(f"fine-tune started: run {st['run_dir']} (pid {st['pid']})", file=sys.stderr)
+    except ValidationError as exc:
+        print(f"continuon train-local: {validation_text(exc)}", file=sys.stderr)
+        return 2
+    print(f"fine-tune started: run {mgr.run_dir(st)} (pid {st['pid']})", file=sys.stderr)
     last_step = -1
     try:
         while mgr.running:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlds.fsutil import replace_file
+
 # Module-name suffixes peft matches (``key == t`` or ``key.endswith("." + t)``): the
 # encoder's projection and everything after it -- the part a changed scene re-maps.
 CORE_TARGETS: tuple[str, ...] = (
@@ -90,6 +92,12 @@ class TrainJob:
     export: bool = True  # merge + ONNX (+ INT8) when the gate accepts
     version: str = "local"
     robot_id: str = "continuon"
+    # The committed cloud bundle this run derives from (brain.localtrain.base): the worker
+    # refuses weights whose sha256 is not base_sha256, promotion refuses a run whose pins
+    # are not the bundle committed when it is packed.  None: a job.json from before pinning.
+    base_sha256: str | None = None
+    base_version: str | None = None
+    base_manifest_sha256: str | None = None
 
     def path(self, name: str) -> Path:
         return Path(self.run_dir) / RUN_FILES[name]
@@ -110,9 +118,7 @@ class TrainJob:
     def write(self) -> Path:
         p = self.path("job")
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(".job.json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, p)
+        replace_file(p, (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode())
         return p
 
     @classmethod
@@ -133,49 +139,46 @@ def resolve_base_model(config: Any) -> Path:
     return config.localtrain_dir() / "base.pt"
 
 
-def job_from_config(config: Any, run_dir: Path, options: dict[str, Any] | None = None) -> TrainJob:
-    """Resolve a job from the robot config; ``options`` may override the training knobs."""
+def job_from_config(
+    config: Any, run_dir: Path, options: Any, base: Any, base_path: Path
+) -> TrainJob:
+    """Resolve a job from the robot config, the validated ``options`` (StartOptions) and the
+    committed ``base`` (CommittedBase) whose hash-checked weights are at ``base_path``."""
     lt = config.local_train
-    opts = dict(options or {})
     targets = lt.target_modules
-    batch = int(opts.pop("batch_size", lt.batch_size))
-    job = TrainJob(
+    batch = lt.batch_size
+    return TrainJob(
         run_dir=str(run_dir),
-        base_model=str(opts.pop("base_model", None) or resolve_base_model(config)),
-        episodes_root=str(opts.pop("episodes_root", None) or config.episodes_dir()),
+        base_model=str(base_path),
+        episodes_root=str(config.episodes_dir()),
         cache_dir=str(config.localtrain_dir() / "cache"),
         batch_size=batch,
-        steps=int(opts.pop("steps", lt.steps)),
-        max_seconds=float(opts.pop("max_seconds", lt.max_seconds)),
-        shuffle_buffer=int(opts.pop("shuffle_buffer", lt.shuffle_buffer or 2 * batch)),
-        window=int(opts.pop("window", lt.window)),
+        steps=options.steps if options.steps is not None else lt.steps,
+        max_seconds=options.max_seconds if options.max_seconds is not None else lt.max_seconds,
+        shuffle_buffer=lt.shuffle_buffer or 2 * batch,
+        window=lt.window,
         label=lt.label,
-        lr=float(opts.pop("lr", lt.lr)),
+        lr=lt.lr,
         lora_rank=lt.lora_rank,
         lora_alpha=lt.lora_alpha,
         lora_dropout=lt.lora_dropout,
         target_modules=list(CORE_TARGETS if targets == "core" else targets),
         holdout_fraction=lt.holdout_fraction,
-        min_episodes=int(opts.pop("min_episodes", lt.min_episodes)),
+        min_episodes=lt.min_episodes,
         checkpoint_every=lt.checkpoint_every,
-        seed=int(opts.pop("seed", lt.seed)),
+        seed=lt.seed,
         threads=lt.threads,
         nice=lt.nice,
         gate=GateSettings(
             max_action_change=lt.gate_max_action_change,
             min_improvement=lt.gate_min_improvement,
             closed_loop=lt.gate_closed_loop and config.uses_sim,
-            closed_loop_steps=int(opts.pop("closed_loop_steps", lt.gate_closed_loop_steps)),
+            closed_loop_steps=lt.gate_closed_loop_steps,
             sim=config.sim.model_dump(mode="json") if config.uses_sim else None,
             rate_hz=config.control.rate_hz,
         ),
-        export=bool(opts.pop("export", True)),
         robot_id=config.robot.id,
+        base_sha256=base.checkpoint_sha256,
+        base_version=base.version,
+        base_manifest_sha256=base.manifest_sha256,
     )
-    opts.pop("resume", None)
-    opts.pop("run_id", None)
-    if opts:
-        raise ValueError(f"unknown training options {sorted(opts)}")
-    if job.steps < 1 or job.batch_size < 1 or job.max_seconds <= 0:
-        raise ValueError("steps and batch_size must be >= 1 and max_seconds > 0")
-    return job

@@ -10,7 +10,13 @@ robot to IDLE and hands an accepted, exported candidate to the promoter (bundle 
 Start conditions (each refusal says which one failed): local training enabled, no fine-tune
 already running, mode IDLE or TRAINING, robot not moving, memory below CRITICAL, CPU below
 the warning temperature, battery (where known and not on mains) above ``min_battery_pct``,
-at least ``min_episodes`` usable recorded episodes, and a base model to train.
+at least ``min_episodes`` usable recorded episodes, and a committed cloud bundle whose torch
+weights are on the robot with the hash its manifest names (:mod:`.base`).
+
+What a caller may ask is :class:`~brain.localtrain.options.StartOptions` (no paths, no run
+id, never below the config's floors).  Status and error messages name no path on the robot
+(they reach the Robot API): run directories are shown relative to the work dir, anything
+else absolute as ``<path>``; worker.log and progress.ndjson keep the full detail.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,6 +39,7 @@ from typing import Any
 
 from brain.config import Config
 from brain.interface import CommandError
+from brain.localtrain.base import BaseRefused, CommittedBase, base_weights, committed_base
 from brain.localtrain.data import usable_episodes
 from brain.localtrain.guard import (
     Level,
@@ -41,6 +50,7 @@ from brain.localtrain.guard import (
     assess,
 )
 from brain.localtrain.job import EXIT_STOPPED, RUN_FILES, TrainJob, job_from_config
+from brain.localtrain.options import StartOptions, parse_options
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +59,8 @@ PROGRESS_KEYS = ("step", "steps", "loss", "elapsed_s", "eta_s")
 STOP_GRACE_S = 20.0  # after SIGTERM, the worker has this long to checkpoint before SIGKILL
 
 Promoter = Callable[[Path, dict[str, Any]], dict[str, Any]]
+#: An absolute path in a message (after a space, quote, paren or '=', or at the start).
+_ABS_PATH = re.compile(r"(?:^|(?<=[\s'\"(=:]))/[^\s'\",)]*")
 
 
 class StartRefused(CommandError):
@@ -110,6 +122,7 @@ class LocalTrainManager:
                 "state": self._state,
                 "run_id": None if self._job is None else Path(self._job.run_dir).name,
                 "run_dir": None if self._job is None else self._job.run_dir,
+                "base": None if self._job is None else self._job.base_version,
                 "pid": None if self._proc is None else self._proc.pid,
                 **{
                     k: self._progress.get(k)
@@ -121,28 +134,58 @@ class LocalTrainManager:
                 "message": self._message,
                 "last_result": self._last_result,
             }
-        return out
+        return self._public(out)
 
-    def start(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Start (or with ``{"resume": true}`` continue) a fine-tune; StartRefused says why not."""
-        opts = dict(options or {})
+    def _public(self, obj: Any) -> Any:
+        """``obj`` with every path made relative to the work dir, or hidden as ``<path>``."""
+        if isinstance(obj, dict):
+            return {k: self._public(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self._public(v) for v in obj]
+        if isinstance(obj, str) and "/" in obj:
+            return _ABS_PATH.sub(self._rel, obj)
+        return obj
+
+    def _rel(self, m: re.Match[str]) -> str:
+        p = m.group(0)
+        root = str(self.work_dir).rstrip("/") + "/"
+        return p[len(root) :] if p.startswith(root) else "<path>"
+
+    def run_dir(self, status: dict[str, Any]) -> Path | None:
+        """The absolute run directory of a status() (for local callers: CLI, tests)."""
+        rel = status.get("run_dir")
+        return None if rel is None else self.work_dir / rel
+
+    def start(self, options: StartOptions | dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start (or with ``{"resume": true}`` continue) a fine-tune.
+
+        Raises pydantic's ValidationError for options that are not :class:`StartOptions`
+        or below the config's floors, StartRefused naming every unmet start condition.
+        """
+        opts = parse_options(options, self.lt)
         with self._lock:
-            problems = self.check_start(opts)
+            problems, base, base_path = self._check(opts)
             if problems:
                 raise StartRefused(problems)
-            resume = bool(opts.get("resume"))
+            assert base is not None and base_path is not None
             try:
-                job = self._resume_job(opts) if resume else self._new_job(opts)
+                job = (
+                    self._resume_job(opts, base, base_path)
+                    if opts.resume
+                    else self._new_job(opts, base, base_path)
+                )
             except (ValueError, OSError) as exc:
-                raise CommandError(f"local training: {exc}") from None
+                raise CommandError(self._public(f"local training: {exc}")) from None
             if self.modes is not None and self.modes.mode.value == "idle":
                 self.modes.set_mode("training", "local fine-tune")
                 self._we_set_training = True
             try:
-                self._spawn(job, resume)
+                self._spawn(job, opts.resume)
             except OSError as exc:
                 self._back_to_idle()
-                raise CommandError(f"local training: cannot start the worker: {exc}") from None
+                raise CommandError(
+                    self._public(f"local training: cannot start the worker: {exc}")
+                ) from None
             return self.status()
 
     def stop(self, reason: str = "requested") -> dict[str, Any]:
@@ -179,25 +222,43 @@ class LocalTrainManager:
             self.stop("shutdown")
             self.wait(timeout)
 
-    def check_start(self, options: dict[str, Any] | None = None) -> list[str]:
+    def check_start(self, options: StartOptions | dict[str, Any] | None = None) -> list[str]:
         """Every reason a fine-tune may not start now (empty: it may)."""
-        opts = options or {}
+        return self._check(parse_options(options, self.lt))[0]
+
+    def _check(self, opts: StartOptions) -> tuple[list[str], CommittedBase | None, Path | None]:
+        """(problems, committed base, its hash-checked weights)."""
         problems: list[str] = []
         if not self.lt.enabled:
             problems.append("local training is disabled (local_train.enabled: false)")
         if self.running:
             problems.append("a fine-tune is already running")
         elif self._other_process_training():
-            problems.append(
-                "a fine-tune is already running in another process "
-                f"(it holds {self.work_dir / LOCK_NAME})"
-            )
+            problems.append("a fine-tune is already running in another process")
         if self.modes is not None:
             mode = self.modes.mode.value
             if mode not in ("idle", "training"):
                 problems.append(f"the robot is in {mode} mode; switch to idle first")
         if self.is_moving is not None and self.is_moving():
             problems.append("the robot is moving; stop it first")
+        problems += self._resource_problems()
+        need = self.lt.min_episodes
+        have = len(usable_episodes(Path(self.config.episodes_dir())))
+        if have < need:
+            problems.append(
+                f"only {have} recorded episode(s) with camera images; at least {need} are needed"
+            )
+        base: CommittedBase | None = None
+        base_path: Path | None = None
+        try:
+            base = committed_base(self.config)
+            base_path = base_weights(self.config, base)
+        except BaseRefused as exc:
+            problems.append(str(exc))
+        return problems, base, base_path
+
+    def _resource_problems(self) -> list[str]:
+        problems: list[str] = []
         a = assess(self.reader.read(), self.thresholds)
         r = a.readings
         if a.level >= Level.CRITICAL:
@@ -216,57 +277,52 @@ class LocalTrainManager:
                 f"battery at {r.battery_percent:.0f} % (< {self.thresholds.min_battery_pct:.0f} %)"
                 "; charge it or plug in"
             )
-        root = Path(opts.get("episodes_root") or self.config.episodes_dir())
-        need = int(opts.get("min_episodes", self.lt.min_episodes))
-        have = len(usable_episodes(root))
-        if have < need:
-            problems.append(
-                f"only {have} recorded episode(s) with camera images under {root}; "
-                f"at least {need} are needed"
-            )
-        if not opts.get("resume"):
-            from brain.localtrain.job import resolve_base_model
-
-            base = Path(opts.get("base_model") or resolve_base_model(self.config))
-            if not base.is_file():
-                problems.append(
-                    f"no base model to fine-tune: {base} does not exist "
-                    "(set local_train.base_model to a brain.model checkpoint)"
-                )
         return problems
 
     # ------------------------------------------------------------------ internals
 
-    def _new_job(self, opts: dict[str, Any]) -> TrainJob:
-        run_id = opts.get("run_id") or time.strftime("lt-%Y%m%d-%H%M%S", time.gmtime())
-        run_dir = self.work_dir / "runs" / str(run_id)
-        if run_dir.exists():
-            raise ValueError(f"run {run_id} exists already; resume it or pick another run_id")
-        job = job_from_config(self.config, run_dir, opts)
+    def _new_job(self, opts: StartOptions, base: CommittedBase, base_path: Path) -> TrainJob:
+        # Generated, never a caller's: the run directory is always a fresh child of runs/.
+        run_id = time.strftime("lt-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+        run_dir = self.work_dir / "runs" / run_id
+        job = job_from_config(self.config, run_dir, opts, base, base_path)
+        run_dir.mkdir(parents=True, exist_ok=False)
         job.write()
         return job
 
-    def _resume_job(self, opts: dict[str, Any]) -> TrainJob:
+    def _resume_job(self, opts: StartOptions, base: CommittedBase, base_path: Path) -> TrainJob:
+        """The newest unfinished run with a checkpoint, if it was pinned to today's base."""
         runs = self.work_dir / "runs"
-        if opts.get("run_id"):
-            run_dir = runs / str(opts["run_id"])
-        else:
-            cands = sorted(
-                (d for d in runs.glob("*") if (d / RUN_FILES["checkpoint"]).is_file()),
-                key=lambda d: d.stat().st_mtime,
-            )
-            cands = [d for d in cands if not (d / RUN_FILES["result"]).is_file()]
-            if not cands:
-                raise ValueError(f"no unfinished run with a checkpoint under {runs}")
-            run_dir = cands[-1]
-        if not (run_dir / RUN_FILES["checkpoint"]).is_file():
-            raise ValueError(f"{run_dir} has no checkpoint to resume from")
+        cands = sorted(
+            (
+                d
+                for d in runs.glob("*")
+                if not d.is_symlink() and (d / RUN_FILES["checkpoint"]).is_file()
+            ),
+            key=lambda d: d.stat().st_mtime,
+        )
+        cands = [d for d in cands if not (d / RUN_FILES["result"]).is_file()]
+        if not cands:
+            raise ValueError("no unfinished run with a checkpoint to resume")
+        run_dir = cands[-1]
         job = TrainJob.read(run_dir / RUN_FILES["job"])
-        # The budget may be extended on resume; everything else stays as the run began.
-        if "steps" in opts:
-            job.steps = int(opts["steps"])
-        if "max_seconds" in opts:
-            job.max_seconds = float(opts["max_seconds"])
+        if job.base_manifest_sha256 != base.manifest_sha256 or job.base_sha256 != (
+            base.checkpoint_sha256
+        ):
+            raise ValueError(
+                f"run {run_dir.name} was started on another committed model than "
+                f"{base.version}; start a new fine-tune"
+            )
+        # Where things are comes from the config again, never from the file.
+        job.run_dir = str(run_dir)
+        job.base_model = str(base_path)
+        job.episodes_root = str(self.config.episodes_dir())
+        job.cache_dir = str(self.config.localtrain_dir() / "cache")
+        # The budget may be extended on resume (never below the config's floors).
+        if opts.steps is not None:
+            job.steps = opts.steps
+        if opts.max_seconds is not None:
+            job.max_seconds = opts.max_seconds
         job.write()
         return job
 
@@ -415,7 +471,7 @@ class LocalTrainManager:
                         "accepted: " if ev.get("accepted") else "rejected: "
                     ) + "; ".join(ev.get("reasons") or [])
                 elif kind == "error":
-                    error = str(ev.get("message"))
+                    error = self._public(str(ev.get("message")))
                 elif kind == "done":
                     result = ev.get("result")
         rc = proc.wait()
@@ -447,7 +503,10 @@ class LocalTrainManager:
                     promo = self.promoter(Path(job.run_dir), result)
                 except Exception as exc:  # the adapter stays on disk; the robot keeps its policy
                     _log.exception("promotion failed")
-                    promo = {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
+                    promo = {
+                        "installed": False,
+                        "error": self._public(f"{type(exc).__name__}: {exc}"),
+                    }
                 with self._lock:
                     self._state = "finished"
                     assert self._last_result is not None

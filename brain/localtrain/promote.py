@@ -6,7 +6,11 @@ passed its parity check) and written ``export/export_report.json``.  Here:
 
 1. the base is the committed bundle in the OTA slots (the cloud-signed one the robot drives
    with): a local bundle must name it (``provenance.base_version`` and
-   ``base_manifest_sha256``), so without a committed bundle nothing is packed;
+   ``base_manifest_sha256``), so without a committed bundle nothing is packed; and the run
+   must have trained on exactly that bundle's weights: ``job.json`` pins the committed
+   manifest's sha256 and the weights' sha256 when the run starts, the worker records the
+   sha256 of the bytes it loaded in ``export_report.json``, and all of them must equal the
+   bundle committed *now* (``provenance.checkpoint_sha256``) -- or nothing is signed;
 2. :func:`brain.bundle.pack.build_bundle` packs the export with provenance ``source: local``
    and the base's release counter (local bundles do not advance the cloud's counter);
 3. the manifest is signed with the robot's ed25519 device key (``<state_dir>/device_key.pem``,
@@ -26,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from brain.config import Config
+from brain.localtrain.base import BaseRefused, CommittedBase
+from brain.localtrain.job import RUN_FILES, TrainJob
+from rlds.fsutil import read_json
 
 _log = logging.getLogger(__name__)
 
-BaseInfo = Callable[[], dict[str, Any] | None]
+BaseInfo = Callable[[], CommittedBase | None]
 Installer = Callable[[Path], dict[str, Any]]
 
 
@@ -68,33 +75,42 @@ class Promoter:
             "onnx_int8": export.get("int8"),
         }
         if not (export_dir / "export_report.json").is_file():
-            out["error"] = f"{export_dir} has no export_report.json; nothing to pack"
+            out["error"] = "the run has no export_report.json; nothing to pack"
             return out
-        base = self.base_info()
+        try:
+            base = self.base_info()
+        except BaseRefused as exc:
+            out["error"] = f"{exc}; the merged ONNX is left in the run directory"
+            return out
         if not base:
             out["error"] = (
                 "no committed bundle in the OTA slots to derive from (a local bundle must name "
                 "its cloud-signed base); the merged ONNX is left in the run directory"
             )
             return out
+        why = pin_mismatch(Path(run_dir), export_dir, base)
+        if why:
+            _log.error("promotion refused: %s", why)
+            out["error"] = f"promotion refused: {why}"
+            return out
         try:
             from brain.bundle.pack import build_bundle
         except ImportError:
             out["error"] = "brain.bundle is not installed; the merged ONNX is left in the run dir"
             return out
-        version = local_version(str(base["version"]), Path(run_dir).name)
+        version = local_version(base.version, Path(run_dir).name)
         archive = Path(run_dir) / f"{version}.bundle.tar"
         signer = self.sign if self.sign is not None else _device_signer(self.config)
         build_bundle(
             export_dir,
             archive,
             version=version,
-            release_counter=int(base.get("release_counter", 0)),
+            release_counter=base.release_counter,
             hardware_id=self.config.ota_hardware_id(),
             provenance={
                 "source": "local",
-                "base_version": str(base["version"]),
-                "base_manifest_sha256": str(base["manifest_sha256"]),
+                "base_version": base.version,
+                "base_manifest_sha256": base.manifest_sha256,
             },
             sign=signer,
         )
@@ -108,6 +124,28 @@ class Promoter:
         out["install"] = res
         out["installed"] = True
         return out
+
+
+def pin_mismatch(run_dir: Path, export_dir: Path, base: CommittedBase) -> str | None:
+    """Why the run's candidate is not a derivative of ``base`` (None when it is)."""
+    try:
+        job = TrainJob.read(run_dir / RUN_FILES["job"])
+        report = read_json(export_dir / "export_report.json")
+        trained_on = (report.get("source") or {}).get("base_model_sha256")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "the run's job.json or export_report.json cannot be read"
+    if job.base_manifest_sha256 != base.manifest_sha256:
+        return (
+            f"the run was started on another committed bundle than {base.version} "
+            "(the committed model changed while it trained)"
+        )
+    for what, sha in (("job.json pins", job.base_sha256), ("the worker loaded", trained_on)):
+        if sha != base.checkpoint_sha256:
+            return (
+                f"{what} base weights sha256 {str(sha)[:12]}, not the committed bundle "
+                f"{base.version}'s {base.checkpoint_sha256[:12]}"
+            )
+    return None
 
 
 def device_key_dir(config: Config) -> Path:

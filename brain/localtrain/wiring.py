@@ -3,7 +3,10 @@
 * "moving": the control loop's last output was not neutral, or (simulated robot) the car
   still rolls faster than :data:`MOVING_SPEED_MPS`;
 * promotion installs through the daemon's OTA updater (``BrainHandle.updater``) on the
-  daemon's event loop, so the hot swap, health window and rollback are the updater's own.
+  daemon's event loop, so the hot swap, health window and rollback are the updater's own;
+  the base it derives from is the committed bundle as the updater's state file and slot
+  record it (:func:`brain.localtrain.base.committed_base`), the same check the manager
+  made before training.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from brain.config import Config
+from brain.localtrain.base import committed_base
 from brain.localtrain.manager import LocalTrainManager
 from brain.localtrain.promote import Promoter
 
@@ -44,10 +48,6 @@ def make_daemon_trainer(
                 return True
         return False
 
-    def base_info() -> dict[str, Any] | None:
-        u = updater()
-        return None if u is None else u.status().get("committed")
-
     def install(archive: Path) -> dict[str, Any]:
         u, lp = updater(), loop()
         if u is None or lp is None:
@@ -55,5 +55,5 @@ def make_daemon_trainer(
         fut = asyncio.run_coroutine_threadsafe(u.install(archive), lp)
         return fut.result(INSTALL_TIMEOUT_S)
 
-    promoter = Promoter(config, base_info=base_info, install=install)
+    promoter = Promoter(config, base_info=lambda: committed_base(config), install=install)
     return LocalTrainManager(config, modes=modes, is_moving=is_moving, promoter=promoter)

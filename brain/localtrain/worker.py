@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -35,6 +38,8 @@ from brain.localtrain.job import EXIT_BAD_JOB, EXIT_ERROR, EXIT_STOPPED, TrainJo
 from rlds.fsutil import sha256_file
 
 CKPT_FORMAT = "continuon-localtrain-checkpoint/1"
+#: torch.load(weights_only=True) can run code from a crafted file before 2.6 (CVE-2025-32434).
+MIN_TORCH = (2, 6)
 #: INT8 is shipped only if its actions stay this close to FP32 on real frames (mean |diff|).
 INT8_MEAN_TOL = 0.05
 
@@ -75,6 +80,35 @@ class _StopFlag:
         return self.reason
 
 
+def check_torch(version: str) -> None:
+    """Refuse a torch whose ``weights_only`` loading is not safe."""
+    parts = [int(p) for p in re.findall(r"\d+", version.split("+")[0])[:2]]
+    if tuple(parts) < MIN_TORCH:
+        raise RuntimeError(
+            f"torch {version} is older than {'.'.join(map(str, MIN_TORCH))}: its weights_only "
+            "loading is not safe (CVE-2025-32434); upgrade torch"
+        )
+
+
+def read_pinned_base(job: TrainJob) -> tuple[str, bytes]:
+    """The base weights' bytes, read once, and their sha256, which must be the job's pin.
+
+    Hashing the very bytes that are then loaded (not the file, then the file again) leaves
+    no window in which the file could be swapped between the check and the load.
+    """
+    if not job.base_sha256:
+        raise ValueError("job.json pins no base model sha256; start a new fine-tune")
+    with open(job.base_model, "rb") as f:
+        blob = f.read()
+    sha = hashlib.sha256(blob).hexdigest()
+    if sha != job.base_sha256:
+        raise ValueError(
+            f"the base weights (sha256 {sha[:12]}) are not the committed model the run was "
+            f"started on (sha256 {job.base_sha256[:12]})"
+        )
+    return sha, blob
+
+
 def lower_priority(nice: int, threads: int) -> None:
     """Before torch is imported: nice, and every thread pool capped."""
     if nice:
@@ -111,11 +145,10 @@ class Trainer:
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
         torch.manual_seed(job.seed)
-        base_path = Path(job.base_model)
-        if not base_path.is_file():
-            raise FileNotFoundError(f"base model {base_path} does not exist")
-        self.base_sha = sha256_file(base_path)
-        self.policy = load_policy(base_path).eval()
+        check_torch(torch.__version__)
+        self.base_sha, blob = read_pinned_base(job)
+        self.policy = load_policy(io.BytesIO(blob)).eval()
+        del blob
         self.cfg = self.policy.config
         eps = D.usable_episodes(Path(job.episodes_root))
         if len(eps) < job.min_episodes:
@@ -569,6 +602,8 @@ def run(job: TrainJob, *, resume: bool = False) -> int:
         return EXIT_STOPPED
     result: dict[str, Any] = {
         "run_dir": job.run_dir,
+        "base_sha256": tr.base_sha,
+        "base_version": job.base_version,
         "steps": tr.step,
         "ended_by": reason,
         "train_s": round(tr.elapsed, 2),

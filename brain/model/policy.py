@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -215,9 +215,15 @@ def save_policy(policy: Policy, path: str | os.PathLike[str]) -> None:
     )
 
 
-def load_policy(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Policy:
-    """Inverse of :func:`save_policy` (``torch.load(weights_only=True)``)."""
-    blob = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+def load_policy(
+    path: str | os.PathLike[str] | BinaryIO, map_location: str | torch.device = "cpu"
+) -> Policy:
+    """Inverse of :func:`save_policy` (``torch.load(weights_only=True)``).
+
+    ``path`` may be an open binary file: the local trainer loads the very bytes it hashed.
+    """
+    src = path if hasattr(path, "read") else os.fspath(path)  # type: ignore[arg-type]
+    blob = torch.load(src, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
     policy = Policy(ModelConfig.from_dict(blob["config"]))

@@ -67,6 +67,7 @@ def local_verifier(config: Config) -> Callable[[Path, Any], Any]:
     def verify(bundle_dir: Path, state: Any) -> Any:
         from brain.bundle.manifest import read_manifest
         from brain.ota.device_key import verify_local_bundle
+        from brain.ota.slots import Slots
         from brain.ota.updater import UpdateRefused
 
         base = state.committed
@@ -77,7 +78,15 @@ def local_verifier(config: Config) -> Callable[[Path, Any], Any]:
             raise UpdateRefused(
                 "no device public key (ota.device_public_key, or <state_dir>/device_key.pub)"
             )
-        base_manifest = read_manifest(config.ota_dir() / "slots" / base.slot)
+        slots = Slots(config.ota_dir())
+        # The base's manifest is compared field by field below (source, hardware, specs):
+        # it must be the very file the updater committed, not whatever lies in the slot now.
+        if slots.manifest_sha256(base.slot) != base.manifest_sha256:
+            raise UpdateRefused(
+                f"the committed slot {base.slot} no longer holds the committed bundle "
+                f"{base.version}; a local bundle cannot be checked against it"
+            )
+        base_manifest = read_manifest(slots.path(base.slot))
         return verify_local_bundle(
             bundle_dir,
             device_public_key=key,

@@ -11,7 +11,9 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from brain.localtrain.options import StartOptions
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,10 +73,10 @@ class ExportBody(_Body):
     split: Annotated[str, Field(pattern=r"^[0-9., ]{1,64}$")] | None = None
 
 
-class TrainingStartBody(RootModel[dict[str, Any]]):
-    """Options for the local trainer (it validates them itself); a JSON object."""
-
-    model_config = ConfigDict(strict=True)
+# The local trainer's own options model (strict, bounded, no paths, no run id): the API
+# refuses a bad body with 422 before the brain sees it, and the trainer checks it again
+# against the config's floors.
+TrainingStartBody = StartOptions
 
 
 class Empty(_Body):

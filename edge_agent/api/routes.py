@@ -239,7 +239,10 @@ async def training(request: web.Request) -> web.Response:
 
 async def training_start(request: web.Request) -> web.Response:
     body = await read_body(request, TrainingStartBody)
-    return _json(request.app[BRAIN].start_training(body.root))
+    # Only the fields the client sent: the trainer fills the rest from the config.  On a
+    # thread: the start check hashes the base weights and scans the episodes.
+    opts = body.model_dump(exclude_unset=True)
+    return _json(await asyncio.to_thread(request.app[BRAIN].start_training, opts))
 
 
 async def training_stop(request: web.Request) -> web.Response:
