@@ -320,6 +320,8 @@ class Updater:
         if target.release_counter <= st.release_counter:
             return {"result": "up to date", **self.status()}
         why = st.failed_reason(target.version)
+        if why is not None and source is not None:  # asked to install it: that is a refusal
+            raise UpdateRefused(f"{target.version} failed before ({why}); not retried")
         if why is not None:
             return {
                 "result": f"{target.version} failed before ({why}); not retried",
