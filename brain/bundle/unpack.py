@@ -30,7 +30,7 @@ from brain.bundle.manifest import (
     EdgeManifest,
     parse_manifest,
 )
-from brain.bundle.onnx_check import check_onnx_file
+from brain.bundle.onnx_check import check_onnx_bytes
 from rlds.fsutil import fsync_dir
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: far above any Pi-sized policy, far below the SD card
@@ -168,7 +168,7 @@ def check_models(directory: Path, manifest: EdgeManifest) -> None:
     """Every ONNX artifact must be self-contained (brain.bundle.onnx_check)."""
     for name in sorted(manifest.artifacts):
         if name.endswith(".onnx"):
-            check_onnx_file(directory / name)
+            check_onnx_bytes((directory / name).read_bytes(), name)
 
 
 def _check_space(where: Path, need: int) -> None:

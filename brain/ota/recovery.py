@@ -66,7 +66,10 @@ class BootRecovery:
         if st.phase in IN_PROGRESS:
             st = self._interrupted(st)
         st = self._check_committed(st)
-        self.store.save(st)
+        try:
+            self.store.save(st)
+        except OSError as exc:  # a full disk must not stop the robot booting on its slot
+            self.notes.append(f"state file not updated ({exc.strerror}); recovery runs again")
         if st.committed is not None:
             with contextlib.suppress(OSError):
                 if self.store.load_committed() != st.committed:
