@@ -138,6 +138,15 @@ def _variants(model: bytes) -> dict[str, bytes]:
     fn.node.append(helper.make_node("Constant", [], ["y"], value=ext_tensor("fc")))
     out["function body"] = m.SerializeToString()
     m = onnx.load_model_from_string(model)
+    fn = m.functions.add()
+    fn.name, fn.domain = "g", "custom"
+    fn.attribute_proto.append(helper.make_attribute("default", ext_tensor("fd")))
+    out["function attribute default"] = m.SerializeToString()
+    m = onnx.load_model_from_string(model)
+    info = m.training_info.add()
+    info.initialization.CopyFrom(helper.make_graph([], "init", [], [], [ext_tensor("ti")]))
+    out["training_info initialization"] = m.SerializeToString()
+    m = onnx.load_model_from_string(model)
     sp = m.graph.sparse_initializer.add()
     sp.values.CopyFrom(ext_tensor("sv"))
     sp.indices.CopyFrom(numpy_helper.from_array(np.arange(4, dtype=np.int64), "si"))
@@ -162,6 +171,58 @@ def test_external_data_is_refused_wherever_the_tensor_sits(bundles):
         print(f"{where}: {ei.value}")
     with pytest.raises(BundleError, match="not a loadable ONNX model"):
         check_onnx_bytes(b"\x08\x07garbage" * 10, "junk.onnx")
+
+
+def test_the_onnx_subset_matches_onnx_own_schema():
+    """Our protobuf subset (no onnx import in the daemon) has onnx.proto's numbers and types."""
+    from onnx import onnx_ml_pb2
+
+    from brain.bundle.onnx_check import _SCHEMA, EXTERNAL
+
+    assert onnx_ml_pb2.TensorProto.EXTERNAL == EXTERNAL
+    for msg, fields in _SCHEMA.items():
+        theirs = {f.name: f for f in getattr(onnx_ml_pb2, msg).DESCRIPTOR.fields}
+        for name, number, typ, repeated in fields:
+            f = theirs[name]
+            assert f.number == number, (msg, name)
+            theirs_repeated = (
+                f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+            )
+            assert theirs_repeated == repeated, (msg, name)
+            if f.message_type is not None:
+                assert f.message_type.name == typ, (msg, name)
+            else:
+                assert typ in ("string", "int32"), (msg, name)
+    # every place onnx.proto can hold a tensor or a graph is walked
+    holders = {"TensorProto", "SparseTensorProto", "GraphProto", "AttributeProto", "NodeProto"}
+    for msg in ("ModelProto", "GraphProto", "NodeProto", "AttributeProto", "FunctionProto",
+                "TrainingInfoProto", "SparseTensorProto"):  # fmt: skip
+        for f in getattr(onnx_ml_pb2, msg).DESCRIPTOR.fields:
+            if f.message_type is not None and f.message_type.name in holders:
+                assert f.name in {n for n, *_ in _SCHEMA[msg]}, (msg, f.name)
+
+
+def test_the_check_does_not_import_onnx(tmp_path, bundles):
+    """The daemon pays neither the onnx package's import (~0.7 s) nor its memory."""
+    import sys
+
+    from tests.ota_craft import read_members
+
+    _, model = read_members(bundles["v1"])
+    (tmp_path / "ok.onnx").write_bytes(model)
+    (tmp_path / "ext.onnx").write_bytes(external_data_model(model))
+    code = (
+        "import sys; from brain.policy.model import load_model; "
+        "from brain.bundle.onnx_check import check_onnx_file; "
+        f"m = load_model({str(tmp_path / 'ok.onnx')!r}); "
+        "import brain.bundle.manifest as bm\n"
+        f"try: check_onnx_file({str(tmp_path / 'ext.onnx')!r})\n"
+        "except bm.BundleError: pass\n"
+        "else: raise SystemExit('not refused')\n"
+        "assert 'onnx' not in sys.modules, 'onnx imported'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
 
 
 def test_load_refuses_external_data_that_onnxruntime_would_load(tmp_path, bundles):
