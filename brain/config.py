@@ -320,6 +320,10 @@ class ApiConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     # Side-loaded update bundles (POST /api/v1/updates/upload) are streamed to disk up to this.
     max_upload_bytes: Annotated[int, Field(ge=1024 * 1024, le=8 * 1024**3)] = 1024**3
+    # An upload holds the one upload slot: it is dropped (408) when no bytes arrive for
+    # upload_idle_timeout_s, or when the whole body has not arrived in upload_timeout_s.
+    upload_idle_timeout_s: Annotated[float, Field(ge=1, le=600)] = 30.0
+    upload_timeout_s: Annotated[float, Field(ge=5, le=86400)] = 1800.0
     # Browser origins allowed besides the robot's own (same host and port), e.g. a dev server.
     allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(
         default_factory=list

@@ -192,6 +192,72 @@ class RecordingUpdater:
         return {"rolled_back": True}
 
 
+def test_a_stalled_upload_gives_the_upload_slot_back(tmp_path):
+    """An owner who opens an upload and stops sending (or trickles) is dropped with 408; the
+    other uploads get 409 only meanwhile, never indefinitely."""
+
+    async def raw_upload(api, token, declared, first, *, trickle_s=None):
+        host, port = api.client.server.host, api.client.server.port
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            (
+                f"POST /api/v1/updates/upload HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {declared}\r\n\r\n"
+            ).encode()
+            + first
+        )
+        await writer.drain()
+
+        async def trickle():
+            while trickle_s is not None:
+                await asyncio.sleep(trickle_s)
+                writer.write(b"z")
+                await writer.drain()
+
+        t = asyncio.ensure_future(trickle())
+        try:
+            status_line = await asyncio.wait_for(reader.readline(), 15)
+            rest = await asyncio.wait_for(reader.read(4096), 5)
+        finally:
+            t.cancel()
+            writer.close()
+        return status_line.decode(), rest.decode(errors="replace")
+
+    async def body():
+        over = {"api.upload_idle_timeout_s": 1.0, "api.upload_timeout_s": 5.0}
+        async with running_api(tmp_path, **over) as api:
+            token = await api.token()
+            oct_h = dict(api.bearer(token), **{"Content-Type": "application/octet-stream"})
+            updater = RecordingUpdater()
+            api.daemon.brain.updater = updater
+            uploads = api.config.state_dir() / "edge" / "uploads"
+            t0 = time.monotonic()
+            stalled = asyncio.ensure_future(raw_upload(api, token, 1_000_000, b"x" * 1000))
+            await asyncio.sleep(0.3)
+            resp = await api.client.post("/api/v1/updates/upload", data=b"a" * 100, headers=oct_h)
+            assert resp.status == 409  # while the stalled one holds the slot
+            line, rest = await stalled
+            idle_took = time.monotonic() - t0
+            assert " 408 " in line and "upload_idle_timeout_s" in rest, (line, rest)
+            resp = await api.client.post("/api/v1/updates/upload", data=b"b" * 100, headers=oct_h)
+            assert resp.status == 200, await resp.text()  # the slot is free again
+            assert [got for _, got in updater.installed] == [b"b" * 100]
+            # a trickle (one byte every 0.3 s) never idles out, but the total limit ends it
+            t0 = time.monotonic()
+            line, rest = await raw_upload(api, token, 1_000_000, b"y", trickle_s=0.3)
+            total_took = time.monotonic() - t0
+            assert " 408 " in line and "upload_timeout_s" in rest, (line, rest)
+            resp = await api.client.post("/api/v1/updates/upload", data=b"c" * 100, headers=oct_h)
+            assert resp.status == 200
+            assert list(uploads.iterdir()) == []  # abandoned bodies are not kept
+            return idle_took, total_took
+
+    idle_took, total_took = asyncio.run(body())
+    assert 0.9 < idle_took < 4.0, idle_took
+    assert 4.9 < total_took < 9.0, total_took
+
+
 def test_update_upload_streams_to_disk_with_a_limit(tmp_path):
     async def body():
         limit = 2 * 1024 * 1024

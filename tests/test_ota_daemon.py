@@ -205,6 +205,42 @@ def test_daemon_boots_on_the_committed_slot_and_cli_talks_to_it(tmp_path, repo, 
     assert version == "1.0.0"
 
 
+def test_ota_install_of_a_version_that_failed_before_is_refused_with_exit_1(tmp_path, repo, capsys):
+    """docs/ota.md: refused -> exit 1, offline and through the daemon alike."""
+    from brain.ota.state import FailedVersion, OtaState
+
+    publish(repo, make_bundle(tmp_path / "bundles" / "v1.tar", "1.0.0", 1))
+    raw = sim_config(tmp_path, **ota_overrides(tmp_path, repo[0]))
+    raw["ota"].pop("repository_url")
+    cfg_path = tmp_path / "robot.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    ota_dir = tmp_path / "state" / "ota"
+    ota_dir.mkdir(parents=True)
+    failed = FailedVersion(version="1.0.0", release_counter=1, reason="NaN on the track")
+    StateStore(ota_dir).save(OtaState(phase="rolled_back", failed=[failed]))
+    install = ["ota", "install", str(repo[0]), "--config", str(cfg_path)]
+
+    assert cli_main(install) == 1  # no daemon
+    err = capsys.readouterr().err
+    assert "1.0.0 failed before (NaN on the track); not retried" in err
+
+    async def body():
+        from brain.daemon import Daemon
+        from edge_agent.control_socket import make_service
+
+        daemon = Daemon(parse_config(raw), services=[make_service])
+        task = await _start(daemon)
+        rc = await asyncio.to_thread(cli_main, install)
+        status = daemon.brain.update_status()
+        await _stop(daemon, task)
+        return rc, status
+
+    rc, status = asyncio.run(body())
+    assert rc == 1 and "not retried" in capsys.readouterr().err
+    assert status["committed"] is None and status["phase"] == "rolled_back"  # nothing began
+    assert not (ota_dir / "slots" / "A").exists()  # nothing was downloaded into a slot
+
+
 def test_policy_model_in_config_overrides_the_slot(tmp_path, repo):
     from brain.policy.testing import build_dummy_policy
 

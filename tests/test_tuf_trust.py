@@ -537,6 +537,44 @@ def test_conformance_cli_protocol(tmp_path, published):
         assert main(["--metadata-dir", str(md), "--metadata-url", murl, "refresh"]) == 1
 
 
+def test_conformance_cli_downloads_every_target_name_in_order(tmp_path, published):
+    """--target-name repeats (the client protocol allows it): all of them, in order, one refresh."""
+    from brain.ota.conformance import main
+
+    _, repo = published
+    md, targets = tmp_path / "cmeta", tmp_path / "ctargets"
+    md.mkdir()
+    targets.mkdir()
+    names = ["donkey-pi5-1.1.0.tar", "arm-pi5-9.0.0.tar", "donkey-pi5-1.0.0.tar"]
+    with serve(repo.dir) as srv:
+        murl, turl = f"{srv.url}/metadata", f"{srv.url}/targets"
+        assert main(["--metadata-dir", str(md), "init", str(repo.meta_dir / "1.root.json")]) == 0
+
+        def dl(*target_names: str) -> list[str]:
+            return [
+                "--metadata-dir", str(md), "--metadata-url", murl, "--target-base-url", turl,
+                "--target-dir", str(targets),
+                *[a for n in target_names for a in ("--target-name", n)], "download",
+            ]  # fmt: skip
+
+        assert main(dl(*names)) == 0
+
+        def fetched(since: int = 0) -> list[str]:  # names as served: <sha256>.<name>
+            paths = [p for p, _ in srv.requests[since:] if p.startswith("/targets/")]
+            return [p.rsplit("/", 1)[-1].split(".", 1)[-1] for p in paths]
+
+        assert fetched() == names
+        assert sum(p.endswith("timestamp.json") for p, _ in srv.requests) == 1  # one updater
+        assert sorted(p.name for p in targets.iterdir()) == sorted(names)
+        # a missing target in the middle: exit 1, and what follows it is not fetched
+        shutil.rmtree(targets)
+        targets.mkdir()
+        n = len(srv.requests)
+        assert main(dl(names[0], "no-such.tar", names[1])) == 1
+        assert fetched(n) == [names[0]]
+        assert [p.name for p in targets.iterdir()] == [names[0]]
+
+
 def test_conformance_cli_runs_as_a_module(tmp_path, published):
     _, repo = published
     md = tmp_path / "m"

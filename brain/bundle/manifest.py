@@ -28,8 +28,9 @@ SCHEMA_VERSION = 1
 Backend = Literal["onnx_int8", "onnx_fp32", "litert_fp32"]
 BACKENDS: tuple[str, ...] = ("onnx_int8", "onnx_fp32", "litert_fp32")
 #: Model file suffixes a bundle may carry; an allowlist, so a pickle (.pt, .pkl, .ckpt, .npy)
-#: or a script can never ride along.  ``.data``: ONNX external weights.
-ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".data")
+#: or a script can never ride along.  No ``.data``: models are self-contained (no ONNX
+#: external weights, see brain.bundle.onnx_check).
+ARTIFACT_SUFFIXES = (".onnx", ".tflite")
 _BACKEND_SUFFIX = {"onnx_int8": ".onnx", "onnx_fp32": ".onnx", "litert_fp32": ".tflite"}
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -168,11 +169,11 @@ class EdgeManifest(_Strict):
                 raise ValueError(f"artifact name {name!r} is not a plain file name")
             if not name.endswith(ARTIFACT_SUFFIXES):
                 raise ValueError(f"artifact {name!r}: only {ARTIFACT_SUFFIXES} files are allowed")
-            if not name.endswith((_BACKEND_SUFFIX[art.backend], ".data")):
+            if not name.endswith(_BACKEND_SUFFIX[art.backend]):
                 raise ValueError(f"artifact {name!r} does not fit backend {art.backend}")
         if len(set(self.preferred_backends)) != len(self.preferred_backends):
             raise ValueError(f"preferred_backends has duplicates: {self.preferred_backends}")
-        have = {a.backend for n, a in self.artifacts.items() if not n.endswith(".data")}
+        have = {a.backend for a in self.artifacts.values()}
         missing = [b for b in self.preferred_backends if b not in have]
         if missing:
             raise ValueError(f"preferred_backends {missing} have no artifact")
@@ -181,9 +182,9 @@ class EdgeManifest(_Strict):
         return self
 
     def model_file(self, backend: str) -> str | None:
-        """The model file (not external data) for ``backend``, or None."""
+        """The model file for ``backend``, or None."""
         for name, art in sorted(self.artifacts.items()):
-            if art.backend == backend and not name.endswith(".data"):
+            if art.backend == backend:
                 return name
         return None
 

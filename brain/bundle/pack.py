@@ -30,6 +30,7 @@ from brain.bundle.manifest import (
     BundleError,
     EdgeManifest,
 )
+from brain.bundle.onnx_check import check_onnx_file
 
 REPORT_NAME = "export_report.json"
 #: Suffixes refused outright with a pointed message (the allowlist would refuse them anyway).
@@ -67,11 +68,12 @@ def check_artifact_file(path: Path) -> None:
         raise BundleError(f"{path}: not a regular file")
     if st.st_mode & 0o111:
         raise BundleError(f"{path}: has execute permission bits; bundles hold nothing executable")
-    if not name.endswith(".data"):
-        with open(path, "rb") as f:
-            what = forbidden_content(f.read(SNIFF_BYTES))
-        if what:
-            raise BundleError(f"{path}: content is {what}, not a model")
+    with open(path, "rb") as f:
+        what = forbidden_content(f.read(SNIFF_BYTES))
+    if what:
+        raise BundleError(f"{path}: content is {what}, not a model")
+    if name.endswith(".onnx"):
+        check_onnx_file(path)
 
 
 def _load_report(export_dir: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from brain.bundle.manifest import (
     EdgeManifest,
     parse_manifest,
 )
+from brain.bundle.onnx_check import check_onnx_bytes
 from rlds.fsutil import fsync_dir
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: far above any Pi-sized policy, far below the SD card
@@ -151,7 +152,7 @@ def _stage(archive: Path, stage: Path, max_bytes: int) -> EdgeManifest:
                 raise BundleError(
                     f"{archive}: {m.name} is {m.size} bytes, the manifest says {entry.size}"
                 )
-            digest = _copy_member(src, stage / m.name, m.size, sniff=not m.name.endswith(".data"))
+            digest = _copy_member(src, stage / m.name, m.size, sniff=True)
             if digest != entry.sha256:
                 raise BundleError(f"{archive}: {m.name} sha256 mismatch (corrupt or tampered)")
     if manifest is None:
@@ -159,7 +160,15 @@ def _stage(archive: Path, stage: Path, max_bytes: int) -> EdgeManifest:
     missing = sorted(set(manifest.artifacts) - seen)
     if missing:
         raise BundleError(f"{archive}: files listed in the manifest are missing: {missing}")
+    check_models(stage, manifest)
     return manifest
+
+
+def check_models(directory: Path, manifest: EdgeManifest) -> None:
+    """Every ONNX artifact must be self-contained (brain.bundle.onnx_check)."""
+    for name in sorted(manifest.artifacts):
+        if name.endswith(".onnx"):
+            check_onnx_bytes((directory / name).read_bytes(), name)
 
 
 def _check_space(where: Path, need: int) -> None:
@@ -292,4 +301,5 @@ def verify_bundle_dir(
                 h.update(chunk)
         if h.hexdigest() != entry.sha256:
             raise BundleError(f"{p}: sha256 mismatch (corrupt or tampered)")
+    check_models(d, manifest)
     return manifest

@@ -5,7 +5,11 @@ Run as ``python -m brain.ota.conformance`` (the executable the suite is pointed 
     python -m brain.ota.conformance --metadata-dir DIR init TRUSTED_ROOT
     python -m brain.ota.conformance --metadata-dir DIR --metadata-url URL refresh
     python -m brain.ota.conformance --metadata-dir DIR --metadata-url URL \\
-        --target-name NAME --target-base-url URL --target-dir DIR download
+        --target-name NAME [--target-name NAME ...] --target-base-url URL \\
+        --target-dir DIR download
+
+``--target-name`` may repeat: the targets are downloaded in the order given, on
+one repository refreshed once; the first failure ends the run with exit 1.
 
 Exit status 0 on success, 1 on any failure (the protocol's contract), 2 on usage errors.
 Everything goes through :class:`brain.ota.trust.TrustedRepository`, the same code the
@@ -29,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metadata-dir", type=Path, required=True)
     p.add_argument("--metadata-url")
-    p.add_argument("--target-name")
+    p.add_argument("--target-name", action="append", default=[])
     p.add_argument("--target-base-url")
     p.add_argument("--target-dir", type=Path)
     p.add_argument("command", choices=["init", "refresh", "download"])
@@ -68,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("download needs --target-name, --target-base-url and --target-dir")
         repo = _repo(args, args.target_dir)
         repo.refresh()
-        path = repo.download_by_name(args.target_name, args.target_dir, resume=False)
-        print(f"downloaded {args.target_name} to {path}")
+        for name in args.target_name:
+            path = repo.download_by_name(name, args.target_dir, resume=False)
+            print(f"downloaded {name} to {path}")
         return 0
     except (TrustError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

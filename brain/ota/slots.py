@@ -4,16 +4,20 @@ Layout of the updater directory (``ota.slots_dir``)::
 
     state.json  committed.json  updater.lock
     slots/A/  slots/B/          one unpacked, verified bundle each (or absent)
+    slots/.staging-*/           a bundle being verified (deleted on failure and at boot)
     slots/.X*/                  an unpack in progress (brain.bundle.unpack; deleted at boot)
     slots/.trash-*/             a slot being deleted (deleted at boot)
     downloads/                  resumable downloads (the trust layer's)
     metadata/                   TUF metadata (the trust layer's)
 
-Why unpack beside the slot and rename: a bundle appears under ``slots/X``
-only once every file in it is written, hash-checked and fsync'd; a crash
-while unpacking leaves a staging directory that boot recovery removes.
-Only the inactive slot is ever written or deleted; the committed one is
-read-only for the updater.
+Why a staging directory beside the slots: an incoming bundle is unpacked and
+verified in full (every file's size and hash, the manifest, its trust) in
+``slots/.staging-*`` before the inactive slot is touched, so a rejected upload,
+a truncated download or a full disk never costs the bundle that slot holds (the
+previous one, kept for rollback).  Staging lives on the slots' own filesystem,
+so placing a verified bundle is a rename, not a copy.  A crash leaves a staging
+directory that boot recovery removes.  Only the inactive slot is ever written
+or deleted; the committed one is read-only for the updater.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "edge_manifest.json"
 SLOT_NAMES: tuple[SlotName, SlotName] = ("A", "B")
+STAGING_PREFIX = ".staging-"
 
 
 class SlotError(RuntimeError):
@@ -63,19 +68,43 @@ class Slots:
         fsync_dir(self.dir)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def stage(self, archive: Path, slot: SlotName) -> EdgeManifest:
-        """Unpack ``archive`` into ``slot`` (verified, fsync'd); the old slot content is gone.
+    def new_staging(self) -> Path:
+        """A fresh (not yet existing) staging path beside the slots, same filesystem."""
+        self.ensure()
+        return self.dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
 
-        On any failure (bad bundle, full disk) nothing is left under ``slot``
-        and the error propagates; the other slot is never touched.
-        """
+    def unpack_staging(self, archive: Path, staging: Path) -> EdgeManifest:
+        """Unpack and verify ``archive`` into ``staging`` (fsync'd); no slot is touched.
+
+        On failure nothing is left at ``staging`` (brain.bundle.unpack cleans up)."""
         from brain.bundle.unpack import unpack_bundle
 
-        self.ensure()
+        return unpack_bundle(Path(archive), staging)
+
+    def place(self, staging: Path, slot: SlotName) -> None:
+        """Make a verified staging directory ``slot``: what was there goes, in two renames.
+
+        A crash between the renames leaves the slot absent and the staging
+        directory behind, which boot recovery treats like any interrupted install.
+        """
         self.clear(slot)
-        # unpack_bundle stages beside the slot and renames the finished, fsync'd directory
-        # into place, so a crash leaves either no slot or a complete one.
-        return unpack_bundle(Path(archive), self.path(slot))
+        os.rename(staging, self.path(slot))
+        fsync_dir(self.dir)
+
+    def discard(self, staging: Path) -> None:
+        """Remove a staging directory (a rejected or failed install)."""
+        if staging.parent == self.dir and staging.name.startswith(STAGING_PREFIX):
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def stage(self, archive: Path, slot: SlotName) -> EdgeManifest:
+        """Unpack ``archive`` in staging, then into ``slot``; on failure ``slot`` is unchanged."""
+        staging = self.new_staging()
+        try:
+            manifest = self.unpack_staging(archive, staging)
+            self.place(staging, slot)
+        finally:
+            self.discard(staging)
+        return manifest
 
     def cleanup(self) -> list[str]:
         """Remove what a crash left behind (staging and trash dirs); returns their names."""
@@ -85,7 +114,7 @@ class Slots:
 
         removed = [p.name for p in clean_staging(self.dir)]
         for p in self.dir.iterdir():
-            if p.name.startswith((".staging-", ".trash-")):
+            if p.name.startswith((STAGING_PREFIX, ".trash-")):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed

@@ -6,18 +6,16 @@ before its work starts (so that boot recovery knows what was interrupted)::
     idle -> downloading -> verifying -> unpacking -> staged -> switching -> trial
          -> committed | rolled_back            (failed: refused or broken on the way)
 
-Boot recovery (:meth:`Updater.recover`) after a crash, SIGKILL or power cut:
+Verification happens in a staging directory beside the slots
+(:meth:`Updater._stage`): the archive is unpacked there with every file's
+size and hash checked, then :meth:`Updater.verify_candidate` checks what the
+manifest claims (hardware, actions, release counter, failed before) and who
+vouches for it (a signed TUF target, or the device key for a local
+derivative).  Only a bundle that passed all of it is renamed into the
+inactive slot, so a rejected upload, a failed or truncated download or a full
+disk leaves both the committed and the previous bundle as they were.
 
-* downloading / verifying / unpacking: the inactive slot may be half written;
-  it is deleted (the download itself resumes next time).  Not held against the
-  bundle: the robot, not the model, was interrupted.
-* staged: the bundle is complete and fsync'd; it is re-verified and its trial
-  resumes once the daemon runs (:meth:`Updater.resume`).
-* switching / trial: a restart while the new model had the wheel counts as a
-  FAILED trial: the version is remembered as failed and the robot boots on the
-  last committed slot.
-* a state file that cannot be parsed: the error is reported and the robot
-  boots on the slot named by ``committed.json`` (the last-known-good record).
+Boot recovery after a crash, SIGKILL or power cut is :mod:`brain.ota.recovery`.
 
 The committed slot is never written by an install; only the inactive slot is.
 Failed versions are never retried, and the release counter of committed
@@ -33,35 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from brain.config import OtaConfig
 from brain.ota.health import HealthMonitor, HealthReport, HealthThresholds
 from brain.ota.lock import UpdaterBusy, UpdaterLock
-from brain.ota.slots import SlotError, Slots
-from brain.ota.state import (
-    IN_PROGRESS,
-    TRIAL_PHASES,
-    FailedVersion,
-    OtaState,
-    SlotName,
-    SlotRecord,
-    StateError,
-    StateStore,
-)
+from brain.ota.recovery import BootRecovery
+from brain.ota.recovery import failed_record as _failed
+from brain.ota.slots import MANIFEST_NAME, Slots
+from brain.ota.smoke import SmokeTestFailed, load_bundle_policy, smoke_test
+from brain.ota.state import OtaState, SlotName, SlotRecord, StateStore
 from rlds.fsutil import sha256_file
 
 if TYPE_CHECKING:
-    from brain.bundle.manifest import EdgeManifest
     from brain.policy import LoadedModel, PolicyRunner
+
+# smoke_test and load_bundle_policy are looked up here at call time (tests patch them).
+__all__ = ["STEPS", "SmokeTestFailed", "UpdateRefused", "Updater", "load_bundle_policy"]
 
 _log = logging.getLogger(__name__)
 
@@ -71,68 +63,6 @@ STEPS = ("download", "verify", "unpack", "fsync", "switch", "trial", "commit")
 
 class UpdateRefused(RuntimeError):
     """The bundle may not be installed (trust, compatibility, counter, failed before)."""
-
-
-class SmokeTestFailed(RuntimeError):
-    """The new model misbehaved on a test image before it was given the wheel."""
-
-
-# ----------------------------------------------------------------------------- policy loading
-
-
-def load_bundle_policy(
-    bundle_dir: Path,
-    manifest: EdgeManifest,
-    *,
-    threads: int = 1,
-    action_names: tuple[str, ...] | None = None,
-) -> LoadedModel:
-    """Load (and warm up) the policy of an unpacked bundle: the one place that picks a backend.
-
-    The first backend of the bundle's ``preferred_backends`` that loads on this
-    robot wins (:func:`brain.policy.backends.load_preferred`); the model is
-    named after the bundle's version.
-    """
-    from brain.policy.backends import load_preferred
-
-    files: dict[str, str] = {}
-    for name, art in manifest.artifacts.items():
-        backend = getattr(art, "backend", None)
-        if backend and backend not in files:
-            files[backend] = name
-    preferred = list(manifest.preferred_backends) or list(files)
-    model, _backend = load_preferred(
-        bundle_dir,
-        preferred,
-        files,
-        threads,
-        action_names=action_names,
-        version=str(manifest.version),
-    )
-    return model
-
-
-def smoke_test(model: LoadedModel, steps: int, max_latency_ms: float | None) -> dict[str, float]:
-    """Run ``steps`` steps on a grey image with carried state; raise SmokeTestFailed if bad."""
-    h, w = model.input_size
-    image = np.full((h, w, 3), 128, dtype=np.uint8)
-    state = model.initial_recurrent()
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        try:
-            action, state = model.step(image, state)
-        except Exception as exc:
-            raise SmokeTestFailed(f"step {i} raised {type(exc).__name__}: {exc}") from exc
-        times.append(time.perf_counter() - t0)
-        if not np.isfinite(action).all() or not all(np.isfinite(v).all() for v in state.values()):
-            raise SmokeTestFailed(f"step {i} produced NaN/Inf outputs")
-    median_ms = float(np.median(times) * 1000.0)
-    if max_latency_ms is not None and median_ms > max_latency_ms:
-        raise SmokeTestFailed(
-            f"a step takes {median_ms:.1f} ms on this robot, the bundle allows {max_latency_ms} ms"
-        )
-    return {"median_step_ms": round(median_ms, 3)}
 
 
 # ----------------------------------------------------------------------------- the updater
@@ -223,94 +153,12 @@ class Updater:
         self.lock.release()
 
     def recover(self) -> OtaState:
-        """Bring the state and slots back to something consistent; see the module docstring."""
+        """Bring the state and slots back to something consistent (brain.ota.recovery)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.slots.ensure()
-        self.store.cleanup_temp()
-        self.boot_notes = [f"removed {n}" for n in self.slots.cleanup()]
-        try:
-            st = self.store.load()
-        except StateError as exc:
-            st = self._fallback_state(str(exc))
-        if st.phase in IN_PROGRESS:
-            st = self._recover_interrupted(st)
-        st = self._check_committed(st)
-        self.state = st
-        self.store.save(st)
-        if st.committed is not None:
-            with contextlib.suppress(OSError):
-                if self.store.load_committed() != st.committed:
-                    self.store.save_committed(st.committed)
-        for note in self.boot_notes:
-            _log.warning("ota: %s", note)
-        return st
-
-    def _fallback_state(self, error: str) -> OtaState:
-        """state.json is unreadable: keep it for inspection, boot on the last-known-good."""
-        _log.error("%s; falling back to the last-known-good slot", error)
-        with contextlib.suppress(OSError):
-            os.replace(
-                self.store.path, self.store.path.with_name(f"state.corrupt-{int(time.time())}")
-            )
-        rec = self.store.load_committed()
-        counter = rec.release_counter if rec else 0
-        # Never let a lost state file lower the replay protection.
-        for slot in ("A", "B"):
-            with contextlib.suppress(Exception):
-                counter = max(counter, int(self.slots.verify(slot).release_counter))
-        self.boot_notes.append(
-            f"state file unreadable ({error}); booting on "
-            + (f"last-known-good {rec.version} (slot {rec.slot})" if rec else "no model")
-        )
-        return OtaState(committed=rec, release_counter=counter, last_error=error)
-
-    def _recover_interrupted(self, st: OtaState) -> OtaState:
-        cand = st.candidate
-        if st.phase in TRIAL_PHASES and cand is not None:
-            why = f"the daemon restarted during the {st.phase} of {cand.version}"
-            self.boot_notes.append(f"{why}: counted as a failed trial, back on the committed slot")
-            return st.with_(
-                phase="rolled_back",
-                candidate=None,
-                failed=[*st.failed, _failed(cand, why)],
-                trial_started_at=None,
-                last_error=why,
-                last_result=f"rolled back {cand.version}",
-            )
-        if st.phase == "staged" and cand is not None:
-            try:
-                self.slots.verify(cand.slot, cand.manifest_sha256)
-                self.boot_notes.append(f"{cand.version} is staged in slot {cand.slot}; will try it")
-                return st
-            except (SlotError, OSError) as exc:
-                why = f"staged bundle unusable after restart: {exc}"
-        else:
-            why = f"install interrupted while {st.phase}"
-        inactive = st.inactive_slot()
-        self.slots.clear(inactive)
-        self.boot_notes.append(f"{why}; slot {inactive} cleared")
-        return st.with_(phase="failed", candidate=None, last_error=why, trial_started_at=None)
-
-    def _check_committed(self, st: OtaState) -> OtaState:
-        """The committed slot must verify; else fall back to the previous one, else none."""
-        rec = st.committed
-        if rec is None:
-            return st
-        try:
-            self.slots.verify(rec.slot, rec.manifest_sha256)
-            return st
-        except (SlotError, OSError) as exc:
-            problem = str(exc)
-        prev = st.previous
-        if prev is not None:
-            try:
-                self.slots.verify(prev.slot, prev.manifest_sha256)
-                self.boot_notes.append(f"{problem}; booting on the previous bundle {prev.version}")
-                return st.with_(committed=prev, previous=None, last_error=problem)
-            except (SlotError, OSError):
-                pass
-        self.boot_notes.append(f"{problem}; no verified bundle to boot on")
-        return st.with_(committed=None, previous=None, last_error=problem)
+        rec = BootRecovery(self.store, self.slots)
+        self.state = rec.run()
+        self.boot_notes = rec.notes
+        return self.state
 
     def active_bundle(self) -> Path | None:
         """The directory of the committed bundle to boot on (None: none installed)."""
@@ -446,6 +294,17 @@ class Updater:
         self.store.save(self.state)
         return self.state
 
+    def _fail(self, exc: BaseException) -> None:
+        """Record a refused or failed install; a full disk must not hide the real error.
+
+        If the state file cannot be written (ENOSPC), the running updater still
+        knows and reports it, and boot recovery sorts out the phase on disk.
+        """
+        try:
+            self._save(phase="failed", candidate=None, last_error=_msg(exc))
+        except OSError as save_exc:
+            _log.error("ota: cannot record the failure (%s): %s", _msg(save_exc), _msg(exc))
+
     async def _check(self, source: Path | None) -> dict[str, Any]:
         assert self._repository is not None
         try:
@@ -461,27 +320,30 @@ class Updater:
         if target.release_counter <= st.release_counter:
             return {"result": "up to date", **self.status()}
         why = st.failed_reason(target.version)
+        if why is not None and source is not None:  # asked to install it: that is a refusal
+            raise UpdateRefused(f"{target.version} failed before ({why}); not retried")
         if why is not None:
             return {
                 "result": f"{target.version} failed before ({why}); not retried",
                 **self.status(),
             }
-        self._save(phase="downloading", last_error=None, last_result=None)
-        self._step("download")
-        self.download_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self._save(phase="downloading", last_error=None, last_result=None)
+            self._step("download")
+            self.download_dir.mkdir(parents=True, exist_ok=True)
             archive = await asyncio.to_thread(repo.download, target, self.download_dir)
         except Exception as exc:
-            self._save(phase="failed", last_error=f"download of {target.version}: {exc}")
+            # No slot was touched: a failed or truncated download costs nothing stored.
+            self._fail(_Context(f"download of {target.version}", exc))
             raise
         return await self._install_archive(Path(archive), target)
 
     async def _install_file(self, archive: Path) -> dict[str, Any]:
-        self._save(phase="verifying", candidate=None, last_error=None, last_result=None)
         try:
+            self._save(phase="verifying", candidate=None, last_error=None, last_result=None)
             target = await asyncio.to_thread(self._find_target, archive)
         except Exception as exc:
-            self._save(phase="failed", candidate=None, last_error=_msg(exc))
+            self._fail(exc)
             raise
         return await self._install_archive(archive, target)
 
@@ -506,22 +368,20 @@ class Updater:
         return None
 
     async def _install_archive(self, archive: Path, target: Any | None) -> dict[str, Any]:
-        st = self._save(phase="verifying", candidate=None, last_error=None, last_result=None)
-        slot = st.inactive_slot()
         try:
+            st = self._save(phase="verifying", candidate=None, last_error=None, last_result=None)
             self._step("verify")
             if target is not None:
                 size, sha = archive.stat().st_size, await asyncio.to_thread(sha256_file, archive)
                 if size != target.length or dict(target.hashes).get("sha256") != sha:
                     raise UpdateRefused(
-                        f"{archive}: does not match the signed target {target.name}"
+                        f"{archive.name}: does not match the signed target {target.name}"
                     )
             self._save(phase="unpacking")
             self._step("unpack")
-            cand = await asyncio.to_thread(self._stage, archive, slot, target)
+            cand = await asyncio.to_thread(self._stage, archive, st.inactive_slot(), target)
         except Exception as exc:
-            await asyncio.to_thread(self._discard, slot)
-            self._save(phase="failed", candidate=None, last_error=_msg(exc))
+            self._fail(exc)
             raise
         if self.policy is None:
             return {
@@ -531,22 +391,47 @@ class Updater:
         return await self._switch_and_trial(cand)
 
     def _stage(self, archive: Path, slot: SlotName, target: Any | None) -> Candidate:
-        """unpack into the inactive slot, check the manifest, fsync, record as staged."""
-        manifest = self.slots.stage(archive, slot)
-        self._check_manifest(manifest, slot, target)
-        self._step("fsync")
-        record = SlotRecord(
-            slot=slot,
-            version=str(manifest.version),
-            release_counter=int(manifest.release_counter),
-            manifest_sha256=self.slots.manifest_sha256(slot),
-            source=_source(manifest),
-        )
-        self.slots.verify(slot, record.manifest_sha256)  # every file, after the rename
-        self._save(phase="staged", candidate=record)
-        return Candidate(record, manifest)
+        """Unpack and verify in staging; only a bundle that passed everything goes into ``slot``.
 
-    def _check_manifest(self, manifest: Any, slot: SlotName, target: Any | None) -> None:
+        Until the rename into ``slot`` nothing stored changes; on any failure
+        the staging directory is removed (and at boot, if we crash first).
+        """
+        staging = self.slots.new_staging()
+        placed = False
+        try:
+            manifest = self.slots.unpack_staging(archive, staging)  # sizes, hashes, fsync
+            self.verify_candidate(manifest, staging, target)  # trust
+            sha = sha256_file(staging / MANIFEST_NAME)
+            self._step("fsync")
+            prev = self.state.previous
+            if prev is not None and prev.slot == slot:  # about to be replaced: no rollback to it
+                self._save(previous=None)
+            self.slots.place(staging, slot)
+            placed = True
+            record = SlotRecord(
+                slot=slot,
+                version=str(manifest.version),
+                release_counter=int(manifest.release_counter),
+                manifest_sha256=sha,
+                source=_source(manifest),
+            )
+            self.slots.verify(slot, record.manifest_sha256)  # every file, after the rename
+            self._save(phase="staged", candidate=record)
+            return Candidate(record, manifest)
+        except BaseException:
+            if placed:  # in the slot but not recorded: not vouched for, never booted on
+                with contextlib.suppress(OSError):
+                    self.slots.clear(slot)
+            raise
+        finally:
+            self.slots.discard(staging)
+
+    def verify_candidate(self, manifest: Any, bundle_dir: Path, target: Any | None) -> None:
+        """Everything a bundle must satisfy before it may replace the inactive slot.
+
+        ``bundle_dir`` is the staging copy, already checked file by file against
+        ``manifest``; raises UpdateRefused naming the first problem.
+        """
         st = self.state
         if manifest.hardware_id != self.hardware_id:
             raise UpdateRefused(
@@ -563,7 +448,7 @@ class Updater:
                 f"bundle {manifest.version} drives actions {list(names)}, "
                 f"this robot has {list(self.action_names)}"
             )
-        sha = self.slots.manifest_sha256(slot)
+        sha = sha256_file(bundle_dir / MANIFEST_NAME)
         why = st.failed_reason(str(manifest.version), sha)
         if why is not None:
             raise UpdateRefused(f"bundle {manifest.version} failed before ({why}); not retried")
@@ -578,7 +463,7 @@ class Updater:
 
             check_manifest_matches(target, manifest)
         elif local and self._verify_local is not None:
-            self._verify_local(self.slots.path(slot), st)
+            self._verify_local(bundle_dir, st)
         elif self.require_signature:
             what = "a device-signed local bundle" if local else "a signed target of the repository"
             hint = f" ({self._repo_problem})" if self._repo_problem else ""
@@ -587,12 +472,6 @@ class Updater:
                 "directory, or configure ota.repository_url"
                 + ("" if not local else " and ota.device_public_key")
             )
-
-    def _discard(self, slot: SlotName) -> None:
-        if self.state.committed is not None and self.state.committed.slot == slot:
-            return  # never: the committed slot is not ours to delete
-        with contextlib.suppress(OSError):
-            self.slots.clear(slot)
 
     async def _switch_and_trial(self, cand: Candidate) -> dict[str, Any]:
         assert self.policy is not None and self.monitor is not None
@@ -700,15 +579,6 @@ class Updater:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _failed(rec: SlotRecord, reason: str) -> FailedVersion:
-    return FailedVersion(
-        version=rec.version,
-        release_counter=rec.release_counter,
-        manifest_sha256=rec.manifest_sha256,
-        reason=reason,
-    )
-
-
 def _rec(rec: SlotRecord | None) -> dict[str, Any] | None:
     return None if rec is None else rec.model_dump(mode="json")
 
@@ -719,7 +589,16 @@ def _source(manifest: Any) -> str:
     return "local" if src == "local" else "cloud"
 
 
+class _Context(Exception):
+    """An error with what was being done (e.g. the download of a version) in front."""
+
+    def __init__(self, what: str, exc: BaseException):
+        super().__init__(f"{what}: {_msg(exc)}")
+
+
 def _msg(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno is not None and exc.errno == 28:
-        return f"disk full while staging: {exc}"
-    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, UpdateRefused) else str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full: {exc.strerror} ({exc.filename or 'the updater directory'})"
+    if isinstance(exc, UpdateRefused | _Context):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

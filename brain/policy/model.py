@@ -43,6 +43,7 @@ Only ``onnxruntime`` is needed at run time (not the ``onnx`` package, not torch)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -54,7 +55,6 @@ import numpy as np
 import onnxruntime as ort
 
 from brain.imaging import resize_rgb
-from rlds.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _static_shape(path: Path, what: str, shape: Sequence[Any]) -> tuple[int, ...
     return tuple(out)
 
 
-def _make_session(path: Path, threads: int) -> ort.InferenceSession:
+def _make_session(path: Path, data: bytes, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -183,9 +183,7 @@ def _make_session(path: Path, threads: int) -> ort.InferenceSession:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only; we raise our own messages
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several private exception types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PolicyLoadError(path, f"not a loadable ONNX model ({msg})") from exc
@@ -262,11 +260,20 @@ def load_model(
     if not p.is_file():
         raise PolicyLoadError(p, "no such file" if not p.exists() else "not a regular file")
     try:
-        digest = sha256_file(p)
+        data = p.read_bytes()
     except OSError as exc:
         raise PolicyLoadError(p, f"cannot be read: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    # The bytes checked are the bytes run: no tensor may pull weights from another file.
+    from brain.bundle.manifest import BundleError
+    from brain.bundle.onnx_check import check_onnx_bytes
 
-    session = _make_session(p, threads)
+    try:
+        check_onnx_bytes(data, p.name)
+    except BundleError as exc:
+        raise PolicyLoadError(p, str(exc).removeprefix(f"{p.name}: ")) from None
+    session = _make_session(p, data, threads)
+    del data
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
 

@@ -13,6 +13,8 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 def _error_responses(spec: RouteSpec, public: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     codes = ["400", "404", "409", "413", "415", "422"] if spec.body or spec.kind == "upload" else []
+    if spec.kind == "upload":
+        codes.append("408")  # the body stalled or took too long
     if spec.method == "DELETE":
         codes.append("404")
     if not public:

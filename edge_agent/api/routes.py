@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,8 @@ async def updates_upload(request: web.Request) -> web.Response:
     lock = request.app[UPLOAD_LOCK]
     if lock.locked():
         raise ApiError(409, "busy", "another update upload is in progress")
+    # One upload at a time, so a client that stops sending must not keep the lock: the
+    # body has to keep arriving (api.upload_idle_timeout_s) and end in api.upload_timeout_s.
     async with lock:
         folder = config.state_dir() / "edge" / "uploads"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -305,7 +307,7 @@ async def updates_upload(request: web.Request) -> web.Response:
         try:
             with os.fdopen(fd, "wb") as f:
                 total = 0
-                async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
+                async for chunk in _body_chunks(request, config):
                     total += len(chunk)
                     if total > limit:
                         msg = f"the bundle is larger than api.max_upload_bytes {limit}"
@@ -319,6 +321,29 @@ async def updates_upload(request: web.Request) -> web.Response:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+async def _body_chunks(request: web.Request, config: Config) -> AsyncIterator[bytes]:
+    """The request body in chunks; 408 when it stalls or takes too long in all."""
+    loop = asyncio.get_running_loop()
+    idle, total = config.api.upload_idle_timeout_s, config.api.upload_timeout_s
+    deadline = loop.time() + total
+    while True:
+        left = deadline - loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(request.content.readany(), min(idle, left))
+        except TimeoutError:
+            why = (
+                f"no data for api.upload_idle_timeout_s {idle:g} s"
+                if left > idle
+                else f"not complete within api.upload_timeout_s {total:g} s"
+            )
+            raise ApiError(408, "upload_timeout", f"upload abandoned: {why}") from None
+        if not chunk:
+            return
+        yield chunk
 
 
 # ----------------------------------------------------------------------------- the table
