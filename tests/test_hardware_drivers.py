@@ -9,6 +9,7 @@ timestamps and frameset sharing.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -156,7 +157,7 @@ except HardwareUnavailable as exc:
         (
             "pyrealsense2",
             lambda: RealSenseCamera(CameraConfig(driver="realsense"), None),
-            "pip install 'continuon-brain[pi]'",
+            "pip install 'continuon-brain[realsense]'",
         ),
         ("adafruit_pca9685", lambda: PCA9685Car(car_cfg()), "raspi-config"),
         ("board", lambda: PCA9685Car(car_cfg()), "pip install 'continuon-brain[pi]'"),
@@ -192,6 +193,38 @@ def test_blinka_refusing_the_board_is_hardware_unavailable(
     monkeypatch.setattr(sys, "meta_path", [Refusing(), *sys.meta_path])
     with pytest.raises(HardwareUnavailable, match="Board not supported"):
         require("refusing_board_lib", driver="pca9685", install_hint="hint")
+
+
+def test_a_dependency_missing_inside_the_library_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blinka's `board` on a Pi 5 without python3-libgpiod: name gpiod, not just `board`."""
+    (tmp_path / "gpiod_needing_board.py").write_text("import gpiod_absent_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HardwareUnavailable) as info:
+        require("gpiod_needing_board", driver="pca9685", install_hint="apt install it")
+    msg = str(info.value)
+    assert "It needs the module 'gpiod_absent_here', which is missing" in msg
+    assert "apt install it" in msg
+
+
+def test_any_exception_at_import_becomes_hardware_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "abi_broken_lib.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility. "
+        "Expected 96 from C header, got 88 from PyObject')\n"
+    )
+    (tmp_path / "plain_broken_lib.py").write_text("raise LookupError('no sensor table')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HardwareUnavailable) as info:
+        require("abi_broken_lib", driver="picamera2", install_hint="unused")
+    msg = str(info.value)
+    assert "ValueError: numpy.dtype size changed" in msg
+    assert f"numpy in this environment is {np.__version__}" in msg
+    assert ("pip install 'numpy<2'" in msg) == np.__version__.startswith("2.")
+    with pytest.raises(HardwareUnavailable, match=r"LookupError: no sensor table.*the hint"):
+        require("plain_broken_lib", driver="x", install_hint="the hint")
 
 
 # ----------------------------------------------------------------------------- PWM board
@@ -696,3 +729,21 @@ def test_factory_opens_real_drivers(
     cam.start()
     with pytest.raises(RuntimeError):
         cam.enable_depth(DepthConfig(driver="realsense"))
+
+
+def test_daemon_refuses_to_start_without_pyrealsense2(tmp_path: Path) -> None:
+    """The RealSense arm without pyrealsense2: exit 1 and a message naming extra and docs."""
+    code = (
+        "import sys; sys.modules['pyrealsense2'] = None\n"
+        "from brain.cli import main\n"
+        f"sys.exit(main(['run', '--config', {str(REPO / 'configs' / 'pi5-realsense-arm.yaml')!r},"
+        " '--log-format', 'text']))\n"
+    )
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1, r.stderr
+    assert "cannot start: realsense driver: the Python module 'pyrealsense2'" in r.stderr
+    assert "continuon-brain[realsense]" in r.stderr and "docs/install-pi.md" in r.stderr
+    assert "Traceback" not in r.stderr

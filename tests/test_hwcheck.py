@@ -1,4 +1,4 @@
-"""`continuon hw-check`: SKIPs without hardware, the simulated robot, decoders, I2C, the runner."""
+"""`continuon hw-check`: FAIL for missing hardware, the sim robot, decoders, I2C, the runner."""
 
 from __future__ import annotations
 
@@ -94,12 +94,10 @@ def by_name(results: list[checks.CheckResult]) -> dict[str, checks.CheckResult]:
 # ----------------------------------------------------------------------------- no hardware
 
 
-@pytest.mark.parametrize(
-    "cfg_name", ["sim-donkey.yaml", "pi5-donkey.yaml", "pi5-realsense-arm.yaml"]
-)
-def test_no_hardware_every_hardware_check_skips_with_a_reason(
-    cfg_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_sim_config_every_hardware_check_skips_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    cfg_name = "sim-donkey.yaml"
     log = tmp_path / "out" / "hw.json"
     rc = cli_main(["hw-check", "--config", str(CONFIGS / cfg_name), "--log-json", str(log)])
     out = capsys.readouterr().out
@@ -114,9 +112,6 @@ def test_no_hardware_every_hardware_check_skips_with_a_reason(
     assert results["disk"]["status"] in (PASS, WARN)
     for name in HOST_CHECKS:  # real readings on a Pi, SKIP with a reason elsewhere
         assert results[name]["status"] in (PASS, WARN, SKIP), results[name]
-    if not Path("/dev/i2c-1").exists() and cfg_name != "sim-donkey.yaml":
-        assert "/dev/i2c-1 does not exist" in results["i2c"]["summary"]
-
     fails = sum(r["status"] == FAIL for r in data["results"])
     assert rc == (1 if fails else 0) == 0
     counts = {s: sum(r["status"] == s for r in data["results"]) for s in (PASS, WARN, FAIL, SKIP)}
@@ -134,11 +129,75 @@ def test_no_hardware_every_hardware_check_skips_with_a_reason(
         assert any(line.startswith(name) and r["status"] in line for line in out.splitlines())
 
 
+@pytest.mark.parametrize("cfg_name", ["pi5-donkey.yaml", "pi5-realsense-arm.yaml"])
+def test_a_configured_robot_without_its_hardware_fails(
+    cfg_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No camera library, no I2C bus, no PCA9685 library: this robot cannot drive → exit 1."""
+    log = tmp_path / "hw.json"
+    rc = cli_main(["hw-check", "--config", str(CONFIGS / cfg_name), "--log-json", str(log)])
+    out = capsys.readouterr().out
+    res = {r["name"]: r for r in json.loads(log.read_text())["results"]}
+    assert rc == 1
+    assert res["camera"]["status"] == FAIL, res["camera"]
+    if cfg_name == "pi5-donkey.yaml":
+        assert "'picamera2'" in res["camera"]["summary"]
+        assert "apt install python3-picamera2" in res["camera"]["summary"]
+        assert "depth" not in res or res["depth"]["status"] == SKIP
+    else:
+        for name in ("camera", "depth"):
+            summary = res[name]["summary"]
+            assert res[name]["status"] == FAIL, res[name]
+            assert "'pyrealsense2'" in summary and "continuon-brain[realsense]" in summary
+            assert "docs/install-pi.md" in summary
+        assert res["sync"]["status"] == SKIP and "see camera" in res["sync"]["summary"]
+    assert res["actuators"]["status"] == FAIL
+    assert "'adafruit_pca9685'" in res["actuators"]["summary"]
+    assert "continuon-brain[pi]" in res["actuators"]["summary"]
+    assert res["i2c"]["status"] == FAIL
+    if not Path("/dev/i2c-1").exists():
+        assert "/dev/i2c-1 does not exist" in res["i2c"]["summary"]
+    assert not any("the check itself failed" in r["summary"] for r in res.values())
+    assert "FAIL" in out.splitlines()[-1] and " 0 FAIL" not in out.splitlines()[-1]
+
+
 def test_missing_picamera2_names_the_module_and_the_fix() -> None:
     ctx = CheckContext(load_config(CONFIGS / "pi5-donkey.yaml"))
     res = run_check(ctx, "camera", check_camera)
-    assert res.status == SKIP
+    assert res.status == FAIL
     assert "picamera2" in res.summary and "apt install" in res.summary
+
+
+@pytest.mark.parametrize(
+    ("error", "numpy_fix"),
+    [
+        (
+            "ValueError('numpy.dtype size changed, may indicate binary incompatibility. "
+            "Expected 96 from C header, got 88 from PyObject')",
+            True,
+        ),
+        ("ImportError('numpy.core.multiarray failed to import')", True),
+        ("AttributeError('_ARRAY_API not found')", True),
+        ("KeyError('sensor_modes')", False),
+    ],
+)
+def test_camera_library_failing_at_import_fails_with_the_fix(
+    error: str, numpy_fix: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever picamera2's import raises, the camera check FAILs naming package and fix."""
+    pkg = tmp_path / "site" / "picamera2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"raise {error}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "picamera2")
+    res = run_check(CheckContext(load_config(CONFIGS / "pi5-donkey.yaml")), "camera", check_camera)
+    assert res.status == FAIL, res
+    assert "'picamera2' cannot be imported" in res.summary
+    assert not res.summary.startswith("the check itself failed")
+    if numpy_fix:
+        assert "numpy ABI mismatch" in res.summary and "pip install 'numpy<2'" in res.summary
+    else:
+        assert "KeyError" in res.summary and "apt install python3-picamera2" in res.summary
 
 
 def test_console_script_subprocess(tmp_path: Path) -> None:
@@ -167,7 +226,8 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
     fails = data["summary"][FAIL]
     assert proc.returncode == (1 if fails else 0), proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("hw-check: ")
-    assert data["summary"][SKIP] >= len(HARDWARE_CHECKS)
+    if not Path("/dev/i2c-1").exists():  # no Pi here: the car cannot drive, the run fails
+        assert proc.returncode == 1 and fails >= 1
 
 
 # ----------------------------------------------------------------------------- --sim
@@ -533,12 +593,13 @@ def test_i2c_scan(
         assert "i2cdetect -y 1" in res.summary
 
 
-def test_i2c_skips_without_bus_or_library(dev_dir: Path, tmp_path: Path) -> None:
+def test_i2c_fails_without_bus_or_library(dev_dir: Path, tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "pi5-donkey.yaml")
     res = run_check(CheckContext(cfg, dev_dir=tmp_path / "empty"), "i2c", check_i2c)
-    assert res.status == SKIP and "does not exist" in res.summary and "raspi-config" in res.summary
+    assert res.status == FAIL and "does not exist" in res.summary and "raspi-config" in res.summary
     res = run_check(CheckContext(cfg, dev_dir=dev_dir), "i2c", check_i2c)  # libs are None
-    assert res.status == SKIP and "no I2C library" in res.summary
+    assert res.status == FAIL and "no I2C library" in res.summary
+    assert "pip install smbus2" in res.summary
 
 
 def test_i2c_bus_error_fails_plainly(dev_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -547,6 +608,7 @@ def test_i2c_bus_error_fails_plainly(dev_dir: Path, monkeypatch: pytest.MonkeyPa
 
     FakeBusio([]).install(monkeypatch)
     monkeypatch.setattr(sys.modules["busio"], "I2C", no_bus)
+    monkeypatch.setitem(sys.modules, "adafruit_pca9685", types.ModuleType("adafruit_pca9685"))
     ctx = CheckContext(load_config(CONFIGS / "pi5-donkey.yaml"), dev_dir=dev_dir)
     results = by_name(run_checks(ctx, [("i2c", check_i2c), ("actuators", check_actuators)]))
     assert results["i2c"].status == FAIL

@@ -32,7 +32,7 @@ _DRIVER = "pca9685"
 _FULL_SCALE = 0xFFFF
 
 
-def _i2c_modules(cfg: PCA9685Config) -> tuple[Any, ...]:
+def require_driver_modules(cfg: PCA9685Config) -> tuple[Any, ...]:
     """Import what opening the board needs; fails before touching any device."""
     pca_mod = require("adafruit_pca9685", driver=_DRIVER, install_hint=PCA9685_HINT)
     if cfg.i2c_bus == 1:
@@ -56,7 +56,7 @@ class PwmBoard:
     @classmethod
     def open(cls, cfg: PCA9685Config) -> PwmBoard:
         """Open the bus and the chip and set its frequency; HardwareUnavailable if absent."""
-        mods = _i2c_modules(cfg)
+        mods = require_driver_modules(cfg)
         pca_mod = mods[0]
         where = f"I2C bus {cfg.i2c_bus}"
         try:
@@ -164,7 +164,7 @@ class PCA9685Car:
         self._open_board = open_board or PwmBoard.open
         self._sleep = sleep or time.sleep
         if open_board is None:
-            _i2c_modules(cfg.pca9685)  # fail at construction if the library is missing
+            require_driver_modules(cfg.pca9685)  # fail at construction if the library is missing
         self._board: PwmBoard | None = None
         self._armed = False
         self.last_pulses_us: dict[str, int] = {}
@@ -277,7 +277,7 @@ class PCA9685Arm:
         self.action_spec = arm_action_spec(cfg)
         self._open_board = open_board or PwmBoard.open
         if open_board is None:
-            _i2c_modules(cfg.pca9685)
+            require_driver_modules(cfg.pca9685)
         self._board: PwmBoard | None = None
         self._commanded_us: dict[str, int] = {}
         self.last_pulses_us: dict[str, int] = {}

@@ -1,10 +1,13 @@
 """The individual hw-check checks and the runner that strings them together.
 
 Each check is a small function ``check(ctx) -> CheckResult`` that can be run
-and tested on its own.  A check that cannot run on this machine (no library,
-no device node, nothing configured) raises :class:`Skip` with a sentence saying
-why; the runner turns that into SKIP, and any other exception into FAIL with
-its text, so that a bug in one check never hides the results of the others.
+and tested on its own.  A check with nothing to check (the device is not
+configured, or simulated) raises :class:`Skip` with a sentence saying why; the
+runner turns that into SKIP.  A configured device whose library cannot be
+imported or whose bus is absent raises HardwareUnavailable, which becomes FAIL
+with the driver's message (package and fix): a robot that cannot drive must not
+pass.  Any other exception is FAIL with its text, so that a bug in one check
+never hides the results of the others.
 
 Nothing here moves an actuator unless ``ctx.move`` is set (``--move``); without
 it the actuator check writes nothing at all, not even neutral.
@@ -205,25 +208,19 @@ class CheckContext:
         self._started.append(dev)
 
     def realsense_devices(self) -> list[dict[str, Any]]:
-        """RealSense devices on USB; Skip when pyrealsense2 is not installed."""
+        """RealSense devices on USB; HardwareUnavailable when pyrealsense2 cannot be imported."""
         if "realsense" not in self._cache:
             from brain.hardware import realsense_camera
 
-            try:
-                self._cache["realsense"] = realsense_camera.list_devices()
-            except HardwareUnavailable as exc:
-                raise Skip(str(exc)) from exc
+            self._cache["realsense"] = realsense_camera.list_devices()
         return self._cache["realsense"]
 
     def picameras(self) -> list[dict[str, Any]]:
-        """Cameras libcamera sees; Skip when picamera2 is not installed."""
+        """Cameras libcamera sees; HardwareUnavailable when picamera2 cannot be imported."""
         if "picamera2" not in self._cache:
             from brain.hardware import picamera2_camera
 
-            try:
-                self._cache["picamera2"] = picamera2_camera.list_cameras()
-            except HardwareUnavailable as exc:
-                raise Skip(str(exc)) from exc
+            self._cache["picamera2"] = picamera2_camera.list_cameras()
         return self._cache["picamera2"]
 
     def i2c_probe(self) -> dict[str, Any]:
@@ -295,15 +292,17 @@ def probe_i2c(
     """Look for a device at ``cfg.address`` on ``cfg.i2c_bus``; reads only, writes nothing.
 
     Uses busio/board (bus 1) or adafruit_extended_bus (other buses) to scan the
-    bus, else smbus2 to read one byte at the address.  Raises Skip when the bus
-    device node or every I2C library is missing.  Returns ``{"bus", "address",
-    "found", "addresses" (None for a single-address probe), "method"}``.
+    bus, else smbus2 to read one byte at the address.  Raises HardwareUnavailable
+    when the bus device node or every I2C library is missing: the PCA9685 is
+    configured, so a bus that cannot be reached means a car that cannot drive.
+    Returns ``{"bus", "address", "found", "addresses" (None for a single-address
+    probe), "method"}``.
     """
     node = dev_dir / f"i2c-{cfg.i2c_bus}"
     if not node.exists():
-        raise Skip(
+        raise HardwareUnavailable(
             f"no I2C bus: {node} does not exist (enable I2C with `sudo raspi-config`, "
-            "Interface Options > I2C)"
+            "Interface Options > I2C, and reboot)"
         )
     missing: list[str] = []
     try:
@@ -331,7 +330,9 @@ def probe_i2c(
         smbus2 = require("smbus2", driver="i2c scan", install_hint=SMBUS_HINT)
     except HardwareUnavailable as exc:
         missing.append(str(exc))
-        raise Skip(f"no I2C library to scan {node} with ({'; '.join(missing)})") from exc
+        raise HardwareUnavailable(
+            f"no I2C library to scan {node} with ({'; '.join(missing)})"
+        ) from exc
     with smbus2.SMBus(cfg.i2c_bus) as bus:
         try:
             bus.read_byte(cfg.address)
@@ -375,6 +376,8 @@ def check_i2c(ctx: CheckContext) -> CheckResult:
     bus = act.pca9685.i2c_bus
     try:
         probe = ctx.i2c_probe()
+    except HardwareUnavailable:
+        raise  # FAIL with the bus's own message (node missing, no I2C library)
     except (OSError, ValueError, RuntimeError) as exc:
         return result(FAIL, f"cannot scan I2C bus {bus}: {type(exc).__name__}: {exc}", bus=bus)
     where = f"{probe['address']} on I2C bus {probe['bus']}"
@@ -688,7 +691,10 @@ def check_sync(ctx: CheckContext) -> CheckResult:
         if "sim" in (hw.camera.driver, hw.depth.driver):
             raise _hw_skip_sim("a camera is", "hardware.camera/depth.driver")
         if hw.depth.driver == "realsense":
-            ctx.realsense_devices()  # Skip when pyrealsense2 is absent
+            try:
+                ctx.realsense_devices()
+            except HardwareUnavailable as exc:
+                raise Skip(f"no skew to measure without the cameras (see camera): {exc}") from exc
     try:
         cam, dev = ctx.camera(), ctx.depth()
     except Skip:
@@ -859,6 +865,9 @@ def check_actuators(ctx: CheckContext) -> CheckResult:
         return _move_sim_car(ctx, robot)
     if act.driver == "sim":
         raise _hw_skip_sim("the actuators are", "hardware.actuators.driver")
+    from brain.hardware.pca9685 import require_driver_modules
+
+    require_driver_modules(act.pca9685)  # the daemon's driver, not just a bus scanner
     try:
         probe = ctx.i2c_probe()
     except (OSError, ValueError, RuntimeError) as exc:
@@ -1128,6 +1137,8 @@ def run_check(ctx: CheckContext, name: str, fn: CheckFn) -> CheckResult:
         res = fn(ctx)
     except Skip as exc:
         res = result(SKIP, str(exc))
+    except HardwareUnavailable as exc:
+        res = result(FAIL, str(exc), error=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         log.debug("check %s crashed", name, exc_info=True)
         res = result(
