@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,16 +36,14 @@ from brain.hardware.picamera2_camera import Picamera2Camera, list_cameras
 from brain.hardware.protocols import (
     CAR_ACTION_SPEC,
     Actuators,
-    Camera,
-    DepthCamera,
     HardwareUnavailable,
 )
 from brain.hardware.realsense_camera import RealSenseCamera, list_devices
 
 try:
-    from fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib, FakeRealSenseLib
+    from fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib
 except ImportError:  # tests/ collected as a package
-    from tests.fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib, FakeRealSenseLib
+    from tests.fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib
 
 REPO = Path(__file__).resolve().parent.parent
 HW_LIBS = (
@@ -70,11 +67,6 @@ def pca(monkeypatch: pytest.MonkeyPatch) -> FakePCALib:
 @pytest.fixture
 def picam(monkeypatch: pytest.MonkeyPatch) -> FakePicamera2Lib:
     return FakePicamera2Lib().install(monkeypatch)
-
-
-@pytest.fixture
-def rs(monkeypatch: pytest.MonkeyPatch) -> FakeRealSenseLib:
-    return FakeRealSenseLib().install(monkeypatch)
 
 
 def car_cfg(**kw) -> CarActuatorsConfig:
@@ -567,153 +559,12 @@ def test_picamera2_missing_camera_and_listing(picam: FakePicamera2Lib) -> None:
         cam.read()
 
 
-# ----------------------------------------------------------------------------- realsense
-
-
-def rs_cam(serial: str | None = None, depth: bool = True, **dkw) -> RealSenseCamera:
-    color = CameraConfig(driver="realsense", serial=serial)
-    dcfg = DepthConfig(driver="realsense", width=848, height=480, **dkw) if depth else None
-    return RealSenseCamera(color, dcfg)
-
-
-def test_realsense_colour_and_aligned_depth_from_one_frameset(rs: FakeRealSenseLib) -> None:
-    cam = rs_cam(serial="123456789")
-    assert isinstance(cam, Camera) and isinstance(cam, DepthCamera)
-    cam.start()
-    assert ("enable_device", "123456789") in rs.calls
-    assert ("enable_stream", "color", 640, 480, "rgb8", 30) in rs.calls
-    assert ("enable_stream", "depth", 848, 480, "z16", 30) in rs.calls
-    assert ("align", "color") in rs.calls
-    assert cam.depth_scale == 0.00025
-    frame = cam.read()
-    depth = cam.read_depth()
-    assert rs.fetches == 1  # one frameset served both readers
-    assert frame.seq == depth.seq
-    assert frame.data.shape == (480, 640, 3) and int(frame.data[0, 0, 0]) == 1
-    assert depth.data.shape == (480, 640) and depth.data.dtype == np.uint16
-    assert int(depth.data[0, 0]) == 1001  # the aligned depth, not the raw 848x480 one
-    assert depth.depth_scale == 0.00025
-    assert rs.calls.count(("align_process",)) == 1
-    # colour runs ahead: depth then gets the newest frameset, again without fetching
-    cam.read()
-    cam.read()
-    depth = cam.read_depth()
-    assert rs.fetches == 3 and depth.seq == 3 and int(depth.data[0, 0]) == 1003
-    cam.close()
-    cam.close()
-    assert rs.calls.count(("pipeline_stop",)) == 1
-
-
-def test_realsense_max_depth_marks_far_pixels_invalid(rs: FakeRealSenseLib) -> None:
-    rs.depth_scale = 0.001
-    cam = rs_cam(max_depth_m=1.002)  # 1002 units
-    cam.start()
-    assert int(cam.read_depth().data[0, 0]) == 1001
-    assert int(cam.read_depth().data[0, 0]) == 1002
-    assert int(cam.read_depth().data[0, 0]) == 0  # 1003 mm is beyond 1.002 m
-
-
-def test_realsense_colour_only_does_not_align(rs: FakeRealSenseLib) -> None:
-    cam = rs_cam(depth=False)
-    cam.start()
-    cam.read()
-    assert not any(c[0] in ("align", "align_process") for c in rs.calls)
-    assert not any(c[:2] == ("enable_stream", "depth") for c in rs.calls)
-    with pytest.raises(RuntimeError):
-        cam.read_depth()
-
-
-@pytest.mark.parametrize("domain", ["global_time", "system_time"])
-def test_realsense_wall_clock_domains_become_monotonic(
-    rs: FakeRealSenseLib, monkeypatch: pytest.MonkeyPatch, domain: str
-) -> None:
-    real_mono = time.monotonic
-    monkeypatch.setattr(time, "time", lambda: real_mono() + 1_000_000.0)
-    rs.domain = domain
-    rs.timestamp_ms = lambda: (real_mono() + 1_000_000.0 - 0.020) * 1000.0
-    cam = rs_cam()
-    cam.start()
-    before = real_mono()
-    frame = cam.read()
-    depth = cam.read_depth()
-    after = real_mono()
-    assert before - 0.0205 <= frame.t_capture <= after - 0.0195
-    assert depth.t_capture == pytest.approx(frame.t_capture, abs=1e-6)
-
-
-def test_realsense_hardware_clock_and_implausible_stamps_use_arrival(
-    rs: FakeRealSenseLib,
-) -> None:
-    rs.domain = "hardware_clock"
-    rs.timestamp_ms = lambda: 123.0  # the camera's own counter
-    cam = rs_cam()
-    cam.start()
-    before = time.monotonic()
-    t1 = cam.read().t_capture
-    rs.domain = "global_time"
-    rs.timestamp_ms = lambda: (time.time() - 30.0) * 1000.0  # wall clock stepped by NTP
-    t2 = cam.read().t_capture
-    after = time.monotonic()
-    assert before <= t1 <= t2 <= after
-
-
-def test_realsense_two_reader_threads_get_consistent_framesets(rs: FakeRealSenseLib) -> None:
-    rs.fetch_delay_s = 0.003
-    cam = rs_cam()
-    cam.start()
-    colour: list[tuple[int, int]] = []
-    depth: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
-
-    def reader(fn, out) -> None:
-        try:
-            for _ in range(30):
-                f = fn(timeout=2.0)
-                out.append((f.seq, int(f.data.flat[0])))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=reader, args=(cam.read, colour)),
-        threading.Thread(target=reader, args=(cam.read_depth, depth)),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert not errors
-    assert all(v == seq % 256 for seq, v in colour)
-    assert all(v == 1000 + seq for seq, v in depth)
-    for out in (colour, depth):
-        seqs = [s for s, _ in out]
-        assert seqs == sorted(set(seqs))  # each reader: strictly newer framesets
-    assert set(s for s, _ in colour) & set(s for s, _ in depth)  # shared, not refetched
-    assert rs.fetches < 60
-
-
-def test_realsense_start_failure_and_listing(rs: FakeRealSenseLib) -> None:
-    assert list_devices() == [
-        {"name": "Intel RealSense D435", "serial": "123456789", "firmware": "5.15"}
-    ]
-    rs.fail_start = "No device connected"
-    cam = rs_cam()
-    with pytest.raises(HardwareUnavailable, match="No device connected"):
-        cam.start()
-    with pytest.raises(RuntimeError, match="not started"):
-        cam.read(timeout=0.1)
-
-
 # ----------------------------------------------------------------------------- factory
 
 
-def test_factory_opens_real_drivers(
-    pca: FakePCALib, picam: FakePicamera2Lib, rs: FakeRealSenseLib
-) -> None:
+def test_factory_opens_real_drivers(pca: FakePCALib, picam: FakePicamera2Lib) -> None:
+    """RealSense through the factory: tests/test_realsense_real.py (the real library)."""
     assert isinstance(factory.open_camera(CameraConfig(driver="picamera2")), Picamera2Camera)
-    cam = factory.open_camera(CameraConfig(driver="realsense"))
-    assert isinstance(cam, RealSenseCamera) and not cam.has_depth
-    depth = factory.open_depth(DepthConfig(driver="realsense"), cam)
-    assert depth is cam and cam.has_depth
     car = factory.open_actuators(car_cfg())
     arm = factory.open_actuators(arm_cfg())
     assert isinstance(car, PCA9685Car) and isinstance(car, Actuators)
@@ -726,9 +577,6 @@ def test_factory_opens_real_drivers(
         factory.open_actuators(CarActuatorsConfig())
     with pytest.raises(ValueError, match="realsense"):
         factory.open_depth(DepthConfig(driver="realsense"), None)
-    cam.start()
-    with pytest.raises(RuntimeError):
-        cam.enable_depth(DepthConfig(driver="realsense"))
 
 
 def test_daemon_refuses_to_start_without_pyrealsense2(tmp_path: Path) -> None:

@@ -1,17 +1,16 @@
 """Stand-ins for the hardware libraries, installed into ``sys.modules`` by tests.
 
 They fake only the library surface our drivers use (adafruit_pca9685 + board +
-busio + adafruit_extended_bus, picamera2, pyrealsense2) and record every call,
-so tests exercise the real driver code and assert on what would have reached
-the hardware: duty cycles per channel, released requests, the align step.
+busio + adafruit_extended_bus, picamera2) and record every call, so tests
+exercise the real driver code and assert on what would have reached the
+hardware: duty cycles per channel, released requests.  pyrealsense2 is never
+faked (tests/test_realsense_real.py runs the real library), and the PCA9685
+drivers also run on the real Adafruit library (tests/test_pca9685_real.py).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import types
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -191,162 +190,3 @@ class FakePicamera2Lib:
 
 
 # ----------------------------------------------------------------------------- pyrealsense2
-
-
-class FakeRSFrame:
-    def __init__(self, data: np.ndarray, timestamp_ms: float, domain: str, number: int) -> None:
-        self.data, self.timestamp_ms, self.domain, self.number = data, timestamp_ms, domain, number
-
-    def get_data(self) -> np.ndarray:
-        return self.data
-
-    def get_timestamp(self) -> float:
-        return self.timestamp_ms
-
-    def get_frame_timestamp_domain(self) -> str:
-        return self.domain
-
-    def get_frame_number(self) -> int:
-        return self.number
-
-    def __bool__(self) -> bool:
-        return True
-
-
-class FakeRSFrameset:
-    def __init__(self, color: FakeRSFrame, depth: FakeRSFrame | None, aligned: bool = False):
-        self.color, self.depth, self.aligned = color, depth, aligned
-
-    def get_color_frame(self) -> FakeRSFrame:
-        return self.color
-
-    def get_depth_frame(self) -> FakeRSFrame | None:
-        return self.depth
-
-
-class FakeRealSenseLib:
-    """``make_frameset(k)`` builds the k-th frameset (1-based) the pipeline delivers.
-
-    The default one fills colour channel 0 with k and the raw depth (at the
-    depth stream's own resolution) with k; the fake ``align`` turns it into a
-    colour-sized depth of value 1000 + k, so a test can tell aligned from raw.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.depth_scale = 0.00025
-        self.devices = [
-            {
-                "name": "Intel RealSense D435",
-                "serial_number": "123456789",
-                "firmware_version": "5.15",
-            }
-        ]
-        self.fetches = 0
-        self.fetch_delay_s = 0.0
-        self.domain = "hardware_clock"
-        self.timestamp_ms: Callable[[], float] = lambda: 12345.0
-        self.color_shape = (480, 640, 3)
-        self.depth_shape = (480, 848)
-        self.fail_start: str | None = None
-        self._lock = threading.Lock()
-
-    def make_frameset(self, k: int) -> FakeRSFrameset:
-        color = np.zeros(self.color_shape, np.uint8)
-        color[..., 0] = k % 256
-        depth = np.full(self.depth_shape, k, np.uint16)
-        ts = self.timestamp_ms()
-        return FakeRSFrameset(
-            FakeRSFrame(color, ts, self.domain, k), FakeRSFrame(depth, ts, self.domain, k)
-        )
-
-    def install(self, monkeypatch: Any) -> FakeRealSenseLib:
-        lib = self
-        mod = types.ModuleType("pyrealsense2")
-        mod.stream = types.SimpleNamespace(color="color", depth="depth")
-        mod.format = types.SimpleNamespace(rgb8="rgb8", z16="z16", bgr8="bgr8")
-        mod.timestamp_domain = types.SimpleNamespace(
-            hardware_clock="hardware_clock", system_time="system_time", global_time="global_time"
-        )
-        mod.camera_info = types.SimpleNamespace(
-            name="name",
-            serial_number="serial_number",
-            firmware_version="firmware_version",
-            usb_type_descriptor="usb_type_descriptor",
-            product_line="product_line",
-        )
-
-        class config:
-            def __init__(self) -> None:
-                self.streams: list[tuple[Any, ...]] = []
-
-            def enable_device(self, serial: str) -> None:
-                lib.calls.append(("enable_device", serial))
-
-            def enable_stream(self, stream: str, w: int, h: int, fmt: str, fps: int) -> None:
-                lib.calls.append(("enable_stream", stream, w, h, fmt, fps))
-
-        class _Sensor:
-            def get_depth_scale(self) -> float:
-                return lib.depth_scale
-
-        class _Device:
-            def first_depth_sensor(self) -> _Sensor:
-                return _Sensor()
-
-        class _Profile:
-            def get_device(self) -> _Device:
-                return _Device()
-
-        class pipeline:
-            def start(self, cfg: config) -> _Profile:
-                if lib.fail_start:
-                    raise RuntimeError(lib.fail_start)
-                lib.calls.append(("pipeline_start",))
-                return _Profile()
-
-            def wait_for_frames(self, timeout_ms: int = 5000) -> FakeRSFrameset:
-                if lib.fetch_delay_s:
-                    time.sleep(lib.fetch_delay_s)
-                with lib._lock:
-                    lib.fetches += 1
-                    k = lib.fetches
-                lib.calls.append(("wait_for_frames", timeout_ms))
-                return lib.make_frameset(k)
-
-            def stop(self) -> None:
-                lib.calls.append(("pipeline_stop",))
-
-        class align:
-            def __init__(self, to: str) -> None:
-                lib.calls.append(("align", to))
-
-            def process(self, frames: FakeRSFrameset) -> FakeRSFrameset:
-                lib.calls.append(("align_process",))
-                d = frames.depth
-                assert d is not None
-                h, w = frames.color.data.shape[:2]
-                aligned = np.full((h, w), 1000 + int(d.data.flat[0]), np.uint16)
-                return FakeRSFrameset(
-                    frames.color,
-                    FakeRSFrame(aligned, d.timestamp_ms, d.domain, d.number),
-                    aligned=True,
-                )
-
-        class _Dev:
-            def __init__(self, info: dict[str, str]) -> None:
-                self.info = info
-
-            def supports(self, key: str) -> bool:
-                return key in self.info
-
-            def get_info(self, key: str) -> str:
-                return self.info[key]
-
-        class context:
-            def query_devices(self) -> list[_Dev]:
-                return [_Dev(d) for d in lib.devices]
-
-        mod.config, mod.pipeline, mod.align, mod.context = config, pipeline, align, context
-        monkeypatch.setitem(__import__("sys").modules, "pyrealsense2", mod)
-        return self
