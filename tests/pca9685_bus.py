@@ -19,7 +19,11 @@ Every register write is logged in order, so tests can assert sequences.
 from __future__ import annotations
 
 import errno
+import importlib
+import sys
+import types
 from dataclasses import dataclass, field
+from typing import Any
 
 MODE1, MODE2, LED0, ALL_LED, PRE_SCALE = 0x00, 0x01, 0x06, 0xFA, 0xFE
 SLEEP, AI, RESTART = 0x10, 0x20, 0x80
@@ -31,10 +35,21 @@ def prescale_for(freq_hz: float) -> int:
     return round(OSC_HZ / (4096 * freq_hz)) - 1
 
 
+def counts_for(us: float, freq_hz: float) -> int:
+    """The 12-bit pulse a driver asking for ``us`` at ``freq_hz`` leaves in LEDn (4096 = on)."""
+    duty = max(0, min(0xFFFF, round(us / (1e6 / freq_hz) * 0xFFFF)))
+    if duty == 0xFFFF:
+        return 4096
+    return 0 if duty < 0x10 else duty >> 4
+
+
 @dataclass
 class EmulatedPCA9685:
     regs: bytearray = field(default_factory=lambda: bytearray(256))
     writes: list[tuple[int, int]] = field(default_factory=list)  # (register, value) in order
+    transfers: list[tuple[int, bytes]] = field(default_factory=list)  # (first register, data)
+    #: Channels whose LED registers fail to write (an I2C error), as a flaky cable would.
+    fail_channels: set[int] = field(default_factory=set)
     pointer: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +64,11 @@ class EmulatedPCA9685:
     def write(self, data: bytes) -> None:
         if not data:
             return  # an address probe
+        ch = (data[0] - LED0) // 4
+        if len(data) > 1 and LED0 <= data[0] < ALL_LED and ch in self.fail_channels:
+            raise OSError(errno.EREMOTEIO, f"Remote I/O error (channel {ch})")
+        if len(data) > 1:
+            self.transfers.append((data[0], bytes(data[1:])))
         self.pointer = data[0]
         for value in data[1:]:
             self._store(self.pointer, value)
@@ -102,6 +122,25 @@ class EmulatedPCA9685:
             return period_us
         counts = ((off & 0xFFF) - (on & 0xFFF)) % 4096
         return counts / 4096 * period_us
+
+    def counts(self, ch: int) -> int:
+        """The channel's pulse in 12-bit counts as the registers hold it (0 off, 4096 on)."""
+        on, off = self.led(ch)
+        if off & 0x1000:
+            return 0
+        if on & 0x1000:
+            return 4096
+        return ((off & 0xFFF) - (on & 0xFFF)) % 4096
+
+    def channel_writes(self) -> list[tuple[int, int]]:
+        """(channel, counts) of every LEDn write in order, as :meth:`counts` decodes them."""
+        out = []
+        for reg, data in self.transfers:
+            if LED0 <= reg < ALL_LED and (reg - LED0) % 4 == 0 and len(data) == 4:
+                on, off = data[0] | data[1] << 8, data[2] | data[3] << 8
+                value = 0 if off & 0x1000 else 4096 if on & 0x1000 else (off - on) % 4096
+                out.append(((reg - LED0) // 4, value))
+        return out
 
     def led_writes(self, ch: int) -> list[tuple[int, int]]:
         base = LED0 + 4 * ch
@@ -164,3 +203,42 @@ class EmulatedI2C:
 
     def deinit(self) -> None:
         self.deinited = True
+
+
+class BlinkaStandIn:
+    """``board``, ``busio`` and ``adafruit_extended_bus`` whose buses are :class:`EmulatedI2C`.
+
+    Installed in ``sys.modules`` for code that opens the bus itself (hw-check's
+    probe, ``PwmBoard.open(cfg)``); the real ``adafruit_pca9685`` does the rest.
+    Every bus opened reaches the same chips, as on one physical I2C bus.
+    """
+
+    def __init__(self, addresses: tuple[int, ...] = (0x40,)):
+        self.chips = {a: EmulatedPCA9685() for a in addresses}
+        self.buses: list[tuple[tuple[Any, ...], EmulatedI2C]] = []
+
+    def chip(self, address: int = 0x40) -> EmulatedPCA9685:
+        return self.chips[address]
+
+    def _open(self, how: tuple[Any, ...]) -> EmulatedI2C:
+        bus = EmulatedI2C(self.chips)
+        self.buses.append((how, bus))
+        return bus
+
+    def install(self, monkeypatch: Any) -> BlinkaStandIn:
+        board = types.ModuleType("board")
+        board.SCL, board.SDA = "SCL-pin", "SDA-pin"
+        busio = types.ModuleType("busio")
+        busio.I2C = lambda scl, sda: self._open(("busio", scl, sda))
+        ext = types.ModuleType("adafruit_extended_bus")
+        ext.ExtendedI2C = lambda n: self._open(("extended", n))
+        # The real library, even where a test blocked it before.  It must first be imported
+        # with the real busio: adafruit_bus_device evaluates `i2c: I2C` annotations that
+        # come from `from busio import I2C` at import time.
+        for name in ("board", "busio", "adafruit_pca9685"):
+            if name in sys.modules and sys.modules[name] is None:
+                monkeypatch.delitem(sys.modules, name)
+        importlib.import_module("adafruit_pca9685")
+        for name, mod in (("board", board), ("busio", busio), ("adafruit_extended_bus", ext)):
+            monkeypatch.setitem(sys.modules, name, mod)
+        return self

@@ -43,9 +43,9 @@ from brain.hwcheck.checks import (
 from brain.hwcheck.system import classify_disk, classify_memory, classify_temperature
 
 try:
-    from fakes.fake_hw_libs import FakePCALib
+    from pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
 except ImportError:  # tests/ collected as a package
-    from tests.fakes.fake_hw_libs import FakePCALib
+    from tests.pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -639,63 +639,47 @@ def test_i2c_falls_back_to_smbus2(dev_dir: Path, monkeypatch: pytest.MonkeyPatch
     assert res.status == FAIL and res.details["method"] == "smbus2" and probed == [0x40]
 
 
-# ----------------------------------------------------------------------------- real drivers, faked
+# ------------------------------------------------------------- real drivers, emulated bus
 
 
 def fast_car_config() -> Config:
     return config_with(CONFIGS / "pi5-donkey.yaml", hardware__actuators__throttle__arm_seconds=0.05)
 
 
-def install_pca(monkeypatch: pytest.MonkeyPatch, addresses: list[int]) -> FakePCALib:
-    """The adafruit stack of the drivers' tests, plus a bus scan for the I2C probe."""
-    lib = FakePCALib().install(monkeypatch)
-    open_i2c = sys.modules["busio"].I2C
-
-    def scanning_i2c(scl: Any, sda: Any) -> Any:
-        i2c = open_i2c(scl, sda)
-        i2c.try_lock = lambda: True
-        i2c.unlock = lambda: None
-        i2c.scan = lambda: list(addresses)
-        return i2c
-
-    monkeypatch.setattr(sys.modules["busio"], "I2C", scanning_i2c)
-    return lib
+def install_pca(monkeypatch: pytest.MonkeyPatch) -> BlinkaStandIn:
+    """The real adafruit_pca9685 on emulated buses (which also answer the I2C probe's scan)."""
+    return BlinkaStandIn((0x40,)).install(monkeypatch)
 
 
 def test_real_car_without_move_writes_nothing(dev_dir: Path, monkeypatch) -> None:
-    lib = install_pca(monkeypatch, [0x40])
+    rig = install_pca(monkeypatch)
     ctx = CheckContext(fast_car_config(), dev_dir=dev_dir)
     res = run_check(ctx, "actuators", check_actuators)
     assert res.status == PASS and "nothing written" in res.summary
-    assert lib.boards == []  # the PCA9685 was never even opened (opening sets its frequency)
-    assert lib.duties() == []
+    assert rig.chip().writes == []  # the PCA9685 was never even opened (opening sets its frequency)
+    assert len(rig.buses) == 1 and rig.buses[0][1].deinited  # just the probe's scan
 
 
 def test_real_car_move_sweeps_pulses_and_ends_neutral(dev_dir: Path, monkeypatch) -> None:
-    lib = install_pca(monkeypatch, [0x40])
+    rig = install_pca(monkeypatch)
     cfg = fast_car_config()
     ctx = CheckContext(cfg, move=True, dev_dir=dev_dir, move_step_s=0.002)
     res = run_check(ctx, "actuators", check_actuators)
     assert res.status == PASS, res
-    board = lib.boards[0]
-    period_us = 1e6 / cfg.hardware.actuators.pca9685.frequency_hz
-
-    def us(duty: int) -> float:
-        return duty / 0xFFFF * period_us
-
-    steer = [us(d) for ch, d in lib.duties() if ch == 0]
-    throttle = [us(d) for ch, d in lib.duties() if ch == 1]
-    assert min(steer) == pytest.approx(1000, abs=2) and max(steer) == pytest.approx(2000, abs=2)
+    chip = rig.chip()
+    freq = cfg.hardware.actuators.pca9685.frequency_hz
+    steer = [c for ch, c in chip.channel_writes() if ch == 0]
+    throttle = [c for ch, c in chip.channel_writes() if ch == 1]
+    assert (min(steer), max(steer)) == (counts_for(1000, freq), counts_for(2000, freq))
     # A small forward pulse only: at most 0.2 of the forward range.
-    assert max(throttle) == pytest.approx(1600, abs=2)
-    assert min(throttle) == pytest.approx(1500, abs=2)
-    assert us(board.channels[0].duty_cycle) == pytest.approx(1500, abs=2)
-    assert us(board.channels[1].duty_cycle) == pytest.approx(1500, abs=2)
-    assert board.deinited
+    assert max(throttle) == counts_for(1600, freq)
+    assert min(throttle) == counts_for(1500, freq)
+    assert chip.counts(0) == chip.counts(1) == counts_for(1500, freq)
+    assert rig.buses[-1][1].deinited and not chip.sleeping
 
 
 def test_real_car_move_neutral_after_an_i2c_error(dev_dir: Path, monkeypatch) -> None:
-    lib = install_pca(monkeypatch, [0x40])
+    rig = install_pca(monkeypatch)
     cfg = fast_car_config()
     sleeps = 0
 
@@ -703,47 +687,38 @@ def test_real_car_move_neutral_after_an_i2c_error(dev_dir: Path, monkeypatch) ->
         nonlocal sleeps
         sleeps += 1
         if sleeps == 5:
-            lib.failing_channels.add(0)
+            rig.chip().fail_channels.add(0)
         time.sleep(dt)
 
     ctx = CheckContext(cfg, move=True, dev_dir=dev_dir, move_step_s=0.002, sleep=sleep)
     res = run_check(ctx, "actuators", check_actuators)
     assert res.status == FAIL and "Remote I/O error" in res.summary
-    board = lib.boards[0]
-    period_us = 1e6 / cfg.hardware.actuators.pca9685.frequency_hz
-    last_throttle = [d for ch, d in lib.duties() if ch == 1][-1]
-    assert last_throttle / 0xFFFF * period_us == pytest.approx(1500, abs=2)
-    assert board.deinited
+    freq = cfg.hardware.actuators.pca9685.frequency_hz
+    assert rig.chip().counts(1) == counts_for(1500, freq)  # the throttle still went neutral
+    assert rig.buses[-1][1].deinited
 
 
 def test_real_arm_move_nudges_known_joints_only(dev_dir: Path, monkeypatch) -> None:
-    from brain.hardware import pca9685
+    from brain.hardware.pca9685 import PwmBoard
 
-    lib = install_pca(monkeypatch, [0x40])
+    rig = install_pca(monkeypatch)
     cfg = load_config(CONFIGS / "pi5-realsense-arm.yaml")
-    real_open = pca9685.PwmBoard.open
-
-    def open_with_base_at_90(pcfg: Any) -> pca9685.PwmBoard:
-        board = real_open(pcfg)
-        # The daemon left the base servo at 90 deg (1500 us); the other channels carry no pulse.
-        lib.boards[-1].channels[0]._duty = board.duty_for_us(1500)
-        return board
-
-    monkeypatch.setattr(pca9685.PwmBoard, "open", staticmethod(open_with_base_at_90))
+    pcfg = cfg.hardware.actuators.pca9685
+    # The daemon left the base servo at 90 deg (1500 us); the other channels carry no pulse.
+    PwmBoard.open(pcfg, i2c=EmulatedI2C(rig.chips)).set_pulse_us(0, 1500)
+    before = len(rig.chip().channel_writes())
     ctx = CheckContext(cfg, move=True, dev_dir=dev_dir, move_step_s=0.002)
     res = run_check(ctx, "actuators", check_actuators)
     assert res.status == WARN, res  # four joints had no known position
     assert list(res.details["joints"]) == ["base"]
     assert res.details["joints"]["base"] == pytest.approx([90.0, 95.0], abs=0.1)
     assert set(res.details["not_moved"]) == {"shoulder", "elbow", "wrist", "gripper"}
-    writes = lib.duties()
+    writes = rig.chip().channel_writes()[before:]
     assert {ch for ch, _ in writes} == {0}  # nothing written to the joints of unknown position
-    board = lib.boards[0]
-    period_us = 1e6 / cfg.hardware.actuators.pca9685.frequency_hz
-    pulses = [d / 0xFFFF * period_us for _, d in writes]
-    assert max(pulses) == pytest.approx(1500 + 5 / 180 * 2000, abs=2)
-    assert pulses[-1] == pytest.approx(1500, abs=2)  # back where it started
-    assert board.deinited
+    freq = pcfg.frequency_hz
+    assert max(c for _, c in writes) == counts_for(1500 + 5 / 180 * 2000, freq)
+    assert writes[-1][1] == counts_for(1500, freq)  # back where it started
+    assert rig.buses[-1][1].deinited
 
 
 # ----------------------------------------------------------------------------- runner
