@@ -14,8 +14,9 @@ XLA_STAMP := $(XLA_VENV)/.installed-xla
 CONFIG ?= configs/sim-donkey.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages used by the tests: systemd-analyze verifies the unit file, a real mosquitto
-# broker for the MQTT link, headless Chromium + chromedriver for the companion app.
-APT_PACKAGES := systemd mosquitto chromium chromium-driver
+# broker for the MQTT link, headless Chromium + chromedriver for the companion app, libusb for
+# the real pyrealsense2 wheel (the RealSense driver tests run it on a software device).
+APT_PACKAGES := systemd mosquitto chromium chromium-driver libusb-1.0-0
 
 .PHONY: help venv xla-venv run demo test bench hw-check lint format install-service system-deps clean
 
@@ -57,6 +58,7 @@ system-deps:
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	/sbin/ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0 ' || missing="$$missing libusb-1.0-0"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
@@ -81,8 +83,16 @@ bench: venv
 	$(BIN)/python bench/local_train.py --json bench/results/local_train.json
 	$(BIN)/python bench/network.py --json bench/results/network.json
 
+# On an installed robot hw-check runs the installed command against its own config
+# (/etc/continuon/robot.yaml unless CONFIG is given); elsewhere the dev venv and CONFIG.
+INSTALLED_CONTINUON ?= /opt/continuon/venv/bin/continuon
+ifneq ($(wildcard $(INSTALLED_CONTINUON)),)
+hw-check:
+	$(INSTALLED_CONTINUON) hw-check $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG)) $(ARGS)
+else
 hw-check: venv
 	$(BIN)/continuon hw-check --config $(CONFIG) $(ARGS)
+endif
 
 lint: venv
 	$(BIN)/ruff check .

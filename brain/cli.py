@@ -11,27 +11,14 @@ import argparse
 import asyncio
 import functools
 import logging
-import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from brain import __version__
-from brain.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from brain.config import Config, ConfigError, default_config_path, load_config
 
 _log = logging.getLogger("continuon")
-
-SYSTEM_CONFIG = Path("/etc/continuon/robot.yaml")
-
-
-def default_config_path() -> Path:
-    """$CONTINUON_CONFIG, else the installed robot's config, else the simulated donkey car."""
-    env = os.environ.get("CONTINUON_CONFIG")
-    if env:
-        return Path(env)
-    if SYSTEM_CONFIG.exists():
-        return SYSTEM_CONFIG
-    return DEFAULT_CONFIG
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -40,7 +27,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="robot config YAML (default: $CONTINUON_CONFIG, /etc/continuon/robot.yaml, "
-        "or configs/sim-donkey.yaml)",
+        "or the packaged configs/sim-donkey.yaml)",
     )
 
 
@@ -70,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     status = 0
-    for path in args.files:
+    for path in args.files or [default_config_path()]:
         try:
             cfg = load_config(path)
         except ConfigError as exc:
@@ -123,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     pc = csub.add_parser("check", help="validate config files and explain every problem")
-    pc.add_argument("files", nargs="+", type=Path)
+    pc.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="default: $CONTINUON_CONFIG, /etc/continuon/robot.yaml, or the packaged sim config",
+    )
     pc.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("safe-stop", help="write neutral straight to the PWM board (ExecStopPost)")

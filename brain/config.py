@@ -26,7 +26,28 @@ from pydantic import (
 
 from brain.yaml_config import load_model_file, parse_model
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim-donkey.yaml"
+#: The shipped configs.  ``brain/configs`` is a symlink to the top-level ``configs/`` in the
+#: source tree and a real directory in an installed wheel, so one path serves both.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: The simulated donkey car: what runs when nothing else is configured.
+DEFAULT_CONFIG = CONFIG_DIR / "sim-donkey.yaml"
+#: The installed robot's config (systemd/install.sh writes it).
+SYSTEM_CONFIG = Path("/etc/continuon/robot.yaml")
+CONFIG_ENV = "CONTINUON_CONFIG"
+
+
+def default_config_path() -> Path:
+    """The config a command reads without ``--config``.
+
+    ``$CONTINUON_CONFIG``, else the installed robot's ``/etc/continuon/robot.yaml``,
+    else the packaged simulated donkey car, so that a fresh install runs the sim.
+    """
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return DEFAULT_CONFIG
 
 
 class ConfigError(ValueError):

@@ -342,7 +342,7 @@ def _recv_until(sock, token):
 
 
 def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
-    """The real daemon process, the real PCA9685 driver, a fake adafruit library that logs."""
+    """The real daemon process, PCA9685 driver and Adafruit library, on an emulated I2C bus."""
     raw = sim_config(tmp_path)
     raw["hardware"]["actuators"] = {
         "driver": "pca9685_car",
@@ -398,17 +398,18 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     assert any("STOPPING=1" in m for m in msgs)
     events = [json.loads(line) for line in log.read_text().splitlines()]
     duties = [e for e in events if "ch" in e]
-    # the car really moved: some throttle write above neutral happened
+    # the car really moved: some throttle write above neutral happened (12-bit LEDn counts,
+    # as the real adafruit_pca9685 wrote them to the emulated chip at 60 Hz)
     period_us = 1e6 / 60.0
 
-    def duty(us):
-        return round(us / period_us * 0xFFFF)
+    def counts(us):
+        return round(us / period_us * 0xFFFF) >> 4
 
-    assert any(e["ch"] == 1 and e["duty"] > duty(1600) for e in duties), (duties[-6:], stderr)
+    assert any(e["ch"] == 1 and e["counts"] > counts(1600) for e in duties), (duties[-6:], stderr)
     last = {}
     for e in duties:
-        last[e["ch"]] = e["duty"]
-    assert last[0] == duty(1500) and last[1] == duty(1500)
+        last[e["ch"]] = e["counts"]
+    assert last[0] == counts(1500) and last[1] == counts(1500)
 
 
 def test_daemon_never_imports_torch():

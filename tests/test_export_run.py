@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,22 @@ def test_episodes_cli(tmp_path, capsys):
     assert '"robot_id": "donkey-07"' in capsys.readouterr().out
     assert main(["episodes", "delete", first.episode_id, "--yes", "--config", str(cfg)]) == 0
     assert len(list_episodes(root)) == 3
+
+
+@pytest.mark.parametrize("missing", ["pyarrow", "av"])
+def test_lerobot_export_without_the_export_extra_names_it(tmp_path, capsys, monkeypatch, missing):
+    """A robot installed without the `export` extra: a message, not a traceback; nothing written."""
+    root = tmp_path / "episodes"
+    record(root, 2)
+    cfg = tmp_path / "robot.yaml"
+    cfg.write_text(f"paths:\n  state_dir: {tmp_path / 'state'}\nrecording:\n  root: {root}\n")
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    out = tmp_path / "ds"
+    args = ["episodes", "export", "--config", str(cfg), "--format", "lerobot", "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("continuon: export failed: the lerobot format needs pyarrow and av")
+    assert f"{missing} (ModuleNotFoundError" in err
+    assert "pip install 'continuon-brain[export]'" in err
+    assert not out.exists()
+    assert not any(is_exported(e.path) for e in list_episodes(root))

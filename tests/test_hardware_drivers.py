@@ -9,9 +9,9 @@ timestamps and frameset sharing.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,16 +36,16 @@ from brain.hardware.picamera2_camera import Picamera2Camera, list_cameras
 from brain.hardware.protocols import (
     CAR_ACTION_SPEC,
     Actuators,
-    Camera,
-    DepthCamera,
     HardwareUnavailable,
 )
 from brain.hardware.realsense_camera import RealSenseCamera, list_devices
 
 try:
-    from fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib, FakeRealSenseLib
+    from fakes.fake_hw_libs import FakePicamera2Lib
+    from pca9685_bus import PRE_SCALE, BlinkaStandIn, EmulatedPCA9685, prescale_for
 except ImportError:  # tests/ collected as a package
-    from tests.fakes.fake_hw_libs import FakePCALib, FakePicamera2Lib, FakeRealSenseLib
+    from tests.fakes.fake_hw_libs import FakePicamera2Lib
+    from tests.pca9685_bus import PRE_SCALE, BlinkaStandIn, EmulatedPCA9685, prescale_for
 
 REPO = Path(__file__).resolve().parent.parent
 HW_LIBS = (
@@ -62,18 +62,14 @@ D60 = {1000: 3932, 1450: 5702, 1500: 5898, 1520: 5977, 1725: 6783, 1750: 6881, 2
 
 
 @pytest.fixture
-def pca(monkeypatch: pytest.MonkeyPatch) -> FakePCALib:
-    return FakePCALib().install(monkeypatch)
+def pca(monkeypatch: pytest.MonkeyPatch) -> BlinkaStandIn:
+    """The real adafruit_pca9685 on emulated buses with a chip at 0x40."""
+    return BlinkaStandIn().install(monkeypatch)
 
 
 @pytest.fixture
 def picam(monkeypatch: pytest.MonkeyPatch) -> FakePicamera2Lib:
     return FakePicamera2Lib().install(monkeypatch)
-
-
-@pytest.fixture
-def rs(monkeypatch: pytest.MonkeyPatch) -> FakeRealSenseLib:
-    return FakeRealSenseLib().install(monkeypatch)
 
 
 def car_cfg(**kw) -> CarActuatorsConfig:
@@ -156,7 +152,7 @@ except HardwareUnavailable as exc:
         (
             "pyrealsense2",
             lambda: RealSenseCamera(CameraConfig(driver="realsense"), None),
-            "pip install 'continuon-brain[pi]'",
+            "pip install 'continuon-brain[realsense]'",
         ),
         ("adafruit_pca9685", lambda: PCA9685Car(car_cfg()), "raspi-config"),
         ("board", lambda: PCA9685Car(car_cfg()), "pip install 'continuon-brain[pi]'"),
@@ -166,7 +162,7 @@ except HardwareUnavailable as exc:
     ],
 )
 def test_missing_library_names_module_and_install_hint(
-    monkeypatch: pytest.MonkeyPatch, pca: FakePCALib, missing: str, opener, hint: str
+    monkeypatch: pytest.MonkeyPatch, pca: BlinkaStandIn, missing: str, opener, hint: str
 ) -> None:
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail
     with pytest.raises(HardwareUnavailable) as info:
@@ -194,100 +190,138 @@ def test_blinka_refusing_the_board_is_hardware_unavailable(
         require("refusing_board_lib", driver="pca9685", install_hint="hint")
 
 
+def test_a_dependency_missing_inside_the_library_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blinka's `board` on a Pi 5 without python3-libgpiod: name gpiod, not just `board`."""
+    (tmp_path / "gpiod_needing_board.py").write_text("import gpiod_absent_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HardwareUnavailable) as info:
+        require("gpiod_needing_board", driver="pca9685", install_hint="apt install it")
+    msg = str(info.value)
+    assert "It needs the module 'gpiod_absent_here', which is missing" in msg
+    assert "apt install it" in msg
+
+
+def test_any_exception_at_import_becomes_hardware_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "abi_broken_lib.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility. "
+        "Expected 96 from C header, got 88 from PyObject')\n"
+    )
+    (tmp_path / "plain_broken_lib.py").write_text("raise LookupError('no sensor table')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HardwareUnavailable) as info:
+        require("abi_broken_lib", driver="picamera2", install_hint="unused")
+    msg = str(info.value)
+    assert "ValueError: numpy.dtype size changed" in msg
+    assert f"numpy in this environment is {np.__version__}" in msg
+    assert ("pip install 'numpy<2'" in msg) == np.__version__.startswith("2.")
+    with pytest.raises(HardwareUnavailable, match=r"LookupError: no sensor table.*the hint"):
+        require("plain_broken_lib", driver="x", install_hint="the hint")
+
+
 # ----------------------------------------------------------------------------- PWM board
 
 
-def test_board_opens_bus_1_with_board_pins_and_sets_frequency(pca: FakePCALib) -> None:
+def test_board_opens_bus_1_with_board_pins_and_sets_frequency(pca: BlinkaStandIn) -> None:
+    pca.chips[0x41] = EmulatedPCA9685()
     board = PwmBoard.open(PCA9685Config(address=0x41, frequency_hz=60))
-    assert pca.events[:3] == [
-        ("i2c", "busio", "SCL-pin", "SDA-pin"),
-        ("open", 0, 0x41),
-        ("frequency", 0, 60),
-    ]
+    ((how, bus),) = pca.buses
+    assert how == ("busio", "SCL-pin", "SDA-pin")
+    chip = pca.chip(0x41)
+    assert chip.regs[PRE_SCALE] == prescale_for(60) and not chip.sleeping
+    assert pca.chip(0x40).writes == []  # only the configured address was talked to
     assert board.set_pulse_us(3, 1500) == D60[1500]
+    assert chip.counts(3) == D60[1500] >> 4
     assert board.set_pulse_us(3, 10**6) == 0xFFFF  # clamped, not a ValueError from the library
+    assert chip.counts(3) == 4096  # full on
     assert board.set_pulse_us(3, -5) == 0
+    assert chip.counts(3) == 0
     board.release(3)
-    assert pca.duties() == [(3, D60[1500]), (3, 0xFFFF), (3, 0), (3, 0)]
+    assert chip.channel_writes() == [(3, D60[1500] >> 4), (3, 4096), (3, 0), (3, 0)]
     board.close()
     board.close()
-    assert pca.events[-2:] == [("deinit", 0), ("i2c_deinit", "busio", "SCL-pin", "SDA-pin")]
+    assert bus.deinited and chip.regs[0] == 0x00  # the library's deinit resets MODE1 only
     with pytest.raises(RuntimeError):
         board.set_pulse_us(3, 1500)
 
 
-def test_other_i2c_bus_uses_extended_bus(pca: FakePCALib, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_i2c_bus_uses_extended_bus(
+    pca: BlinkaStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
     PwmBoard.open(PCA9685Config(i2c_bus=3))
-    assert pca.events[0] == ("i2c", "extended", 3)
+    assert pca.buses[0][0] == ("extended", 3)
     monkeypatch.setitem(sys.modules, "adafruit_extended_bus", None)
     with pytest.raises(HardwareUnavailable, match="adafruit_extended_bus"):
         PwmBoard.open(PCA9685Config(i2c_bus=3))
 
 
-def test_absent_chip_is_hardware_unavailable_naming_address(pca: FakePCALib) -> None:
-    pca.absent_addresses.add(0x41)
+def test_absent_chip_is_hardware_unavailable_naming_address(pca: BlinkaStandIn) -> None:
     with pytest.raises(HardwareUnavailable, match=r"0x41.*i2cdetect -y 1"):
         PwmBoard.open(PCA9685Config(address=0x41))
-    assert ("i2c_deinit", "busio", "SCL-pin", "SDA-pin") in pca.events
+    assert pca.buses[0][1].deinited
 
 
 # ----------------------------------------------------------------------------- car
 
 
-def test_car_steering_and_throttle_pulses(pca: FakePCALib) -> None:
+def test_car_steering_and_throttle_pulses(pca: BlinkaStandIn) -> None:
     car = started_car(car_cfg())
+    chip = pca.chip()
     assert car.action_spec == CAR_ACTION_SPEC
-    assert pca.boards[0].frequency == 60
-    n = len(pca.duties())
+    assert chip.regs[PRE_SCALE] == prescale_for(60)
+    n = len(chip.channel_writes())
     for value, us in ((-1.0, 1000), (0.0, 1500), (1.0, 2000), (0.5, 1750)):
         car.write(np.array([value, 0.0]))
-        assert pca.boards[0].channels[0].duty_cycle == D60[us]
+        assert chip.counts(0) == D60[us] >> 4
         assert car.last_pulses_us["steering"] == us
         car.write(np.array([0.0, value]))
-        assert pca.boards[0].channels[1].duty_cycle == D60[us]
+        assert chip.counts(1) == D60[us] >> 4
         assert car.last_pulses_us["throttle"] == us
-    assert len(pca.duties()) == n + 16
+    assert len(chip.channel_writes()) == n + 16
 
 
-def test_car_inverted_and_asymmetric_calibration(pca: FakePCALib) -> None:
+def test_car_inverted_and_asymmetric_calibration(pca: BlinkaStandIn) -> None:
     cfg = car_cfg(
         steering={"left_us": 2000, "center_us": 1450, "right_us": 1000},
         throttle={"reverse_us": 2000, "neutral_us": 1500, "forward_us": 1000},
     )
     car = started_car(cfg)
+    chip = pca.chip()
     assert [car.steering_us(v) for v in (-1, -0.5, 0, 0.5, 1)] == [2000, 1725, 1450, 1225, 1000]
     assert [car.throttle_us(v) for v in (-1, 0, 1)] == [2000, 1500, 1000]
     car.write(np.array([-1.0, 1.0]))
-    assert pca.boards[0].channels[0].duty_cycle == D60[2000]
-    assert pca.boards[0].channels[1].duty_cycle == D60[1000]
+    assert (chip.counts(0), chip.counts(1)) == (D60[2000] >> 4, D60[1000] >> 4)
     car.write(np.array([-0.5, 0.0]))
-    assert pca.boards[0].channels[0].duty_cycle == D60[1725]
-    assert pca.boards[0].channels[1].duty_cycle == D60[1500]
+    assert (chip.counts(0), chip.counts(1)) == (D60[1725] >> 4, D60[1500] >> 4)
 
 
-def test_esc_is_armed_with_neutral_before_any_motion(pca: FakePCALib) -> None:
+def test_esc_is_armed_with_neutral_before_any_motion(pca: BlinkaStandIn) -> None:
     sleeps: list[float] = []
-    duties_when_sleeping: list[list[tuple[int, int]]] = []
+    writes_when_sleeping: list[list[tuple[int, int]]] = []
+    chip = pca.chip()
 
     def sleep(s: float) -> None:
         sleeps.append(s)
-        duties_when_sleeping.append(pca.duties())
+        writes_when_sleeping.append(chip.channel_writes())
 
     car = PCA9685Car(car_cfg(steering={"channel": 5}, throttle={"channel": 9}), sleep=sleep)
     with pytest.raises(RuntimeError):
         car.write(np.array([0.0, 0.5]))  # not started: nothing may reach the ESC
-    assert pca.duties() == []
+    assert chip.writes == []
     car.start()
     assert sleeps == [2.0]
     # Before the arming wait: throttle neutral, steering center, nothing else.
-    assert duties_when_sleeping == [[(9, D60[1500]), (5, D60[1500])]]
+    assert writes_when_sleeping == [[(9, D60[1500] >> 4), (5, D60[1500] >> 4)]]
     car.write(np.array([0.0, 0.5]))
-    assert pca.duties()[-1] == (9, D60[1750])
+    assert chip.channel_writes()[-1] == (9, D60[1750] >> 4)
     car.start()  # already armed: no second wait
     assert sleeps == [2.0]
 
 
-def test_arming_really_waits_with_default_sleep(pca: FakePCALib) -> None:
+def test_arming_really_waits_with_default_sleep(pca: BlinkaStandIn) -> None:
     car = PCA9685Car(car_cfg(throttle={"arm_seconds": 0.2}))
     t0 = time.monotonic()
     car.start()
@@ -295,70 +329,70 @@ def test_arming_really_waits_with_default_sleep(pca: FakePCALib) -> None:
 
 
 @pytest.mark.parametrize("bad", [[math.nan, 0.5], [0.2, math.nan], [0.0, math.inf]])
-def test_car_non_finite_action_writes_neutral(pca: FakePCALib, bad: list[float]) -> None:
+def test_car_non_finite_action_writes_neutral(pca: BlinkaStandIn, bad: list[float]) -> None:
     car = started_car(car_cfg())
     car.write(np.array([1.0, 1.0]))
     car.write(np.array(bad))
-    assert pca.boards[0].channels[0].duty_cycle == D60[1500]
-    assert pca.boards[0].channels[1].duty_cycle == D60[1500]
+    assert pca.chip().counts(0) == pca.chip().counts(1) == D60[1500] >> 4
     assert car.last_pulses_us == {"steering": 1500, "throttle": 1500}
 
 
-def test_car_out_of_range_is_clamped(pca: FakePCALib) -> None:
+def test_car_out_of_range_is_clamped(pca: BlinkaStandIn) -> None:
     car = started_car(car_cfg())
     car.write(np.array([5.0, -7.0]))
     assert car.last_pulses_us == {"steering": 2000, "throttle": 1000}
-    assert pca.boards[0].channels[0].duty_cycle == D60[2000]
-    assert pca.boards[0].channels[1].duty_cycle == D60[1000]
+    assert (pca.chip().counts(0), pca.chip().counts(1)) == (D60[2000] >> 4, D60[1000] >> 4)
     with pytest.raises(ValueError):
         car.write(np.array([0.0, 0.0, 0.0]))
 
 
-def test_car_neutral_before_start_idempotent_and_after_close(pca: FakePCALib) -> None:
+def test_car_neutral_before_start_idempotent_and_after_close(pca: BlinkaStandIn) -> None:
+    chip = pca.chip()
     car = PCA9685Car(car_cfg(), sleep=lambda s: None)
     car.neutral()  # never opened: nothing to do, no error
     car.close()
-    assert pca.events == []
+    assert pca.buses == [] and chip.writes == []
     car.start()
     car.write(np.array([1.0, 1.0]))
-    n = len(pca.duties())
+    n = len(chip.channel_writes())
     car.neutral()
     car.neutral()
-    assert pca.duties()[n:] == [(1, D60[1500]), (0, D60[1500])] * 2
+    neutral = [(1, D60[1500] >> 4), (0, D60[1500] >> 4)]
+    assert chip.channel_writes()[n:] == neutral * 2
     car.write(np.array([1.0, 1.0]))
     car.close()
-    kinds = [e[0] for e in pca.events]
-    assert kinds[-4:] == ["duty", "duty", "deinit", "i2c_deinit"]
-    assert pca.duties()[-2:] == [(1, D60[1500]), (0, D60[1500])]
-    events = len(pca.events)
+    assert chip.channel_writes()[-2:] == neutral
+    assert pca.buses[0][1].deinited and not chip.sleeping  # neutral keeps running
+    writes = len(chip.writes)
     car.neutral()
     car.close()
-    assert len(pca.events) == events
+    assert len(chip.writes) == writes
 
 
-def test_car_neutral_tries_every_channel_after_an_i2c_error(pca: FakePCALib) -> None:
+def test_car_neutral_tries_every_channel_after_an_i2c_error(pca: BlinkaStandIn) -> None:
+    chip = pca.chip()
     car = started_car(car_cfg())
     car.write(np.array([1.0, 1.0]))
-    pca.failing_channels.add(1)
+    chip.fail_channels.add(1)
     with pytest.raises(OSError):
         car.write(np.array([0.5, 0.5]))
     with pytest.raises(OSError):
         car.neutral()  # throttle unreachable: reported, but steering was still centred
-    assert pca.boards[0].channels[0].duty_cycle == D60[1500]
-    pca.failing_channels.clear()
+    assert chip.counts(0) == D60[1500] >> 4
+    chip.fail_channels.clear()
     car.neutral()
-    assert pca.boards[0].channels[1].duty_cycle == D60[1500]
-    pca.failing_channels.add(0)
+    assert chip.counts(1) == D60[1500] >> 4
+    chip.fail_channels.add(0)
     with pytest.raises(OSError):
         car.close()
-    assert pca.boards[0].deinited  # closed even though neutral failed
+    assert pca.buses[0][1].deinited  # closed even though neutral failed
     car.neutral()  # closed: no error
 
 
 # ----------------------------------------------------------------------------- arm
 
 
-def test_arm_action_spec_from_joints(pca: FakePCALib) -> None:
+def test_arm_action_spec_from_joints(pca: BlinkaStandIn) -> None:
     arm = PCA9685Arm(arm_cfg())
     spec = arm.action_spec
     assert spec.names == ("shoulder", "elbow")
@@ -367,58 +401,62 @@ def test_arm_action_spec_from_joints(pca: FakePCALib) -> None:
     assert spec.units == ("deg", "deg")
 
 
-def test_arm_degrees_to_pulses_with_soft_limits(pca: FakePCALib) -> None:
+def test_arm_degrees_to_pulses_with_soft_limits(pca: BlinkaStandIn) -> None:
+    chip = pca.chip()
     arm = PCA9685Arm(arm_cfg())
     arm.start()
-    assert pca.duties() == []  # opening an arm moves nothing
+    assert chip.channel_writes() == []  # opening an arm moves nothing
     arm.write(np.array([90.0, 0.0]))
-    assert pca.boards[0].channels[4].duty_cycle == d50(1500)
-    assert pca.boards[0].channels[5].duty_cycle == d50(1500)
+    assert chip.counts(4) == chip.counts(5) == d50(1500) >> 4
     arm.write(np.array([10.0, 200.0]))  # shoulder below its soft limit 20, elbow past 90
     assert arm.last_pulses_us == {"shoulder": 722, "elbow": 2400}
-    assert pca.boards[0].channels[4].duty_cycle == d50(722) == 2366
-    assert pca.boards[0].channels[5].duty_cycle == d50(2400) == 7864
+    assert chip.counts(4) == d50(722) >> 4 == 2366 >> 4
+    assert chip.counts(5) == d50(2400) >> 4 == 7864 >> 4
     arm.write(np.array([170.0, -45.0]))
     assert arm.last_pulses_us == {"shoulder": 2278, "elbow": 1050}
-    n = len(pca.duties())
+    n = len(chip.channel_writes())
     arm.write(np.array([math.nan, -90.0]))  # NaN joint: held, not written
-    assert pca.duties()[n:] == [(5, d50(600))]
+    assert chip.channel_writes()[n:] == [(5, d50(600) >> 4)]
     assert arm.last_pulses_us["shoulder"] == 2278
 
 
-def test_arm_neutral_hold_rewrites_last_commanded(pca: FakePCALib) -> None:
+def test_arm_neutral_hold_rewrites_last_commanded(pca: BlinkaStandIn) -> None:
+    chip = pca.chip()
     arm = PCA9685Arm(arm_cfg("hold"))
     arm.neutral()
     arm.start()
     arm.neutral()
-    assert pca.duties() == []  # never commanded: nothing to hold
+    assert chip.channel_writes() == []  # never commanded: nothing to hold
     arm.write(np.array([math.nan, 45.0]))
     arm.neutral()
-    assert pca.duties() == [(5, d50(1950)), (5, d50(1950))]
+    assert chip.channel_writes() == [(5, d50(1950) >> 4)] * 2
     arm.close()
-    assert pca.events[-2][0] == "deinit"
+    assert pca.buses[0][1].deinited and chip.counts(5) == d50(1950) >> 4
     arm.neutral()
 
 
-def test_arm_neutral_release_stops_pulses(pca: FakePCALib) -> None:
+def test_arm_neutral_release_stops_pulses(pca: BlinkaStandIn) -> None:
+    chip = pca.chip()
     arm = PCA9685Arm(arm_cfg("release"))
     arm.start()
     arm.write(np.array([90.0, 0.0]))
     arm.neutral()
-    assert pca.duties()[-2:] == [(4, 0), (5, 0)]
+    assert chip.channel_writes()[-2:] == [(4, 0), (5, 0)]
+    assert chip.pulse_us(4) is None and chip.pulse_us(5) is None  # full off: no pulse at all
     assert arm.last_pulses_us == {"shoulder": 0, "elbow": 0}
     arm.neutral()
     arm.close()
-    assert pca.duties()[-2:] == [(4, 0), (5, 0)]
-    assert pca.boards[0].deinited
+    assert chip.channel_writes()[-2:] == [(4, 0), (5, 0)]
+    assert pca.buses[0][1].deinited
 
 
 # ----------------------------------------------------------------------------- safe stop
 
 
 def test_safe_stop_car_writes_neutral_on_a_fresh_board(
-    pca: FakePCALib, monkeypatch: pytest.MonkeyPatch
+    pca: BlinkaStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pca.chips[0x42] = chip = EmulatedPCA9685()
     act = car_cfg(
         address=0x42,
         steering={"channel": 3, "center_us": 1520},
@@ -426,29 +464,33 @@ def test_safe_stop_car_writes_neutral_on_a_fresh_board(
     )
     car = started_car(act)
     car.write(np.array([1.0, 1.0]))  # the "daemon" dies while driving
+    n = len(chip.channel_writes())
     monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("safe_stop must not wait"))
+    import adafruit_pca9685
+
+    monkeypatch.setattr(adafruit_pca9685.time, "sleep", lambda s: None)  # its 5 ms wake-up
     lines = safe_stop(Config(hardware={"camera": None, "actuators": act}))
-    assert len(pca.boards) == 2  # a new board object, no daemon state
-    fresh = pca.boards[1]
-    assert fresh.address == 0x42 and fresh.frequency == 60
-    assert pca.duties(board=1) == [(7, D60[1500]), (3, D60[1520])]
-    assert fresh.deinited
+    assert len(pca.buses) == 2  # a new bus and board, no daemon state
+    assert chip.regs[PRE_SCALE] == prescale_for(60)
+    assert chip.channel_writes()[n:] == [(7, D60[1500] >> 4), (3, D60[1520] >> 4)]
+    assert pca.buses[1][1].deinited
     assert any("throttle channel 7" in ln and "1500" in ln for ln in lines)
     assert any("steering channel 3" in ln and "1520" in ln for ln in lines)
 
 
-def test_safe_stop_arm_release_and_hold(pca: FakePCALib) -> None:
+def test_safe_stop_arm_release_and_hold(pca: BlinkaStandIn) -> None:
     def cfg(on_stop: str) -> Config:
         return Config(
             robot={"kind": "arm"}, hardware={"camera": None, "actuators": arm_cfg(on_stop)}
         )
 
+    chip = pca.chip()
     lines = safe_stop(cfg("release"))
-    assert pca.duties() == [(4, 0), (5, 0)]
-    assert pca.boards[0].deinited
+    assert chip.channel_writes() == [(4, 0), (5, 0)]
+    assert pca.buses[0][1].deinited
     assert len(lines) == 2 and "shoulder" in lines[0]
     lines = safe_stop(cfg("hold"))
-    assert len(pca.boards) == 1  # hold: the board is not even opened
+    assert len(pca.buses) == 1  # hold: the board is not even opened
     assert "hold" in lines[0]
 
 
@@ -534,153 +576,12 @@ def test_picamera2_missing_camera_and_listing(picam: FakePicamera2Lib) -> None:
         cam.read()
 
 
-# ----------------------------------------------------------------------------- realsense
-
-
-def rs_cam(serial: str | None = None, depth: bool = True, **dkw) -> RealSenseCamera:
-    color = CameraConfig(driver="realsense", serial=serial)
-    dcfg = DepthConfig(driver="realsense", width=848, height=480, **dkw) if depth else None
-    return RealSenseCamera(color, dcfg)
-
-
-def test_realsense_colour_and_aligned_depth_from_one_frameset(rs: FakeRealSenseLib) -> None:
-    cam = rs_cam(serial="123456789")
-    assert isinstance(cam, Camera) and isinstance(cam, DepthCamera)
-    cam.start()
-    assert ("enable_device", "123456789") in rs.calls
-    assert ("enable_stream", "color", 640, 480, "rgb8", 30) in rs.calls
-    assert ("enable_stream", "depth", 848, 480, "z16", 30) in rs.calls
-    assert ("align", "color") in rs.calls
-    assert cam.depth_scale == 0.00025
-    frame = cam.read()
-    depth = cam.read_depth()
-    assert rs.fetches == 1  # one frameset served both readers
-    assert frame.seq == depth.seq
-    assert frame.data.shape == (480, 640, 3) and int(frame.data[0, 0, 0]) == 1
-    assert depth.data.shape == (480, 640) and depth.data.dtype == np.uint16
-    assert int(depth.data[0, 0]) == 1001  # the aligned depth, not the raw 848x480 one
-    assert depth.depth_scale == 0.00025
-    assert rs.calls.count(("align_process",)) == 1
-    # colour runs ahead: depth then gets the newest frameset, again without fetching
-    cam.read()
-    cam.read()
-    depth = cam.read_depth()
-    assert rs.fetches == 3 and depth.seq == 3 and int(depth.data[0, 0]) == 1003
-    cam.close()
-    cam.close()
-    assert rs.calls.count(("pipeline_stop",)) == 1
-
-
-def test_realsense_max_depth_marks_far_pixels_invalid(rs: FakeRealSenseLib) -> None:
-    rs.depth_scale = 0.001
-    cam = rs_cam(max_depth_m=1.002)  # 1002 units
-    cam.start()
-    assert int(cam.read_depth().data[0, 0]) == 1001
-    assert int(cam.read_depth().data[0, 0]) == 1002
-    assert int(cam.read_depth().data[0, 0]) == 0  # 1003 mm is beyond 1.002 m
-
-
-def test_realsense_colour_only_does_not_align(rs: FakeRealSenseLib) -> None:
-    cam = rs_cam(depth=False)
-    cam.start()
-    cam.read()
-    assert not any(c[0] in ("align", "align_process") for c in rs.calls)
-    assert not any(c[:2] == ("enable_stream", "depth") for c in rs.calls)
-    with pytest.raises(RuntimeError):
-        cam.read_depth()
-
-
-@pytest.mark.parametrize("domain", ["global_time", "system_time"])
-def test_realsense_wall_clock_domains_become_monotonic(
-    rs: FakeRealSenseLib, monkeypatch: pytest.MonkeyPatch, domain: str
-) -> None:
-    real_mono = time.monotonic
-    monkeypatch.setattr(time, "time", lambda: real_mono() + 1_000_000.0)
-    rs.domain = domain
-    rs.timestamp_ms = lambda: (real_mono() + 1_000_000.0 - 0.020) * 1000.0
-    cam = rs_cam()
-    cam.start()
-    before = real_mono()
-    frame = cam.read()
-    depth = cam.read_depth()
-    after = real_mono()
-    assert before - 0.0205 <= frame.t_capture <= after - 0.0195
-    assert depth.t_capture == pytest.approx(frame.t_capture, abs=1e-6)
-
-
-def test_realsense_hardware_clock_and_implausible_stamps_use_arrival(
-    rs: FakeRealSenseLib,
-) -> None:
-    rs.domain = "hardware_clock"
-    rs.timestamp_ms = lambda: 123.0  # the camera's own counter
-    cam = rs_cam()
-    cam.start()
-    before = time.monotonic()
-    t1 = cam.read().t_capture
-    rs.domain = "global_time"
-    rs.timestamp_ms = lambda: (time.time() - 30.0) * 1000.0  # wall clock stepped by NTP
-    t2 = cam.read().t_capture
-    after = time.monotonic()
-    assert before <= t1 <= t2 <= after
-
-
-def test_realsense_two_reader_threads_get_consistent_framesets(rs: FakeRealSenseLib) -> None:
-    rs.fetch_delay_s = 0.003
-    cam = rs_cam()
-    cam.start()
-    colour: list[tuple[int, int]] = []
-    depth: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
-
-    def reader(fn, out) -> None:
-        try:
-            for _ in range(30):
-                f = fn(timeout=2.0)
-                out.append((f.seq, int(f.data.flat[0])))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=reader, args=(cam.read, colour)),
-        threading.Thread(target=reader, args=(cam.read_depth, depth)),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert not errors
-    assert all(v == seq % 256 for seq, v in colour)
-    assert all(v == 1000 + seq for seq, v in depth)
-    for out in (colour, depth):
-        seqs = [s for s, _ in out]
-        assert seqs == sorted(set(seqs))  # each reader: strictly newer framesets
-    assert set(s for s, _ in colour) & set(s for s, _ in depth)  # shared, not refetched
-    assert rs.fetches < 60
-
-
-def test_realsense_start_failure_and_listing(rs: FakeRealSenseLib) -> None:
-    assert list_devices() == [
-        {"name": "Intel RealSense D435", "serial": "123456789", "firmware": "5.15"}
-    ]
-    rs.fail_start = "No device connected"
-    cam = rs_cam()
-    with pytest.raises(HardwareUnavailable, match="No device connected"):
-        cam.start()
-    with pytest.raises(RuntimeError, match="not started"):
-        cam.read(timeout=0.1)
-
-
 # ----------------------------------------------------------------------------- factory
 
 
-def test_factory_opens_real_drivers(
-    pca: FakePCALib, picam: FakePicamera2Lib, rs: FakeRealSenseLib
-) -> None:
+def test_factory_opens_real_drivers(pca: BlinkaStandIn, picam: FakePicamera2Lib) -> None:
+    """RealSense through the factory: tests/test_realsense_real.py (the real library)."""
     assert isinstance(factory.open_camera(CameraConfig(driver="picamera2")), Picamera2Camera)
-    cam = factory.open_camera(CameraConfig(driver="realsense"))
-    assert isinstance(cam, RealSenseCamera) and not cam.has_depth
-    depth = factory.open_depth(DepthConfig(driver="realsense"), cam)
-    assert depth is cam and cam.has_depth
     car = factory.open_actuators(car_cfg())
     arm = factory.open_actuators(arm_cfg())
     assert isinstance(car, PCA9685Car) and isinstance(car, Actuators)
@@ -693,6 +594,21 @@ def test_factory_opens_real_drivers(
         factory.open_actuators(CarActuatorsConfig())
     with pytest.raises(ValueError, match="realsense"):
         factory.open_depth(DepthConfig(driver="realsense"), None)
-    cam.start()
-    with pytest.raises(RuntimeError):
-        cam.enable_depth(DepthConfig(driver="realsense"))
+
+
+def test_daemon_refuses_to_start_without_pyrealsense2(tmp_path: Path) -> None:
+    """The RealSense arm without pyrealsense2: exit 1 and a message naming extra and docs."""
+    code = (
+        "import sys; sys.modules['pyrealsense2'] = None\n"
+        "from brain.cli import main\n"
+        f"sys.exit(main(['run', '--config', {str(REPO / 'configs' / 'pi5-realsense-arm.yaml')!r},"
+        " '--log-format', 'text']))\n"
+    )
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1, r.stderr
+    assert "cannot start: realsense driver: the Python module 'pyrealsense2'" in r.stderr
+    assert "continuon-brain[realsense]" in r.stderr and "docs/install-pi.md" in r.stderr
+    assert "Traceback" not in r.stderr

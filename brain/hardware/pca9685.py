@@ -32,7 +32,7 @@ _DRIVER = "pca9685"
 _FULL_SCALE = 0xFFFF
 
 
-def _i2c_modules(cfg: PCA9685Config) -> tuple[Any, ...]:
+def require_driver_modules(cfg: PCA9685Config) -> tuple[Any, ...]:
     """Import what opening the board needs; fails before touching any device."""
     pca_mod = require("adafruit_pca9685", driver=_DRIVER, install_hint=PCA9685_HINT)
     if cfg.i2c_bus == 1:
@@ -54,22 +54,20 @@ class PwmBoard:
         self.closed = False
 
     @classmethod
-    def open(cls, cfg: PCA9685Config) -> PwmBoard:
-        """Open the bus and the chip and set its frequency; HardwareUnavailable if absent."""
-        mods = _i2c_modules(cfg)
-        pca_mod = mods[0]
+    def open(cls, cfg: PCA9685Config, *, i2c: Any = None) -> PwmBoard:
+        """Open the bus and the chip and set its frequency; HardwareUnavailable if absent.
+
+        ``i2c`` is an already open bus with the ``busio.I2C`` interface, used
+        instead of opening ``cfg.i2c_bus`` through Blinka (tests hand in an
+        emulated bus; the Adafruit PCA9685 library still does all the talking).
+        """
         where = f"I2C bus {cfg.i2c_bus}"
-        try:
-            if cfg.i2c_bus == 1:
-                _, board, busio = mods
-                i2c = busio.I2C(board.SCL, board.SDA)
-            else:
-                i2c = mods[1].ExtendedI2C(cfg.i2c_bus)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise HardwareUnavailable(
-                f"{_DRIVER} driver: cannot open {where} ({exc}); enable I2C with "
-                f"`sudo raspi-config` (Interface Options > I2C) and check /dev/i2c-{cfg.i2c_bus}"
-            ) from exc
+        if i2c is not None:
+            pca_mod = require("adafruit_pca9685", driver=_DRIVER, install_hint=PCA9685_HINT)
+        else:
+            mods = require_driver_modules(cfg)
+            pca_mod = mods[0]
+            i2c = cls._open_bus(cfg, mods, where)
         try:
             pca = pca_mod.PCA9685(i2c, address=cfg.address)
             pca.frequency = cfg.frequency_hz
@@ -81,6 +79,19 @@ class PwmBoard:
                 f"`i2cdetect -y {cfg.i2c_bus}`"
             ) from exc
         return cls(pca, i2c, cfg.frequency_hz)
+
+    @staticmethod
+    def _open_bus(cfg: PCA9685Config, mods: tuple[Any, ...], where: str) -> Any:
+        try:
+            if cfg.i2c_bus == 1:
+                _, board, busio = mods
+                return busio.I2C(board.SCL, board.SDA)
+            return mods[1].ExtendedI2C(cfg.i2c_bus)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise HardwareUnavailable(
+                f"{_DRIVER} driver: cannot open {where} ({exc}); enable I2C with "
+                f"`sudo raspi-config` (Interface Options > I2C) and check /dev/i2c-{cfg.i2c_bus}"
+            ) from exc
 
     def duty_for_us(self, us: float) -> int:
         return max(0, min(_FULL_SCALE, round(us / self.period_us * _FULL_SCALE)))
@@ -164,7 +175,7 @@ class PCA9685Car:
         self._open_board = open_board or PwmBoard.open
         self._sleep = sleep or time.sleep
         if open_board is None:
-            _i2c_modules(cfg.pca9685)  # fail at construction if the library is missing
+            require_driver_modules(cfg.pca9685)  # fail at construction if the library is missing
         self._board: PwmBoard | None = None
         self._armed = False
         self.last_pulses_us: dict[str, int] = {}
@@ -277,7 +288,7 @@ class PCA9685Arm:
         self.action_spec = arm_action_spec(cfg)
         self._open_board = open_board or PwmBoard.open
         if open_board is None:
-            _i2c_modules(cfg.pca9685)
+            require_driver_modules(cfg.pca9685)
         self._board: PwmBoard | None = None
         self._commanded_us: dict[str, int] = {}
         self.last_pulses_us: dict[str, int] = {}

@@ -12,6 +12,13 @@ and SYSTEM_TIME are host wall-clock times and are moved onto the monotonic clock
 with the wall-minus-monotonic offset measured when the frameset arrived;
 HARDWARE_CLOCK is the camera's own counter, which no host clock can be derived
 from, so the arrival time stands in for it.
+
+A recording (``playback_file``, as the RealSense Viewer or ``rs.recorder``
+writes it) can stand in for the USB device: the same pipeline, alignment and
+timestamp handling then run on recorded frames.  The driver tests use it with
+frames from ``rs.software_device``, which librealsense 2.59 cannot hand to a
+pipeline directly (a software device added to a context is held there only
+through a weak reference and vanishes at once).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,8 +82,15 @@ class _Frameset:
 class RealSenseCamera:
     """A RealSense colour camera (``Camera``) that is also its aligned ``DepthCamera``."""
 
-    def __init__(self, color_cfg: CameraConfig, depth_cfg: DepthConfig | None = None):
+    def __init__(
+        self,
+        color_cfg: CameraConfig,
+        depth_cfg: DepthConfig | None = None,
+        *,
+        playback_file: str | Path | None = None,
+    ):
         self._rs = _module()
+        self._playback_file = None if playback_file is None else Path(playback_file)
         self.cfg = color_cfg
         # Depth is aligned to colour, so both streams share the colour geometry.
         self.width = color_cfg.width
@@ -117,6 +132,8 @@ class RealSenseCamera:
         rs = self._rs
         pipeline = rs.pipeline()
         config = rs.config()
+        if self._playback_file is not None:
+            config.enable_device_from_file(str(self._playback_file), False)  # play once
         if self.serial:
             config.enable_device(self.serial)
         config.enable_stream(
@@ -130,7 +147,8 @@ class RealSenseCamera:
         except RuntimeError as exc:
             raise HardwareUnavailable(
                 f"{_DRIVER} driver: cannot start the RealSense pipeline "
-                f"(serial {self.serial or 'any'}, colour {self.width}x{self.height}@{self.fps:g}"
+                + (f"on {self._playback_file} " if self._playback_file else "")
+                + f"(serial {self.serial or 'any'}, colour {self.width}x{self.height}@{self.fps:g}"
                 + (f", depth {d.width}x{d.height}@{d.fps:g}" if d else "")
                 + f"): {exc}. Check the USB 3 cable and `rs-enumerate-devices`"
             ) from exc

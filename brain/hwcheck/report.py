@@ -125,7 +125,7 @@ def run_cli(args: Any) -> int:
     config = args.load_config()
     config_path = getattr(args, "config", None)
     if config_path is None:
-        from brain.cli import default_config_path
+        from brain.config import default_config_path
 
         config_path = default_config_path()
     return run(

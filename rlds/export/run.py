@@ -10,6 +10,7 @@ finds the manifest up to date and does nothing (idempotent).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 import uuid
@@ -43,7 +44,35 @@ class ExportResult:
     files: int
 
 
+# Formats whose writer needs an optional extra; checked before any work starts.
+_NEEDS = {"lerobot": (("pyarrow", "av"), "export")}
+
+
+def _require_libraries(fmt: str) -> None:
+    """ExportError naming the modules and the extra to install, instead of a traceback.
+
+    A robot installed with only the ``pi`` extra has neither pyarrow nor av; any
+    import failure counts (a broken native wheel is as unusable as a missing one).
+    """
+    if fmt not in _NEEDS:
+        return
+    modules, extra = _NEEDS[fmt]
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            missing.append(f"{name} ({type(exc).__name__}: {exc})")
+    if missing:
+        raise ExportError(
+            f"the {fmt} format needs {' and '.join(modules)}, which cannot be imported here: "
+            f"{'; '.join(missing)}. Install the {extra!r} extra: "
+            f"pip install 'continuon-brain[{extra}]'"
+        )
+
+
 def _writer(fmt: str) -> Callable[..., list[Path]]:
+    _require_libraries(fmt)
     if fmt == "rlds":
         from rlds.export.tfds import export_tfds
 

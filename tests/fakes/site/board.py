@@ -1,4 +1,4 @@
-"""Stand-in for Adafruit Blinka's board module (pin names only)."""
+"""Stand-in for Adafruit Blinka's board module (pin names only; see busio.py)."""
 
 SCL = "SCL"
 SDA = "SDA"
