@@ -15,9 +15,15 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brain import __version__
-from brain.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from brain.config import Config
+
+# brain.config (pydantic) and the plugins are imported when needed, not here: `continuon
+# estop` must reach the daemon before a Pi has finished importing them (brain/estop_client.py).
 
 _log = logging.getLogger("continuon")
 
@@ -31,6 +37,8 @@ def default_config_path() -> Path:
         return Path(env)
     if SYSTEM_CONFIG.exists():
         return SYSTEM_CONFIG
+    from brain.config import DEFAULT_CONFIG
+
     return DEFAULT_CONFIG
 
 
@@ -45,6 +53,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from brain.config import load_config
+
     return load_config(args.config or default_config_path())
 
 
@@ -69,6 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from brain.config import ConfigError, load_config
+
     status = 0
     for path in args.files:
         try:
@@ -159,7 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fast_estop(argv: list[str]) -> int | None:
+    """`continuon estop` by signal, before anything slow is imported; None: use the socket."""
+    if argv[:1] != ["estop"]:
+        return None
+    from brain import estop_client
+
+    config, other = estop_client.main_args(argv[1:])
+    if other:
+        return None  # --help and the like: the full parser answers
+    return estop_client.run(config or default_config_path())
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    fast = _fast_estop(argv)
+    if fast is not None:
+        return fast
+    from brain.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     args.load_config = functools.partial(_load, args)

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from brain import paths
 from brain.yaml_config import load_model_file, parse_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sim-donkey.yaml"
@@ -244,6 +245,9 @@ class SafetyConfig(_Strict):
     limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
     # Per-action slew limit in units per second when moving away from neutral.
     slew_per_s: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    # Supervised autonomy: in AUTONOMOUS the car holds neutral (not ESTOP) while no operator
+    # heartbeat (app, API client, `continuon heartbeat`) is younger than this.  None/0: off.
+    autonomous_heartbeat_s: Annotated[float, Field(ge=0, le=60)] | None = None
 
     @field_validator("limits")
     @classmethod
@@ -548,12 +552,7 @@ class Config(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def state_dir(self) -> Path:
-        if self.paths.state_dir is not None:
-            return self.paths.state_dir
-        env = os.environ.get("STATE_DIRECTORY")
-        if env:
-            return Path(env.split(":")[0])
-        return Path.home() / ".local" / "state" / "continuon"
+        return paths.state_dir(self.paths.state_dir)
 
     def episodes_dir(self) -> Path:
         return self.recording.root or self.state_dir() / "episodes"
@@ -568,12 +567,7 @@ class Config(_Strict):
         return self.ota.hardware_id or f"continuon-{self.robot.kind}"
 
     def runtime_dir(self) -> Path:
-        if self.paths.runtime_dir is not None:
-            return self.paths.runtime_dir
-        env = os.environ.get("RUNTIME_DIRECTORY")
-        if env:
-            return Path(env.split(":")[0])
-        return self.state_dir() / "run"
+        return paths.runtime_dir(self.paths.runtime_dir, self.paths.state_dir)
 
 
 # ----------------------------------------------------------------------------- loading

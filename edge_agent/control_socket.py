@@ -10,6 +10,7 @@ Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "reset_stats"}
           {"cmd": "estop", "reason": "..."} | {"cmd": "reset"} | {"cmd": "teleop", "action": [s, t]}
           {"cmd": "record", "action": "start" | "stop", "tags": ["..."]}
           {"cmd": "ota", "action": "status" | "check" | "rollback" | "install", "path": "/abs"}
+          {"cmd": "heartbeat"}  (an operator is watching: supervised autonomy)
           {"cmd": "pair"}  (a new Robot API pairing code)
           {"cmd": "tokens", "action": "list"}
           {"cmd": "tokens", "action": "revoke", "token_id": "..."}
@@ -115,12 +116,17 @@ def handle_request(brain: BrainInterface, req: Any, config: Config | None = None
                 raise CommandError('"teleop" needs "action": a list of numbers')
             brain.teleop([float(v) for v in action])
             result = None
+        elif cmd == "heartbeat":
+            result = brain.heartbeat()
         elif cmd == "pair":
             result = _pair(config)
         elif cmd == "tokens":
             result = _tokens(config, req)
         else:
-            known = "status, stats, reset_stats, mode, estop, reset, record, teleop, pair, tokens"
+            known = (
+                "status, stats, reset_stats, mode, estop, reset, record, teleop, heartbeat, "
+                "pair, tokens"
+            )
             raise CommandError(f"unknown command {cmd!r}; known: {known}")
     except CommandError as exc:
         return {"ok": False, "error": str(exc)}
