@@ -8,7 +8,6 @@ them.  Exit codes: 0 ok, 1 the thing checked failed, 2 usage/config errors.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 import os
@@ -74,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         _log.critical("cannot start: %s", exc)
         return 1
+    import asyncio
+
     asyncio.run(daemon.run())
     return 0
 

@@ -335,6 +335,25 @@ class ApiConfig(_Strict):
     camera_max_fps: Annotated[float, Field(gt=0, le=60)] = 15.0
     camera_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 75
     telemetry_hz: Annotated[float, Field(ge=1, le=50)] = 15.0
+    # Connection limits (edge_agent/api/limits.py): an idle socket costs a file descriptor,
+    # so the API never holds more than these, whoever asks.
+    max_connections: Annotated[int, Field(ge=4, le=4096)] = 64
+    max_connections_per_client: Annotated[int, Field(ge=1, le=1024)] = 16
+    # A new connection's first request head must arrive within this (idle sockets, slowloris).
+    header_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Idle time between requests on a kept-alive connection before it is closed.
+    keepalive_timeout_s: Annotated[float, Field(gt=0, le=600)] = 15.0
+    # A JSON request body must arrive within this once its head is in.
+    body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @model_validator(mode="after")
+    def _caps_consistent(self) -> ApiConfig:
+        if self.max_connections_per_client > self.max_connections:
+            raise ValueError(
+                f"max_connections_per_client ({self.max_connections_per_client}) cannot exceed "
+                f"max_connections ({self.max_connections})"
+            )
+        return self
 
 
 class DiscoveryConfig(_Strict):

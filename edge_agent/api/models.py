@@ -7,11 +7,14 @@ surprise on the robot.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+
+from edge_agent.api.keys import CONFIG
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -125,7 +128,12 @@ def parse_model(model: type[M], data: Any) -> M:
 
 async def read_body(request: web.Request, model: type[M]) -> M:
     """Reads a JSON body (empty means {}) within client_max_size and validates it."""
-    raw = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
+    limit_s = request.app[CONFIG].api.body_timeout_s
+    try:
+        async with asyncio.timeout(limit_s):  # a body trickled in byte by byte holds a slot
+            raw = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the body did not arrive within {limit_s} s") from None
     if not raw.strip():
         data: Any = {}
     else:

@@ -14,6 +14,7 @@ from brain.config import Config
 from brain.interface import BrainInterface, Service
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import auth_for
+from edge_agent.api.limits import ConnectionGate, GatedTCPSite
 
 _log = logging.getLogger("continuon.api")
 
@@ -29,11 +30,15 @@ def make_service(brain: BrainInterface, config: Config) -> Service | None:
 async def serve(brain: BrainInterface, config: Config) -> None:
     auth = auth_for(config)
     app = create_app(brain, config, auth=auth)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    api = config.api
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=api.keepalive_timeout_s
+    )
     await runner.setup()
     endpoint = config.runtime_dir() / ENDPOINT_FILE
     try:
-        site = web.TCPSite(runner, config.api.host, config.api.port, reuse_address=True)
+        gate = ConnectionGate.from_config(api)
+        site = GatedTCPSite(runner, api.host, api.port, gate, reuse_address=True)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else config.api.port  # api.port 0
         endpoint.parent.mkdir(parents=True, exist_ok=True)
