@@ -186,6 +186,12 @@ def _fast_estop(argv: list[str]) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        # Before numpy/ONNX Runtime start native threads: every thread inherits the block,
+        # so a process-wide SIGUSR1 (`systemctl kill`) reaches only the e-stop line.
+        from brain.control.estop_line import block
+
+        block()
     fast = _fast_estop(argv)
     if fast is not None:
         return fast

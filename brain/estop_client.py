@@ -13,6 +13,7 @@ socket instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -54,15 +55,37 @@ def candidate_dirs(config_path: Path) -> list[Path]:
     return out
 
 
-def _daemon_pid(runtime_dir: Path) -> int | None:
+def _daemon_ids(runtime_dir: Path) -> tuple[int, int | None] | None:
+    """(pid, e-stop thread id) from the pid file, if that process is still the daemon."""
     try:
         info = json.loads((runtime_dir / PID_FILE).read_text())
         pid, ticks = int(info["pid"]), info.get("start_ticks")
+        tid = int(info["tid"]) if info.get("tid") is not None else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if ticks is None or process_start_ticks(pid) != ticks:
         return None  # the daemon is gone and the pid may belong to someone else now
-    return pid
+    if tid is not None and not os.path.exists(f"/proc/{pid}/task/{tid}"):
+        tid = None
+    return pid, tid
+
+
+def _send(pid: int, tid: int | None) -> None:
+    """To the e-stop thread itself (tgkill) when possible, else to the process."""
+    if tid is not None:
+        try:
+            import ctypes
+
+            tgkill = ctypes.CDLL(None, use_errno=True).tgkill
+        except (OSError, AttributeError):  # a libc without tgkill: signal the process
+            tgkill = None
+        if tgkill is not None:
+            if tgkill(pid, tid, int(ESTOP_SIGNAL)) == 0:
+                return
+            err = ctypes.get_errno()
+            kind = PermissionError if err == errno.EPERM else ProcessLookupError
+            raise kind(err, os.strerror(err))
+    os.kill(pid, ESTOP_SIGNAL)
 
 
 def _read_ack(runtime_dir: Path) -> dict[str, Any] | None:
@@ -76,14 +99,15 @@ def _read_ack(runtime_dir: Path) -> dict[str, Any] | None:
 
 def signal_estop(runtime_dir: Path, timeout_s: float = ACK_TIMEOUT_S) -> dict[str, Any] | None:
     """Signal the daemon in ``runtime_dir``; its acknowledgement, or None if it cannot."""
-    pid = _daemon_pid(runtime_dir)
-    if pid is None:
+    ids = _daemon_ids(runtime_dir)
+    if ids is None:
         return None
+    pid, tid = ids
     before = _read_ack(runtime_dir) or {}
     seq = before.get("seq", 0) if before.get("pid") == pid else -1
     t0 = time.monotonic()
     try:
-        os.kill(pid, ESTOP_SIGNAL)
+        _send(pid, tid)
     except (PermissionError, ProcessLookupError):
         return None
     while time.monotonic() - t0 < timeout_s:

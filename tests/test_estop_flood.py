@@ -28,6 +28,7 @@ import pytest
 import yaml
 from test_daemon import FAKE_SITE, ROOT, sim_config
 
+from brain.control.estop_line import ACK_FILE, PID_FILE
 from brain.policy.testing import build_dummy_policy
 
 NOFILE = 256
@@ -144,6 +145,15 @@ class Flood:
             s.close()
 
 
+def _threads_with_sigusr1_open(pid: int) -> set[int]:
+    out = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("SigBlk:") and not int(line.split()[1], 16) & (1 << 9):
+                out.add(int(status.parent.name))
+    return out
+
+
 def _closed_by_peer(s: socket.socket) -> bool:
     try:
         return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
@@ -211,6 +221,15 @@ def test_estop_latches_under_connection_flood(tmp_path):
         assert "e-stop latched (signal" in r.stdout, r.stdout
         time.sleep(0.8)
         events = [e for e in _pwm(pwm) if e["t"] >= t0]
+        # `systemctl kill -s SIGUSR1` signals the process, not the thread: every other
+        # thread blocks SIGUSR1, so it too lands on the e-stop line (acknowledged again).
+        pid_info = json.loads((run_dir / PID_FILE).read_text())
+        open_threads = _threads_with_sigusr1_open(proc.pid) - {pid_info["tid"]}
+        os.kill(proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 2
+        while json.loads((run_dir / ACK_FILE).read_bytes())["seq"] < 2:
+            assert time.monotonic() < deadline, "process-directed SIGUSR1 not acknowledged"
+            time.sleep(0.01)
         assert proc.poll() is None, log_path.read_text()[-3000:]
         time.sleep(max(0.0, 3.0 - (time.monotonic() - t_log0)))
         log_rate = (log_path.stat().st_size - size0) / (time.monotonic() - t_log0)
@@ -258,6 +277,7 @@ def test_estop_latches_under_connection_flood(tmp_path):
         f"{recovered_s:.2f} s after the flood ended"
     )
     assert latency < 0.5, latency
+    assert not open_threads, open_threads
     assert held > NOFILE
     assert st["mode"] == "estop" and "SIGUSR1" in st["estop_reason"]
     assert status == 200 and recovered_s < 5

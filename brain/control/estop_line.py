@@ -10,12 +10,16 @@ not answer in time.  Nothing on the way allocates a descriptor: the
 acknowledgement goes into a file opened at start-up, so ``continuon estop``
 can tell the operator that the car really stopped.
 
-SIGUSR1 is blocked in every thread (``block()`` runs before the daemon starts
-its threads) so only the waiting thread receives it; a thread that still has it
-unblocked hands it to the Python handler, which forwards it to the waiting
-thread with ``pthread_kill`` (no lock taken, safe inside a signal handler).
-Children inherit the blocked mask, so a stray ``systemctl kill`` without
-``--kill-whom=main`` leaves them pending instead of killing them.
+``continuon estop`` sends the signal to the waiting thread itself (``tgkill``,
+its thread id is in the pid file), so no other thread is involved.  For
+``systemctl kill -s SIGUSR1`` (sent to the process) SIGUSR1 is blocked in
+every thread: ``brain.cli`` blocks it first thing, before numpy or ONNX Runtime
+start native threads that would inherit an open mask.  A thread that still has
+it open (a daemon embedded in another program) hands it to the Python handler,
+which forwards it with ``pthread_kill``; that path needs the main thread to run
+Python, which is why the CLI does not rely on it.  Children inherit the blocked
+mask, so a ``systemctl kill`` without ``--kill-whom=main`` leaves them pending
+instead of killing them.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class EStopLine:
         self._seq = 0
         self._prev_handler: Any = None
         self._handler_installed = False
+        self._pid_written = threading.Event()
         self.trips = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,8 +110,21 @@ class EStopLine:
         if threading.current_thread() is threading.main_thread():
             self._prev_handler = signal.signal(ESTOP_SIGNAL, self._forward)
             self._handler_installed = True
-        info = {"pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}
-        replace_file(self._dir / PID_FILE, json.dumps(info).encode(), mode=0o644)
+        self._pid_written.wait(5.0)
+
+    def _write_pid_file(self) -> None:
+        """From the waiting thread: its native id is where the CLI aims the signal."""
+        info = {
+            "pid": os.getpid(),
+            "tid": threading.get_native_id(),
+            "start_ticks": process_start_ticks(os.getpid()),
+        }
+        try:
+            replace_file(self._dir / PID_FILE, json.dumps(info).encode(), mode=0o644)
+        except OSError:
+            _log.exception("e-stop pid file not written; `continuon estop` will use the socket")
+        finally:
+            self._pid_written.set()
 
     def close(self) -> None:
         self._closing = True
@@ -133,6 +151,7 @@ class EStopLine:
             signal.pthread_kill(thread.ident, ESTOP_SIGNAL)
 
     def _wait_loop(self) -> None:
+        self._write_pid_file()
         while True:
             info = signal.sigwaitinfo({ESTOP_SIGNAL})
             if self._closing:
