@@ -6,8 +6,14 @@ daemon one file descriptor.  A few hundred of them from the LAN used to exhaust
 the descriptors of the whole process (the e-stop and the control socket with
 them) and asyncio then logged every failed accept() with a traceback.
 
-``ConnectionGate`` wraps aiohttp's protocol factory (``runner.server``) and
-decides in ``connection_made``, before aiohttp sees the connection:
+``GatedTCPSite`` runs its own accept loop (asyncio's accepts up to the whole
+backlog per wake-up and holds every accepted descriptor until a task has run,
+which alone can exhaust a small descriptor table) and asks ``ConnectionGate``
+about each new connection before any transport exists; a refused socket is
+closed at once, in the same call.  At most ``ACCEPT_BATCH`` connections are
+accepted per wake-up, and accept() out of descriptors (EMFILE and friends)
+pauses accepting with a growing back-off instead of retrying in a loop.  The
+gate decides:
 
 * at most ``max_connections_per_client`` per client address: a newcomer over
   it is reset at once (its descriptor is freed in the same call);
@@ -24,7 +30,10 @@ Refusals are logged at most a few times per interval with a count of the rest.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +46,9 @@ from brain.logs import LogRateLimiter, log_fields
 
 _log = logging.getLogger("continuon.api")
 
+ACCEPT_BATCH = 16
+ACCEPT_BACKOFF_S = (0.05, 2.0)  # first pause after accept() ran out of resources, and the most
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 HEAD_END = b"\r\n\r\n"
 MAX_HEAD_SCAN = 64 * 1024  # past aiohttp's own header limits; the parser refuses first
 
@@ -65,9 +77,6 @@ class ConnectionGate:
     @classmethod
     def from_config(cls, api: ApiConfig) -> ConnectionGate:
         return cls(api.max_connections, api.max_connections_per_client, api.header_timeout_s)
-
-    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        return lambda: GuardedProtocol(self, factory)
 
     @property
     def open_connections(self) -> int:
@@ -130,9 +139,13 @@ class ConnectionGate:
 class GuardedProtocol(asyncio.Protocol):
     """Stands in front of aiohttp's protocol for one connection; forwards everything."""
 
-    def __init__(self, gate: ConnectionGate, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self, gate: ConnectionGate, factory: Callable[[], asyncio.Protocol], client: str
+    ) -> None:
         self._gate = gate
         self._factory = factory
+        self.client = client
+        self.evicted = False
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -143,17 +156,16 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-        if not self._gate.admit(self, client):
-            transport.abort()  # RST now: the descriptor is free before we return
+        if self.evicted:  # made room for a newer one before its transport existed
+            transport.abort()
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._gate.header_timeout_s, self._head_timeout, client)
+        self._timer = loop.call_later(self._gate.header_timeout_s, self._head_timeout, self.client)
         self._inner = self._factory()
         self._inner.connection_made(transport)
 
     def abort(self) -> None:
+        self.evicted = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -205,9 +217,9 @@ class GuardedProtocol(asyncio.Protocol):
 
 
 class GatedTCPSite(web.BaseSite):
-    """aiohttp's TCPSite, with every connection passing through a ``ConnectionGate``."""
+    """aiohttp's TCPSite with an accept loop that asks a ``ConnectionGate`` first."""
 
-    __slots__ = ("_gate", "_host", "_port", "_reuse_address", "bound_port")
+    __slots__ = ("_gate", "_host", "_listener", "_port", "bound_port")
 
     def __init__(
         self,
@@ -217,14 +229,12 @@ class GatedTCPSite(web.BaseSite):
         gate: ConnectionGate,
         *,
         backlog: int = 128,
-        reuse_address: bool = True,
-        shutdown_timeout: float = 60.0,
     ) -> None:
-        super().__init__(runner, shutdown_timeout=shutdown_timeout, backlog=backlog)
+        super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._gate = gate
-        self._reuse_address = reuse_address
+        self._listener: _Listener | None = None
         self.bound_port = port
 
     @property
@@ -235,13 +245,90 @@ class GatedTCPSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._gate.wrap(server),
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.create_server((self._host, self._port), family=family, backlog=self._backlog)
+        self._listener = _Listener(sock, self._gate, server)
+        self._server = self._listener  # type: ignore[assignment]  # close() and sockets
+        self.bound_port = sock.getsockname()[1]
+
+
+class _Listener:
+    """The listening socket and its accept loop; quacks like asyncio.Server for aiohttp."""
+
+    def __init__(
+        self, sock: socket.socket, gate: ConnectionGate, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._gate = gate
+        self._factory = factory
+        self._loop = asyncio.get_running_loop()
+        self._backoff = 0.0
+        self._resume: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return () if self._sock.fileno() < 0 else (self._sock,)
+
+    def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._pause(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up before we got to it
+                raise
+            self._backoff = 0.0
+            client = str(addr[0]) if isinstance(addr, tuple) and addr else "unknown"
+            proto = GuardedProtocol(self._gate, self._factory, client)
+            if not self._gate.admit(proto, client):
+                _reset(conn)  # the descriptor is free before the next accept()
+                continue
+            task = self._loop.create_task(self._connect(conn, proto))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket, proto: GuardedProtocol) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: proto, sock=conn)
+        except Exception:
+            self._gate.release(proto)
+            conn.close()
+
+    def _pause(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): stop accepting for a while instead of spinning."""
+        lo, hi = ACCEPT_BACKOFF_S
+        self._backoff = min(hi, max(lo, self._backoff * 2))
+        self._gate.note(
+            f"accept:{exc.errno}",
+            "accept() failed (%s); not accepting for %.2f s",
+            exc.strerror,
+            self._backoff,
         )
-        if self._server.sockets:
-            self.bound_port = self._server.sockets[0].getsockname()[1]
+        self._loop.remove_reader(self._sock.fileno())
+        self._resume = self._loop.call_later(self._backoff, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if self._sock.fileno() >= 0:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0): no FIN_WAIT state kept for a refused client."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()

@@ -38,7 +38,7 @@ async def serve(brain: BrainInterface, config: Config) -> None:
     endpoint = config.runtime_dir() / ENDPOINT_FILE
     try:
         gate = ConnectionGate.from_config(api)
-        site = GatedTCPSite(runner, api.host, api.port, gate, reuse_address=True)
+        site = GatedTCPSite(runner, api.host, api.port, gate)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else config.api.port  # api.port 0
         endpoint.parent.mkdir(parents=True, exist_ok=True)
