@@ -35,6 +35,7 @@ NOFILE = 256
 FLOOD_TCP = 600  # > NOFILE: without caps the daemon runs out of descriptors
 FLOOD_ADDRS = 40  # 127.0.0.2 ... : the per-client cap alone does not save it
 FLOOD_UNIX = 40
+REOPEN_PER_PASS = 100  # ≤ 2,000 new connections per second
 PWM_PERIOD_US = 1e6 / 60.0
 
 
@@ -125,18 +126,22 @@ class Flood:
         self._thread.start()
 
     def _run(self) -> None:
-        """Replace connections the daemon reset, for as long as the test wants (bounded)."""
+        """Replace connections the daemon closed, for as long as the test wants (bounded).
+
+        At most REOPEN_PER_PASS per 50 ms: the attacker's CPU is not the robot's, and an
+        unbounded loop here would only starve the `continuon estop` process on this machine.
+        """
         t_end = time.monotonic() + 30
-        i = 0
-        while not self._stop.is_set() and time.monotonic() < t_end and self.opened < 20_000:
-            k = i % FLOOD_TCP
-            s = self.socks[k]
-            if _closed_by_peer(s):
-                s.close()
-                self.socks[k] = self._open_tcp(i)
-            i += 1
-            if k == FLOOD_TCP - 1:
-                time.sleep(0.01)
+        while not self._stop.is_set() and time.monotonic() < t_end and self.opened < 100_000:
+            reopened = 0
+            for k in range(FLOOD_TCP):
+                if reopened >= REOPEN_PER_PASS:
+                    break
+                if _closed_by_peer(self.socks[k]):
+                    self.socks[k].close()
+                    self.socks[k] = self._open_tcp(k)
+                    reopened += 1
+            time.sleep(0.05)
 
     def release(self) -> None:
         self._stop.set()
