@@ -209,6 +209,9 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
         try:
             refusal = _refusal(writer, clients)
             if refusal is not None:
+                # Take (and ignore) the request first, so the client reads why, not EPIPE.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.readuntil(b"\n"), 1.0)
                 writer.write(_encode({"ok": False, "error": refusal}))
                 return
             while True:
@@ -281,7 +284,8 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[s
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(_encode(payload))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(_encode(payload))  # a refusal may already be waiting to be read
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
