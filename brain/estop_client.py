@@ -46,11 +46,15 @@ def _config_paths(config_path: Path) -> tuple[Any, Any]:
 def candidate_dirs(config_path: Path) -> list[Path]:
     """Where the daemon's runtime files may be: as configured, then systemd's directory.
 
-    The second matters for root in a login shell, where $RUNTIME_DIRECTORY is unset.
+    The second only when the config names no directory: that is root (or the service
+    user) in a login shell on an installed robot, where $RUNTIME_DIRECTORY is unset and
+    the default would point into the caller's home.  A config that names its directories
+    is never redirected to another daemon.
     """
     rt, st = _config_paths(config_path)
     out = [paths.runtime_dir(rt, st)]
-    if SYSTEMD_RUNTIME_DIR not in out:
+    unconfigured = rt is None and st is None and not os.environ.get("RUNTIME_DIRECTORY")
+    if unconfigured and SYSTEMD_RUNTIME_DIR not in out:
         out.append(SYSTEMD_RUNTIME_DIR)
     return out
 

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 from test_daemon import RecordingActuators, _start, _stop, make_daemon
 
@@ -106,5 +107,8 @@ def test_fast_path_refuses_a_stale_pid_file(tmp_path):
     assert estop_client.signal_estop(run) is None  # start time differs: not signalled
     cfg = tmp_path / "robot.yaml"
     cfg.write_text(f"paths:\n  runtime_dir: {run}\n")
-    assert estop_client.candidate_dirs(cfg)[0] == run
+    assert estop_client.candidate_dirs(cfg) == [run]  # named: never another daemon's
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("robot:\n  id: r\n")
+    assert estop_client.candidate_dirs(bare)[-1] == Path("/run/continuon")
     assert estop_client.run(cfg) is None  # so the CLI falls back to the control socket
