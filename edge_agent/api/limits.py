@@ -33,6 +33,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
@@ -229,8 +230,9 @@ class GatedTCPSite(web.BaseSite):
         gate: ConnectionGate,
         *,
         backlog: int = 128,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, backlog=backlog)
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._gate = gate
@@ -239,7 +241,8 @@ class GatedTCPSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self.bound_port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self.bound_port}"
 
     async def start(self) -> None:
         await super().start()
@@ -247,7 +250,7 @@ class GatedTCPSite(web.BaseSite):
         assert server is not None
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.create_server((self._host, self._port), family=family, backlog=self._backlog)
-        self._listener = _Listener(sock, self._gate, server)
+        self._listener = _Listener(sock, self._gate, server, self._ssl_context)
         self._server = self._listener  # type: ignore[assignment]  # close() and sockets
         self.bound_port = sock.getsockname()[1]
 
@@ -256,10 +259,15 @@ class _Listener:
     """The listening socket and its accept loop; quacks like asyncio.Server for aiohttp."""
 
     def __init__(
-        self, sock: socket.socket, gate: ConnectionGate, factory: Callable[[], asyncio.Protocol]
+        self,
+        sock: socket.socket,
+        gate: ConnectionGate,
+        factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
+        self._ssl = ssl_context
         self._gate = gate
         self._factory = factory
         self._loop = asyncio.get_running_loop()
@@ -304,7 +312,13 @@ class _Listener:
 
     async def _connect(self, conn: socket.socket, proto: GuardedProtocol) -> None:
         try:
-            await self._loop.connect_accepted_socket(lambda: proto, sock=conn)
+            await self._loop.connect_accepted_socket(
+                lambda: proto,
+                sock=conn,
+                ssl=self._ssl,
+                # a TLS handshake that stalls is held to the same deadline as a request head
+                ssl_handshake_timeout=self._gate.header_timeout_s if self._ssl else None,
+            )
         except Exception:
             self._gate.release(proto)
             conn.close()
