@@ -167,3 +167,31 @@ def test_heartbeat_endpoint_needs_a_token_and_feeds_the_deadman(tmp_path):
             return api.daemon.control.heartbeat.received
 
     assert asyncio.run(body()) == 1
+
+
+def test_cli_heartbeat_goes_through_the_control_socket(tmp_path):
+    import yaml
+
+    from brain.cli import main
+    from brain.daemon import Daemon
+    from edge_agent.control_socket import make_service
+
+    raw = sim_config(tmp_path, **{"safety.autonomous_heartbeat_s": 2.0})
+    cfg_path = tmp_path / "robot.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+
+    async def body():
+        daemon = Daemon(parse_config(raw), services=[make_service])
+        task = await _start(daemon)
+        sock = daemon.config.runtime_dir() / "control.sock"
+        for _ in range(100):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.02)
+        rc = await asyncio.to_thread(main, ["heartbeat", "--config", str(cfg_path)])
+        received = daemon.control.heartbeat.received
+        await _stop(daemon, task)
+        return rc, received
+
+    rc, received = asyncio.run(body())
+    assert rc == 0 and received == 1
