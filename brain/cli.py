@@ -8,15 +8,21 @@ them.  Exit codes: 0 ok, 1 the thing checked failed, 2 usage/config errors.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brain import __version__
-from brain.config import Config, ConfigError, default_config_path, load_config
+from brain.paths import default_config_path
+
+if TYPE_CHECKING:
+    from brain.config import Config
+
+# brain.config (pydantic) and the plugins are imported when needed, not here: `continuon
+# estop` must reach the daemon before a Pi has finished importing them (brain/estop_client.py).
 
 _log = logging.getLogger("continuon")
 
@@ -32,6 +38,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from brain.config import load_config
+
     return load_config(args.config or default_config_path())
 
 
@@ -51,11 +59,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         _log.critical("cannot start: %s", exc)
         return 1
+    import asyncio
+
     asyncio.run(daemon.run())
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from brain.config import ConfigError, load_config
+
     status = 0
     for path in args.files or [default_config_path()]:
         try:
@@ -151,7 +163,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fast_estop(argv: list[str]) -> int | None:
+    """`continuon estop` by signal, before anything slow is imported; None: use the socket."""
+    if argv[:1] != ["estop"]:
+        return None
+    from brain import estop_client
+
+    config, other = estop_client.main_args(argv[1:])
+    if other:
+        return None  # --help and the like: the full parser answers
+    return estop_client.run(config or default_config_path())
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        # Before numpy/ONNX Runtime start native threads: every thread inherits the block,
+        # so a process-wide SIGUSR1 (`systemctl kill`) reaches only the e-stop line.
+        from brain.control.estop_line import block
+
+        block()
+    fast = _fast_estop(argv)
+    if fast is not None:
+        return fast
+    from brain.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     args.load_config = functools.partial(_load, args)

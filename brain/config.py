@@ -24,30 +24,16 @@ from pydantic import (
     model_validator,
 )
 
+from brain import paths
 from brain.yaml_config import load_model_file, parse_model
 
-#: The shipped configs.  ``brain/configs`` is a symlink to the top-level ``configs/`` in the
-#: source tree and a real directory in an installed wheel, so one path serves both.
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: The simulated donkey car: what runs when nothing else is configured.
-DEFAULT_CONFIG = CONFIG_DIR / "sim-donkey.yaml"
-#: The installed robot's config (systemd/install.sh writes it).
-SYSTEM_CONFIG = Path("/etc/continuon/robot.yaml")
-CONFIG_ENV = "CONTINUON_CONFIG"
-
-
-def default_config_path() -> Path:
-    """The config a command reads without ``--config``.
-
-    ``$CONTINUON_CONFIG``, else the installed robot's ``/etc/continuon/robot.yaml``,
-    else the packaged simulated donkey car, so that a fresh install runs the sim.
-    """
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    if SYSTEM_CONFIG.exists():
-        return SYSTEM_CONFIG
-    return DEFAULT_CONFIG
+# The default-config lookup lives in the stdlib-only brain.paths (the fast `continuon estop`
+# path needs it before pydantic is imported); these names are its public face here.
+CONFIG_DIR = paths.CONFIG_DIR
+DEFAULT_CONFIG = paths.DEFAULT_CONFIG
+SYSTEM_CONFIG = paths.SYSTEM_CONFIG
+CONFIG_ENV = paths.CONFIG_ENV
+default_config_path = paths.default_config_path
 
 
 class ConfigError(ValueError):
@@ -265,6 +251,9 @@ class SafetyConfig(_Strict):
     limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
     # Per-action slew limit in units per second when moving away from neutral.
     slew_per_s: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    # Supervised autonomy: in AUTONOMOUS the car holds neutral (not ESTOP) while no operator
+    # heartbeat (app, API client, `continuon heartbeat`) is younger than this.  None/0: off.
+    autonomous_heartbeat_s: Annotated[float, Field(ge=0, le=60)] | None = None
 
     @field_validator("limits")
     @classmethod
@@ -375,6 +364,25 @@ class ApiConfig(_Strict):
     camera_max_fps: Annotated[float, Field(gt=0, le=60)] = 15.0
     camera_jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 75
     telemetry_hz: Annotated[float, Field(ge=1, le=50)] = 15.0
+    # Connection limits (edge_agent/api/limits.py): an idle socket costs a file descriptor,
+    # so the API never holds more than these, whoever asks.
+    max_connections: Annotated[int, Field(ge=4, le=4096)] = 64
+    max_connections_per_client: Annotated[int, Field(ge=1, le=1024)] = 16
+    # A new connection's first request head must arrive within this (idle sockets, slowloris).
+    header_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # Idle time between requests on a kept-alive connection before it is closed.
+    keepalive_timeout_s: Annotated[float, Field(gt=0, le=600)] = 15.0
+    # A JSON request body must arrive within this once its head is in.
+    body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @model_validator(mode="after")
+    def _caps_consistent(self) -> ApiConfig:
+        if self.max_connections_per_client > self.max_connections:
+            raise ValueError(
+                f"max_connections_per_client ({self.max_connections_per_client}) cannot exceed "
+                f"max_connections ({self.max_connections})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:
@@ -602,12 +610,7 @@ class Config(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def state_dir(self) -> Path:
-        if self.paths.state_dir is not None:
-            return self.paths.state_dir
-        env = os.environ.get("STATE_DIRECTORY")
-        if env:
-            return Path(env.split(":")[0])
-        return Path.home() / ".local" / "state" / "continuon"
+        return paths.state_dir(self.paths.state_dir)
 
     def episodes_dir(self) -> Path:
         return self.recording.root or self.state_dir() / "episodes"
@@ -622,12 +625,7 @@ class Config(_Strict):
         return self.ota.hardware_id or f"continuon-{self.robot.kind}"
 
     def runtime_dir(self) -> Path:
-        if self.paths.runtime_dir is not None:
-            return self.paths.runtime_dir
-        env = os.environ.get("RUNTIME_DIRECTORY")
-        if env:
-            return Path(env.split(":")[0])
-        return self.state_dir() / "run"
+        return paths.runtime_dir(self.paths.runtime_dir, self.paths.state_dir)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -21,13 +21,15 @@ import psutil
 
 from brain.capture import CaptureWorker, SensorHub
 from brain.config import ArmActuatorsConfig, Config
+from brain.control import estop_line
+from brain.control.estop_line import EStopLine
 from brain.control.loop import ControlLoop
 from brain.control.safety import SafetyLayer
 from brain.handle import BrainHandle
 from brain.hardware.devices import RobotDevices, open_devices
 from brain.interface import BrainInterface, ServiceFactory
 from brain.localtrain.wiring import make_daemon_trainer
-from brain.logs import log_fields
+from brain.logs import LoopErrorLog, log_fields
 from brain.modes import ModeManager
 from brain.ota.wiring import PolicyInterventions, create_updater
 from brain.policy import PolicyRunner, load_model
@@ -79,6 +81,10 @@ class Daemon:
             self.safety,
             policy=self.policy,
             expert=sim.expert_action if sim is not None else None,
+        )
+        # SIGUSR1 -> ESTOP on a thread of its own: the path no network load can block.
+        self.estop_line = EStopLine(
+            self.modes, self.control, config.runtime_dir(), clock=self.control.clock
         )
         self.recorder = Recorder(
             config,
@@ -133,15 +139,19 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        loop.set_exception_handler(LoopErrorLog().handle)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
+            self.estop_line.start()  # before any thread that could move the robot
             await self._start()
             await self.supervisor.run(shutdown_timeout_s=self.config.supervisor.shutdown_timeout_s)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self._shutdown()
+            self.estop_line.close()
+            loop.set_exception_handler(None)
 
     def request_stop(self, why: str = "request") -> None:
         """Begin a clean shutdown (signal handlers, tests).  Safe to call twice."""
@@ -317,6 +327,9 @@ def tune_process() -> None:
     image work (sim rendering, resizing) leaves the other cores to the loop.
     """
     sys.setswitchinterval(0.001)
+    # Before any thread exists, so that every thread inherits it: only the e-stop line's
+    # thread takes SIGUSR1 (brain/control/estop_line.py).
+    estop_line.block()
     try:
         import cv2
 

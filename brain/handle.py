@@ -74,6 +74,7 @@ class BrainHandle:
             "control_running": self._control.running,
             "tasks": self._task_status() if self._task_status else {},
             "recording": self._recorder.status() if self._recorder else None,
+            "deadman": self._control.deadman_status(),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -131,6 +132,10 @@ class BrainHandle:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
 
+    def heartbeat(self) -> dict[str, Any]:
+        self._control.heartbeat.beat()
+        return self._control.deadman_status()
+
     # -- streaming ---------------------------------------------------------------------
 
     def telemetry(self) -> dict[str, Any]:
@@ -146,6 +151,7 @@ class BrainHandle:
             if self._policy_stats
             else None,
             "recording": bool(self._recorder and self._recorder.status().get("episode_id")),
+            "deadman_holding": self._control.deadman_holding,
         }
         if self._sim_metrics is not None:
             m = self._sim_metrics()

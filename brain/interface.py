@@ -103,6 +103,10 @@ class BrainInterface(Protocol):
         """Latest joystick command; the safety watchdog stops the robot if these stop coming."""
         ...
 
+    def heartbeat(self) -> dict[str, Any]:
+        """An operator is watching: lets supervised autonomy drive (autonomous_heartbeat_s)."""
+        ...
+
     def telemetry(self) -> dict[str, Any]:
         """Small, frequent state for streaming: mode, last command, tick, model, sim pose."""
         ...

@@ -19,11 +19,20 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
-__all__ = ["JsonFormatter", "TextFormatter", "log_fields", "setup_logging"]
+__all__ = [
+    "JsonFormatter",
+    "LogRateLimiter",
+    "LoopErrorLog",
+    "TextFormatter",
+    "log_fields",
+    "setup_logging",
+]
 
 _RESERVED = frozenset({"ts", "level", "logger", "msg", "exc", "stack"})
 _MAX_DEPTH = 8
@@ -156,3 +165,62 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(numeric_level)
     logging.captureWarnings(True)
+
+
+class LogRateLimiter:
+    """At most ``burst`` records per key per ``interval_s``; the rest are counted, not written.
+
+    A flood of identical failures (accept() out of descriptors, thousands of times a
+    second) must not fill the disk or the journal; the first few show what happened
+    and the next record that gets through says how many were left out.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = 10.0,
+        burst: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval_s = interval_s
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (start, sent, dropped)
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(write this one?, how many were suppressed since the last one written)."""
+        now = self._clock()
+        with self._lock:
+            start, sent, dropped = self._windows.get(key, (now, 0, 0))
+            if now - start >= self.interval_s:
+                start, sent = now, 0
+            if sent < self.burst:
+                self._windows[key] = (start, sent + 1, 0)
+                return True, dropped
+            self._windows[key] = (start, sent, dropped + 1)
+            if len(self._windows) > 1024:  # keys come from messages: bound the table
+                self._windows.pop(next(iter(self._windows)))
+            return False, 0
+
+
+class LoopErrorLog:
+    """The daemon's asyncio exception handler: asyncio's own report, rate-limited per message."""
+
+    def __init__(self, limiter: LogRateLimiter | None = None) -> None:
+        self.limiter = limiter or LogRateLimiter()
+        self._log = logging.getLogger("asyncio")
+
+    def handle(self, loop: Any, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "unhandled exception in the event loop")
+        exc = context.get("exception")
+        key = f"{message}|{type(exc).__name__}|{getattr(exc, 'errno', '')}"
+        ok, dropped = self.limiter.allow(key)
+        if not ok:
+            return
+        if dropped:
+            message += f" ({dropped} more like this suppressed)"
+        self._log.error(
+            message,
+            exc_info=exc if isinstance(exc, BaseException) else None,
+            extra=log_fields(suppressed=dropped) if dropped else None,
+        )

@@ -5,11 +5,20 @@ permissions (owner and group only), speaking one JSON object per line.  It
 is for the person logged into the robot (and for benchmarks and tests); the
 LAN-facing Robot API with pairing and tokens is a separate service.
 
+Who may connect is checked again on every connection with SO_PEERCRED (the
+kernel's word on the peer's uid/gid, not the file mode, which a chmod or a
+leaked descriptor could widen): root, the daemon's own user, and users whose
+primary or supplementary group is the daemon's group (``continuon``; what
+`usermod -aG continuon` grants).  Connections are capped and an idle client is
+dropped, so local clients cannot pin descriptors; the e-stop does not depend on
+this socket anyway (SIGUSR1, brain/control/estop_line.py).
+
 Request:  {"cmd": "status"} | {"cmd": "stats"} | {"cmd": "reset_stats"}
           {"cmd": "mode", "mode": "manual"}
           {"cmd": "estop", "reason": "..."} | {"cmd": "reset"} | {"cmd": "teleop", "action": [s, t]}
           {"cmd": "record", "action": "start" | "stop", "tags": ["..."]}
           {"cmd": "ota", "action": "status" | "check" | "rollback" | "install", "path": "/abs"}
+          {"cmd": "heartbeat"}  (an operator is watching: supervised autonomy)
           {"cmd": "pair"}  (a new Robot API pairing code)
           {"cmd": "tokens", "action": "list"}
           {"cmd": "tokens", "action": "revoke", "token_id": "..."}
@@ -22,9 +31,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import grp
 import json
 import os
+import pwd
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +46,31 @@ from brain.interface import BrainInterface, CommandError, Service
 
 MAX_REQUEST_BYTES = 64 * 1024
 SOCKET_NAME = "control.sock"
+MAX_CLIENTS = 16
+IDLE_TIMEOUT_S = 60.0  # between requests; an OTA install may take longer to *answer*
+ESTOP_TIMEOUT_S = 2.0  # `continuon estop` over the socket (after the signal path)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def peer_allowed(uid: int, gid: int) -> bool:
+    """Root, the daemon's user, or a member of the daemon's group."""
+    my_uid, my_gid = os.geteuid(), os.getegid()
+    if uid in (0, my_uid) or gid == my_gid:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+        return my_gid in os.getgrouplist(user.pw_name, user.pw_gid) or user.pw_name in (
+            grp.getgrgid(my_gid).gr_mem
+        )
+    except (KeyError, OSError):
+        return False  # a uid the user database does not know is nobody we trust
 
 
 def socket_path(config: Config) -> Path:
@@ -118,12 +155,17 @@ def handle_request(brain: BrainInterface, req: Any, config: Config | None = None
                 raise CommandError('"teleop" needs "action": a list of numbers')
             brain.teleop([float(v) for v in action])
             result = None
+        elif cmd == "heartbeat":
+            result = brain.heartbeat()
         elif cmd == "pair":
             result = _pair(config)
         elif cmd == "tokens":
             result = _tokens(config, req)
         else:
-            known = "status, stats, reset_stats, mode, estop, reset, record, teleop, pair, tokens"
+            known = (
+                "status, stats, reset_stats, mode, estop, reset, record, teleop, heartbeat, "
+                "pair, tokens"
+            )
             raise CommandError(f"unknown command {cmd!r}; known: {known}")
     except CommandError as exc:
         return {"ok": False, "error": str(exc)}
@@ -162,12 +204,23 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket from a killed daemon
 
+    clients = 0
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal clients
+        clients += 1
         try:
+            refusal = _refusal(writer, clients)
+            if refusal is not None:
+                # Take (and ignore) the request first, so the client reads why, not EPIPE.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.readuntil(b"\n"), 1.0)
+                writer.write(_encode({"ok": False, "error": refusal}))
+                return
             while True:
                 try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT_S)
+                except (asyncio.IncompleteReadError, TimeoutError):
                     return
                 except asyncio.LimitOverrunError:
                     writer.write(_encode({"ok": False, "error": "request too large"}))
@@ -188,6 +241,7 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            clients -= 1
             writer.close()
 
     server = await asyncio.start_unix_server(client, path=str(path), limit=MAX_REQUEST_BYTES)
@@ -198,6 +252,22 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _refusal(writer: asyncio.StreamWriter, clients: int) -> str | None:
+    if clients > MAX_CLIENTS:
+        return f"too many control-socket clients (limit {MAX_CLIENTS}); try again"
+    sock = writer.get_extra_info("socket")
+    try:
+        _pid, uid, gid = peer_credentials(sock)
+    except (OSError, AttributeError):
+        return "peer credentials unavailable"
+    if not peer_allowed(uid, gid):
+        return (
+            f"uid {uid} may not use the control socket: only root, the daemon's user and "
+            "members of its group"
+        )
+    return None
 
 
 def _encode(obj: Any) -> bytes:
@@ -217,7 +287,8 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[s
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(_encode(payload))
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(_encode(payload))  # a refusal may already be waiting to be read
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -259,6 +330,14 @@ def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
     add_config(p)
     p.add_argument("--reason", default="cli")
     p.set_defaults(func=_cli_estop)
+    p = sub.add_parser("heartbeat", help="operator heartbeat for supervised autonomy")
+    add_config(p)
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep sending (4 per safety.autonomous_heartbeat_s) until Ctrl-C: a deadman button",
+    )
+    p.set_defaults(func=_cli_heartbeat)
     p = sub.add_parser("pair", help="show a pairing code for the companion app (valid 5 min)")
     add_config(p)
     p.set_defaults(func=_cli_pair)
@@ -275,10 +354,10 @@ def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
     register_tls(sub, add_config)
 
 
-def _run_cli(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+def _run_cli(args: argparse.Namespace, payload: dict[str, Any], timeout: float = 5.0) -> int:
     config = args.load_config()
     try:
-        resp = request(socket_path(config), payload)
+        resp = request(socket_path(config), payload, timeout=timeout)
     except DaemonUnavailable as exc:
         print(f"continuon: {exc}", file=sys.stderr)
         return 2
@@ -302,7 +381,33 @@ def _cli_record(args: argparse.Namespace) -> int:
 
 
 def _cli_estop(args: argparse.Namespace) -> int:
-    return _run_cli(args, {"cmd": "estop", "reason": args.reason})
+    """The socket path; brain/estop_client.py has already tried the signal (brain/cli.py)."""
+    try:
+        return _run_cli(args, {"cmd": "estop", "reason": args.reason}, timeout=ESTOP_TIMEOUT_S)
+    except TimeoutError:
+        print(
+            "continuon: the daemon did not answer the e-stop within "
+            f"{ESTOP_TIMEOUT_S} s; as root or the service user run "
+            "`systemctl kill --kill-whom=main -s SIGUSR1 continuon-brain`",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _cli_heartbeat(args: argparse.Namespace) -> int:
+    if not args.hold:
+        return _run_cli(args, {"cmd": "heartbeat"})
+    import time
+
+    config = args.load_config()
+    period = (config.safety.autonomous_heartbeat_s or 1.0) / 4
+    print("sending operator heartbeats; Ctrl-C stops them (and the car, in autonomous)")
+    while True:
+        try:
+            request(socket_path(config), {"cmd": "heartbeat"}, timeout=period * 2)
+        except (DaemonUnavailable, OSError) as exc:
+            print(f"continuon: heartbeat not delivered: {exc}", file=sys.stderr)
+        time.sleep(period)
 
 
 def _cli_pair(args: argparse.Namespace) -> int:

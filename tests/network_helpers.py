@@ -88,6 +88,10 @@ class FakeBrain:
     def teleop(self, action: list[float]) -> None:
         self.motion_calls.append(("teleop", action))
 
+    def heartbeat(self) -> dict[str, Any]:
+        self.motion_calls.append(("heartbeat", None))
+        return {}
+
     def start_recording(self, tags: list[str] | None = None) -> dict[str, Any]:
         self.motion_calls.append(("start_recording", tags))
         return {}

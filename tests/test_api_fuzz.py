@@ -105,6 +105,7 @@ def test_fuzzed_bodies_never_yield_500(tmp_path):
             @example("/api/v1/stream-ticket", b"{}", "application/json", True)  # 200
             @example("/api/v1/training/start", b'{"steps": "x"}', "application/json", True)
             @example("/api/v1/mode", b'{"mode": "idle"}', "application/json", False)  # 401
+            @example(path="/api/v1/heartbeat", payload=b"{}", ctype="application/json", authed=True)
             def fuzz(path, payload, ctype, authed):
                 if path == "/api/v1/updates/upload":
                     # keep the fuzz to body validation; a real install is the OTA tests' job

@@ -36,7 +36,7 @@ def test_default_config_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CONTINUON_CONFIG", str(tmp_path / "mine.yaml"))
     assert default_config_path() == tmp_path / "mine.yaml"
     monkeypatch.delenv("CONTINUON_CONFIG")
-    monkeypatch.setattr("brain.config.SYSTEM_CONFIG", tmp_path / "robot.yaml")
+    monkeypatch.setattr("brain.paths.SYSTEM_CONFIG", tmp_path / "robot.yaml")
     assert default_config_path() == DEFAULT_CONFIG
     (tmp_path / "robot.yaml").write_text("robot: {id: x}\n")
     assert default_config_path() == tmp_path / "robot.yaml"
@@ -55,7 +55,7 @@ def test_config_check_without_files_checks_the_default(
     from brain.cli import main
 
     monkeypatch.delenv("CONTINUON_CONFIG", raising=False)
-    monkeypatch.setattr("brain.config.SYSTEM_CONFIG", tmp_path / "absent.yaml")
+    monkeypatch.setattr("brain.paths.SYSTEM_CONFIG", tmp_path / "absent.yaml")
     assert main(["config", "check"]) == 0
     assert f"{DEFAULT_CONFIG}: OK (robot sim-donkey-01" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"

@@ -54,7 +54,8 @@ class RobotUnderTest:
         self.daemon, self.actuators = make_daemon(
             self.tmp,
             services=[socket_service, api_service],
-            **{"api.port": 0, "api.host": "127.0.0.1"},
+            # supervised autonomy on, as on the real robots: the open app is the deadman
+            **{"api.port": 0, "api.host": "127.0.0.1", "safety.autonomous_heartbeat_s": 1.0},
         )
         self.cfg = self.daemon.config
         self.brain = self.daemon.brain
@@ -438,6 +439,26 @@ def test_gamepad_drives_and_its_b_button_stops(main_screen, robot):
         if robot.mode() == "estop":
             robot.brain.reset_estop()
     wait_until(lambda: by_id(b, "gamepad-status").text == "no gamepad", "the pad to go")
+
+
+def test_open_app_keeps_supervised_autonomy_driving(main_screen, robot):
+    """With safety.autonomous_heartbeat_s = 1 s, the car drives autonomously only while the app
+    (open, visible) sends heartbeats."""
+    control = robot.daemon.control
+    before = control.heartbeat.received
+    robot.brain.set_mode("autonomous")
+    try:
+        wait_until(lambda: control.heartbeat.received >= before + 3, "heartbeats", timeout=8)
+        wait_until(lambda: not control.deadman_holding, "the deadman to let go", timeout=3)
+        time.sleep(1.5)  # longer than the window: only continued heartbeats keep it driving
+        dm = robot.brain.status()["deadman"]
+        assert not dm["holding"] and dm["heartbeat_age_s"] < 1.0, dm
+        assert robot.brain.telemetry()["neutral"] is False  # the sim's expert drives
+    finally:
+        robot.brain.set_mode("idle")
+    sent = control.heartbeat.received
+    time.sleep(1.0)
+    assert control.heartbeat.received - sent <= 1  # not in idle
 
 
 def test_camera_view_shows_frames(main_screen, robot):

@@ -82,6 +82,24 @@ class TeleopInput:
             return self._cmd, self._t
 
 
+class OperatorHeartbeat:
+    """When an operator last said "I am watching" (supervised autonomy); any thread."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._t: float | None = None  # one float: assignment is atomic, no lock needed
+        self.received = 0
+
+    def beat(self) -> float:
+        self._t = self._clock()
+        self.received += 1
+        return self._t
+
+    @property
+    def last(self) -> float | None:
+        return self._t
+
+
 @dataclass(slots=True)
 class Step:
     """One tick as the recorder sees it.  Frames are references, never copies."""
@@ -130,11 +148,15 @@ class ControlLoop:
         self.period = 1.0 / config.control.rate_hz
         self.max_age = config.control.max_frame_age_ms / 1000.0
         self.teleop = TeleopInput(actuators.action_spec.size, clock, on_set=self._on_teleop)
+        self.heartbeat = OperatorHeartbeat(clock)
+        self.deadman_holding = False
         self.timing = LoopTiming(config.control.stats_window)
         self.faults: dict[str, int] = {"stale_frame": 0, "policy_miss": 0, "recorder": 0}
         self.recorder: RecorderHook | None = None
         self.last_tick_t: float | None = None
         self.last_output: SafetyOutput | None = None
+        # When the control thread last wrote neutral: the e-stop line's proof that it did.
+        self.neutral_written_t: float | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._teleop_new = threading.Event()
@@ -228,20 +250,36 @@ class ControlLoop:
         if cmd is None:
             return
         out = self.safety.filter(cmd, command_t=t, now=now, motion_allowed=True)
-        if out.neutral:
-            self.actuators.neutral()
-        else:
-            self.actuators.write(out.action)
+        self._actuate(out)
         self._last_early_t = now
         self.last_output = out
         self.teleop_immediate_writes += 1
 
+    def _actuate(self, out: SafetyOutput) -> None:
+        if out.neutral:
+            self.actuators.neutral()
+            self.neutral_written_t = self.clock()
+        else:
+            self.actuators.write(out.action)
+
     def _write_neutral(self, reason: str) -> None:
         try:
-            self.safety.force_neutral(self.clock(), reason)
-            self.actuators.neutral()
+            self._actuate(self.safety.force_neutral(self.clock(), reason))
         except Exception:
             _log.exception("writing neutral failed (%s)", reason)
+
+    def emergency_neutral(self, reason: str) -> None:
+        """Neutral from another thread, for when the control thread does not answer.
+
+        Only the e-stop line calls this, after the mode is latched and the control
+        thread failed to write neutral within a few periods (it may be stuck in a
+        driver or in inference); the slew state is left to the control thread.
+        """
+        try:
+            self.actuators.neutral()
+            self.neutral_written_t = self.clock()
+        except Exception:
+            _log.exception("emergency neutral failed (%s)", reason)
 
     def _tick(self, now: float) -> None:
         self.last_tick_t = now
@@ -265,18 +303,17 @@ class ControlLoop:
                 self.faults["stale_frame"] += 1
 
         source, command, command_t, extra = self._choose_command(mode, frame, now, stale)
-        motion = flags.motion and not stale
+        deadman = mode is Mode.AUTONOMOUS and self._deadman(now)
+        motion = flags.motion and not stale and not deadman
+        block = "no_motion"
+        if flags.motion and stale:
+            block = "stale_frame"
+        elif flags.motion and deadman:
+            block = "deadman"
         out = self.safety.filter(
-            command,
-            command_t=command_t,
-            now=now,
-            motion_allowed=motion,
-            block_reason="stale_frame" if flags.motion and stale else "no_motion",
+            command, command_t=command_t, now=now, motion_allowed=motion, block_reason=block
         )
-        if out.neutral:
-            self.actuators.neutral()
-        else:
-            self.actuators.write(out.action)
+        self._actuate(out)
         t_act = self.clock()
         self.timing.compute.add(t_act - now)
         if frame is not None and frame.seq != self._last_frame_seq:
@@ -312,7 +349,23 @@ class ControlLoop:
                 if self.faults["recorder"] == 1:
                     _log.exception("recorder hook failed")
 
+    def _deadman(self, now: float) -> bool:
+        """Supervised autonomy: hold neutral while the operator's heartbeat is missing."""
+        holding = self.safety.deadman_holds(self.heartbeat.last, now)
+        if holding != self.deadman_holding:
+            self.deadman_holding = holding
+            if holding:
+                _log.warning(
+                    "no operator heartbeat for %.1f s in autonomous: holding neutral",
+                    self.safety.heartbeat_s,
+                )
+            else:
+                _log.info("operator heartbeat back: autonomous driving resumes")
+        return holding
+
     def _enter_mode(self, mode: Mode) -> None:
+        if mode is not Mode.AUTONOMOUS:
+            self.deadman_holding = False
         if mode is Mode.AUTONOMOUS and self.policy is not None:
             self.policy.reset_state()
         if mode is not Mode.MANUAL:
@@ -368,4 +421,14 @@ class ControlLoop:
             "last_neutral": None if out is None else out.neutral,
             "teleop_received": self.teleop.received,
             "teleop_immediate_writes": self.teleop_immediate_writes,
+            "deadman": self.deadman_status(),
+        }
+
+    def deadman_status(self) -> dict[str, Any]:
+        """Supervised autonomy for status/telemetry: on?, holding the car?, heartbeat age."""
+        last = self.heartbeat.last
+        return {
+            "heartbeat_s": self.safety.heartbeat_s,
+            "holding": self.deadman_holding,
+            "heartbeat_age_s": None if last is None else round(self.clock() - last, 3),
         }

@@ -3,7 +3,7 @@
 Every command, whoever produced it (phone, policy, expert), passes through
 ``SafetyLayer.filter`` once per tick.  The rules, in order:
 
-1. motion not allowed (mode, e-stop, stale camera)  -> neutral
+1. motion not allowed (mode, e-stop, stale camera, supervised-autonomy deadman) -> neutral
 2. no command, or the command is older than the teleop timeout -> neutral
    (a phone that loses Wi-Fi must stop the car, not leave it at full throttle)
 3. NaN/Inf anywhere in the command -> neutral (a broken model must not steer)
@@ -26,7 +26,14 @@ from brain.config import SafetyConfig
 from brain.hardware.protocols import ActionSpec
 
 # Reasons a tick ended in neutral (or was altered), as counted in stats().
-NEUTRAL_REASONS = ("no_motion", "stale_frame", "no_command", "watchdog", "non_finite")
+NEUTRAL_REASONS = (
+    "no_motion",
+    "stale_frame",
+    "deadman",
+    "no_command",
+    "watchdog",
+    "non_finite",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,7 @@ class SafetyLayer:
     ) -> None:
         self.spec = spec
         self.timeout_s = cfg.teleop_timeout_ms / 1000.0
+        self.heartbeat_s = cfg.autonomous_heartbeat_s or None
         low = np.asarray(spec.low, dtype=np.float64)
         high = np.asarray(spec.high, dtype=np.float64)
         for i, name in enumerate(spec.names):
@@ -110,6 +118,16 @@ class SafetyLayer:
             self.counts["slewed"] += 1
         self._remember(out, now)
         return SafetyOutput(action=out, neutral=False, clamped=clamped, slewed=slewed)
+
+    def deadman_holds(self, heartbeat_t: float | None, now: float) -> bool:
+        """Supervised autonomy: True while no operator heartbeat is young enough.
+
+        Only meaningful in AUTONOMOUS (the loop asks only then); off when
+        ``safety.autonomous_heartbeat_s`` is unset or 0.
+        """
+        if self.heartbeat_s is None:
+            return False
+        return heartbeat_t is None or now - heartbeat_t > self.heartbeat_s
 
     def force_neutral(self, now: float, reason: str) -> SafetyOutput:
         """Used outside the tick (e-stop wake-up, shutdown) to reset the slew state too."""

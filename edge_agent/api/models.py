@@ -7,6 +7,7 @@ surprise on the robot.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -14,6 +15,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brain.localtrain.options import StartOptions
+
+from edge_agent.api.keys import CONFIG
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -129,7 +132,12 @@ def parse_model(model: type[M], data: Any) -> M:
 
 async def read_body(request: web.Request, model: type[M]) -> M:
     """Reads a JSON body (empty means {}) within client_max_size and validates it."""
-    raw = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
+    limit_s = request.app[CONFIG].api.body_timeout_s
+    try:
+        async with asyncio.timeout(limit_s):  # a body trickled in byte by byte holds a slot
+            raw = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the body did not arrive within {limit_s} s") from None
     if not raw.strip():
         data: Any = {}
     else:

@@ -201,6 +201,11 @@ async def estop(request: web.Request) -> web.Response:
     return _json(request.app[BRAIN].estop(body.reason))
 
 
+async def heartbeat(request: web.Request) -> web.Response:
+    await read_body(request, Empty)
+    return _json(request.app[BRAIN].heartbeat())
+
+
 async def reset(request: web.Request) -> web.Response:
     await read_body(request, Empty)
     return _json(request.app[BRAIN].reset_estop())
@@ -362,6 +367,9 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/api/v1/mode", set_mode, "Change mode", ModeBody),
     RouteSpec("POST", "/api/v1/estop", estop, "Latch the e-stop", EstopBody),
     RouteSpec("POST", "/api/v1/reset", reset, "Reset a latched e-stop (back to idle)", Empty),
+    RouteSpec(
+        "POST", "/api/v1/heartbeat", heartbeat, "Operator heartbeat (supervised autonomy)", Empty
+    ),
     RouteSpec("GET", "/api/v1/teleop", streams.teleop_ws, "Teleop WebSocket", kind="websocket"),
     RouteSpec("GET", "/api/v1/camera.mjpg", streams.camera_mjpeg, "Camera as MJPEG", kind="mjpeg"),
     RouteSpec(

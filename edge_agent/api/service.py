@@ -14,6 +14,7 @@ from brain.config import Config
 from brain.interface import BrainInterface, Service
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import auth_for
+from edge_agent.api.limits import ConnectionGate, GatedTCPSite
 from edge_agent.api.tls import server_tls_context
 
 _log = logging.getLogger("continuon.api")
@@ -30,14 +31,16 @@ def make_service(brain: BrainInterface, config: Config) -> Service | None:
 async def serve(brain: BrainInterface, config: Config) -> None:
     auth = auth_for(config)
     app = create_app(brain, config, auth=auth)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    api = config.api
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=api.keepalive_timeout_s
+    )
     await runner.setup()
     endpoint = config.runtime_dir() / ENDPOINT_FILE
     try:
-        ssl_ctx = server_tls_context(config.api)
-        site = web.TCPSite(
-            runner, config.api.host, config.api.port, reuse_address=True, ssl_context=ssl_ctx
-        )
+        ssl_ctx = server_tls_context(api)
+        gate = ConnectionGate.from_config(api)
+        site = GatedTCPSite(runner, api.host, api.port, gate, ssl_context=ssl_ctx)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else config.api.port  # api.port 0
         scheme = "https" if ssl_ctx else "http"

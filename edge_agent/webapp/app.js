@@ -120,12 +120,18 @@ function updateDriveHint() {
   if (!canDrive()) hint = `The stick drives cars; this robot is a ${state.status.robot_kind}.`;
   else if (!teleop.connected) hint = "No live link to the robot.";
   else if (state.mode === "estop") hint = "E-stop latched: reset, then choose Manual.";
+  else if (state.mode === "autonomous" && state.deadmanHolding)
+    hint = "Stopped: no operator heartbeat reaches the robot (supervised autonomy).";
   else if (state.mode && state.mode !== "manual") hint = "Choose Manual to drive.";
   $("drive-hint").textContent = hint;
 }
 
 function renderTelemetry(t) {
   if (t.mode) setMode(t.mode, t.estop_reason);
+  if (typeof t.deadman_holding === "boolean" && t.deadman_holding !== state.deadmanHolding) {
+    state.deadmanHolding = t.deadman_holding;
+    updateDriveHint();
+  }
   const a = Array.isArray(t.action) ? t.action : [0, 0];
   $("steer-out").textContent = Number(a[0] ?? 0).toFixed(2);
   $("throttle-out").textContent = Number(a[1] ?? 0).toFixed(2);
@@ -135,6 +141,22 @@ function renderTelemetry(t) {
   $("laps-out").textContent = sim.laps == null ? "–" : fmt(sim.laps);
   if (typeof t.recording === "boolean") $("record-btn").dataset.writing = String(t.recording);
 }
+
+// ---------------------------------------------------------------------------------- supervised autonomy
+
+// While this page is open (and visible) in AUTONOMOUS, tell the robot an operator is watching.
+// With safety.autonomous_heartbeat_s set, the car holds neutral when these stop arriving: a
+// closed app, a lost link or a flooded network stops it instead of leaving it unsupervised.
+let lastBeat = 0;
+function sendHeartbeat() {
+  const period = state.status?.deadman?.heartbeat_s;
+  if (!period || state.mode !== "autonomous" || document.hidden) return;
+  const now = performance.now();
+  if (now - lastBeat < (period * 1000) / 4) return; // four per window: one lost beat is no stop
+  lastBeat = now;
+  api.post("/heartbeat", {}, { timeoutMs: Math.max(250, period * 1000) }).catch(() => {});
+}
+setInterval(sendHeartbeat, 250);
 
 // ---------------------------------------------------------------------------------- mode and status
 
