@@ -15,7 +15,6 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brain.localtrain.options import StartOptions
-
 from edge_agent.api.keys import CONFIG
 
 M = TypeVar("M", bound=BaseModel)
