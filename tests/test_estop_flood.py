@@ -3,10 +3,11 @@
 The daemon runs as `continuon run` under a low RLIMIT_NOFILE, driving autonomously
 (an ONNX policy that always drives) through our real PCA9685 driver and the real
 adafruit library over an emulated PCA9685 that logs every LEDn write with its
-monotonic time: that log is what the ESC would have seen.  The test then opens more idle loopback TCP
-connections to the Robot API than the daemon has descriptors, from many loopback
-addresses and re-opened as fast as they are closed, plus idle clients on the
-control socket, and runs `continuon estop` in the middle of it.
+monotonic time: that log is what the ESC would have seen.  The test then opens
+more idle loopback TCP connections to the Robot API than the daemon has
+descriptors, from many loopback addresses and re-opened as fast as they are
+closed, plus idle clients on the control socket, and runs `continuon estop` in
+the middle of it.
 """
 
 from __future__ import annotations
