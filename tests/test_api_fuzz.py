@@ -14,7 +14,7 @@ from api_helpers import running_api
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.api.models import TrainingStartBody
+from edge_agent.api.models import EstopMsg, PingMsg, TeleopMsg, TrainingStartBody
 from edge_agent.api.routes import ROUTES
 
 json_values = st.recursive(
@@ -28,13 +28,14 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-# bodies shaped like the real ones, with the real keys, so validation is exercised deeply
-known_keys = st.sampled_from(
-    [
-        *("mode", "reason", "code", "name", "tags", "format", "seed", "split", "type", "action"),
-        *sorted(TrainingStartBody.model_fields),
-    ]
+# bodies shaped like the real ones, with every field of every route's body model (taken from
+# ROUTES, so a field added later is fuzzed too) and of the WebSocket messages, so validation is
+# exercised deeply
+BODY_FIELDS = sorted(
+    {f for r in ROUTES if r.body is not None for f in r.body.model_fields}
+    | {f for m in (TeleopMsg, EstopMsg, PingMsg) for f in m.model_fields}
 )
+known_keys = st.sampled_from(BODY_FIELDS)
 shaped = st.dictionaries(known_keys, json_values, max_size=4)
 # training/start: every field of its body, with values of the right type and out of range,
 # plus the keys it used to take (paths, a run id, floors) that must now be refused
