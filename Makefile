@@ -11,14 +11,21 @@ STAMP  := $(VENV)/.installed-dev
 # (PJRT_DEVICE=CPU, the TPU code path) runs `cloud_jobs train` from its own environment.
 XLA_VENV  ?= .venv-xla
 XLA_STAMP := $(XLA_VENV)/.installed-xla
+# lerobot 0.4.x pins torch<2.11, so LeRobot's own reader (tests/test_export_lerobot.py loads
+# exports with it) gets its own environment, on the same torch 2.9.0 wheel as .venv-xla.
+LEROBOT_VENV  ?= .venv-lerobot
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-lerobot
 CONFIG ?= configs/sim-donkey.yaml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages used by the tests: systemd-analyze verifies the unit file, a real mosquitto
 # broker for the MQTT link, headless Chromium + chromedriver for the companion app, libusb for
-# the real pyrealsense2 wheel (the RealSense driver tests run it on a software device).
-APT_PACKAGES := systemd mosquitto chromium chromium-driver libusb-1.0-0
+# the real pyrealsense2 wheel (the RealSense driver tests run it on a software device), FFmpeg's
+# shared libraries (libavcodec, libavformat, libavutil, libavdevice, libavfilter, libswscale,
+# libswresample) for torchcodec, LeRobot's video decoder: the ffmpeg package depends on exactly
+# those, under one name on every Debian/Ubuntu release.
+APT_PACKAGES := systemd mosquitto chromium chromium-driver libusb-1.0-0 ffmpeg
 
-.PHONY: help venv xla-venv run demo test bench hw-check lint format install-service system-deps clean
+.PHONY: help venv xla-venv lerobot-venv run demo test bench hw-check lint format install-service system-deps clean
 
 help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
@@ -45,6 +52,14 @@ $(XLA_STAMP): pyproject.toml
 
 xla-venv: $(XLA_STAMP)
 
+$(LEROBOT_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LEROBOT_VENV)/bin/python -m pip install -q -e '.[lerobot]'
+	@touch $@
+
+lerobot-venv: $(LEROBOT_STAMP)
+
 run: venv
 	$(BIN)/continuon run --config $(CONFIG)
 
@@ -59,14 +74,16 @@ system-deps:
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	/sbin/ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0 ' || missing="$$missing libusb-1.0-0"; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: venv xla-venv system-deps
-	CONTINUON_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python $(BIN)/python -m pytest -q
+test: venv xla-venv lerobot-venv system-deps
+	CONTINUON_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python \
+	LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(BIN)/python -m pytest -q
 
 bench: venv
 	@mkdir -p bench/results

@@ -4,7 +4,8 @@ The layout is checked against LeRobot's v3.0 schema with pyarrow/json/PyAV.  The
 real loader (``lerobot.datasets.lerobot_dataset.LeRobotDataset``) is used when
 ``lerobot`` imports in this interpreter, or through the interpreter named by
 ``LEROBOT_PYTHON`` (lerobot 0.4.x cannot share this venv: it pins torch<2.11 and
-torchvision<0.26); otherwise that test is skipped.
+torchvision<0.26, so ``make test`` builds ``.venv-lerobot`` and sets it); otherwise that test is
+skipped.
 """
 
 from __future__ import annotations
@@ -449,7 +450,8 @@ def _lerobot_python() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    _lerobot_python() is None, reason="lerobot not importable and LEROBOT_PYTHON not set"
+    _lerobot_python() is None,
+    reason="lerobot not importable and LEROBOT_PYTHON not set (make test sets it)",
 )
 def test_real_lerobot_loads_export(exported):
     out, eps, _ = exported
