@@ -33,7 +33,7 @@ help:
 	@echo "make test             install everything needed and run the test suite"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
-	@echo "make lint             ruff check + format check"
+	@echo "make lint             ruff check + format check, mypy, import contracts"
 	@echo "make install-service  install the systemd unit on the robot (root)"
 
 $(STAMP): pyproject.toml
@@ -111,9 +111,13 @@ hw-check: venv
 	$(BIN)/continuon hw-check --config $(CONFIG) $(ARGS)
 endif
 
+# ruff, mypy (strict for brain/ rlds/ edge_agent/, see [tool.mypy]) and DESIGN.md's import
+# contracts ([tool.importlinter]): the dependency directions and no import cycles.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix .

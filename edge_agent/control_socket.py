@@ -42,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from brain.config import Config
+
+# The client (and the socket's name and place) is the brain's: its own commands use it.
+from brain.control_client import DaemonUnavailable, encode, request, socket_path
 from brain.interface import BrainInterface, CommandError, Service
 
 MAX_REQUEST_BYTES = 64 * 1024
-SOCKET_NAME = "control.sock"
 MAX_CLIENTS = 16
 IDLE_TIMEOUT_S = 60.0  # between requests; an OTA install may take longer to *answer*
 ESTOP_TIMEOUT_S = 2.0  # `continuon estop` over the socket (after the signal path)
@@ -71,10 +73,6 @@ def peer_allowed(uid: int, gid: int) -> bool:
         )
     except (KeyError, OSError):
         return False  # a uid the user database does not know is nobody we trust
-
-
-def socket_path(config: Config) -> Path:
-    return config.runtime_dir() / SOCKET_NAME
 
 
 def make_service(brain: BrainInterface, config: Config) -> Service:
@@ -215,7 +213,7 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
                 # Take (and ignore) the request first, so the client reads why, not EPIPE.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(reader.readuntil(b"\n"), 1.0)
-                writer.write(_encode({"ok": False, "error": refusal}))
+                writer.write(encode({"ok": False, "error": refusal}))
                 return
             while True:
                 try:
@@ -223,7 +221,7 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
                 except (asyncio.IncompleteReadError, TimeoutError):
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(_encode({"ok": False, "error": "request too large"}))
+                    writer.write(encode({"ok": False, "error": "request too large"}))
                     await writer.drain()
                     return
                 try:
@@ -236,7 +234,7 @@ async def serve(brain: BrainInterface, path: Path, config: Config | None = None)
                         if isinstance(req, dict) and req.get("cmd") == "ota"
                         else handle_request(brain, req, config)
                     )
-                writer.write(_encode(resp))
+                writer.write(encode(resp))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -268,43 +266,6 @@ def _refusal(writer: asyncio.StreamWriter, clients: int) -> str | None:
             "members of its group"
         )
     return None
-
-
-def _encode(obj: Any) -> bytes:
-    return json.dumps(obj, default=str).encode() + b"\n"
-
-
-# ----------------------------------------------------------------------------- client
-
-
-class DaemonUnavailable(RuntimeError):
-    pass
-
-
-def request(path: Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """One blocking request to a running daemon."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                s.sendall(_encode(payload))  # a refusal may already be waiting to be read
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise DaemonUnavailable(
-            f"no daemon is listening on {path} ({exc.strerror}); is `continuon run` running "
-            "with the same --config?"
-        ) from None
-    except PermissionError:
-        raise DaemonUnavailable(
-            f"permission denied on {path}; run as the daemon's user or a member of its group"
-        ) from None
-    return json.loads(buf)
 
 
 def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:

@@ -18,17 +18,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from brain.capture import SensorHub
 from brain.config import Config
 from brain.control.safety import SafetyLayer, SafetyOutput
 from brain.control.timing import LoopTiming
 from brain.hardware.protocols import Actuators, DepthFrame, Frame
 from brain.modes import Mode, ModeManager
 from brain.threads import run_thread
+
+if TYPE_CHECKING:  # the daemon hands the hub in; capture imports control.timing
+    from brain.capture import SensorHub
 
 _log = logging.getLogger(__name__)
 

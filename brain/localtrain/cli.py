@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CONTROL_SOCKET = "control.sock"  # edge_agent.control_socket.SOCKET_NAME (no import: layering)
+from brain.control_client import daemon_running
 
 
 def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
@@ -41,20 +40,6 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
     p.add_argument("--no-promote", action="store_true", help="stop after the gate and export")
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=cmd_train_local)
-
-
-def daemon_running(config: Any) -> bool:
-    """Does a daemon answer on this robot's control socket?"""
-    path = config.runtime_dir() / CONTROL_SOCKET
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _cli_promoter(config: Any) -> Any:

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_agent.control_socket import DaemonUnavailable, request, socket_path
+    from brain.control_client import DaemonUnavailable, request, socket_path
 
     config: Config = args.load_config()
     action = args.ota_action

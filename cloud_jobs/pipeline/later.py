@@ -11,10 +11,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloud_jobs.pipeline.daemon import DaemonProcess
-from cloud_jobs.pipeline.stages import StageFailed, run_cmd
+from cloud_jobs.pipeline.stages import (
+    HARDWARE_ID,
+    StageFailed,
+    cloud_jobs_cmd,
+    free_port,
+    run_cmd,
+)
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.run import Pipeline
@@ -25,7 +31,7 @@ RELEASE_COUNTER = 1  # every run publishes to a fresh repository with fresh keys
 BUNDLE_SAFETY = {"health_window_s": 20.0}
 
 
-class _Repo:
+class Repo:
     """A static file server for the TUF repository (any web server would do)."""
 
     def __init__(self, root: Path, port: int, log: Path) -> None:
@@ -49,6 +55,16 @@ class _Repo:
         self._logf.close()
 
 
+T = TypeVar("T")
+
+
+def _set(value: T | None, what: str) -> T:
+    """A value an earlier stage sets; a clear failure if that stage did not run."""
+    if value is None:
+        raise StageFailed(f"no {what}: the stage that makes it did not run")
+    return value
+
+
 def _wait_for(what: str, fn: Any, timeout: float, poll: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -61,16 +77,15 @@ def _wait_for(what: str, fn: Any, timeout: float, poll: float = 0.5) -> Any:
 
 
 def export(p: Pipeline) -> dict[str, Any]:
-    from cloud_jobs.pipeline.run import _cloud_jobs
-
     out = p.run_dir / "export"
     episodes = p.run_dir / "demos"
     if not episodes.is_dir():  # --skip-train: calibrate on the earlier run's demos
-        episodes = Path(p.policy_pt).parents[1] / "demos"
+        episodes = _set(p.policy_pt, "trained policy").parents[1] / "demos"
     run_cmd(
         [
-            *_cloud_jobs(),
-            *("export", "--checkpoint", p.policy_pt, "--episodes", episodes, "--out", out),
+            *cloud_jobs_cmd(),
+            *("export", "--checkpoint", _set(p.policy_pt, "trained policy")),
+            *("--episodes", episodes, "--out", out),
             *("--eval-tracks", p.opts.eval_tracks, "--eval-laps", 1, "--quiet"),
         ],
         p.log,
@@ -100,13 +115,12 @@ def export(p: Pipeline) -> dict[str, Any]:
 
 
 def bundle(p: Pipeline) -> dict[str, Any]:
-    from cloud_jobs.pipeline.run import HARDWARE_ID, _cloud_jobs
-
     out = p.run_dir / "bundle.tar"
     run_cmd(
         [
-            *_cloud_jobs(),
-            *("bundle", p.export_dir, "--out", out, "--version", p.model_version),
+            *cloud_jobs_cmd(),
+            *("bundle", _set(p.export_dir, "export"), "--out", out),
+            *("--version", _set(p.model_version, "model version")),
             *("--release-counter", RELEASE_COUNTER, "--hardware-id", HARDWARE_ID),
             *("--safety", json.dumps(BUNDLE_SAFETY)),
         ],
@@ -118,35 +132,32 @@ def bundle(p: Pipeline) -> dict[str, Any]:
 
 
 def publish(p: Pipeline) -> dict[str, Any]:
-    from cloud_jobs.pipeline.run import HARDWARE_ID, _cloud_jobs, _free_port
-
     keys, repo = p.run_dir / "keys", p.run_dir / "repo"
-    cj = _cloud_jobs()
+    cj = cloud_jobs_cmd()
     run_cmd([*cj, "keys", "init", "--dir", keys, "--threshold", 1, "--root-keys", 1], p.log)
     run_cmd([*cj, "publish", "init", "--repo", repo, "--keys", keys], p.log)
     run_cmd(
         [
             *cj,
-            *("publish", "--repo", repo, "--keys", keys, p.bundle),
+            *("publish", "--repo", repo, "--keys", keys, _set(p.bundle, "bundle")),
             *("--release-counter", RELEASE_COUNTER, "--hardware-id", HARDWARE_ID),
-            *("--version", p.model_version),
+            *("--version", _set(p.model_version, "model version")),
         ],
         p.log,
     )
-    p.repo = _Repo(repo, _free_port(), p.run_dir / "repo-server.log")
+    server = Repo(repo, free_port(), p.run_dir / "repo-server.log")
+    p.repo = server
     p.trusted_root = repo / "metadata" / "1.root.json"
-    return {"summary": f"TUF repository served at {p.repo.url}"}
+    return {"summary": f"TUF repository served at {server.url}"}
 
 
 def update(p: Pipeline) -> dict[str, Any]:
     """A fresh robot (no model) finds the bundle, installs it, drives its trial, commits it."""
-    from cloud_jobs.pipeline.run import HARDWARE_ID
-
     cfg = p._robot_config(
         "drive",
         **{
             "control.autopilot": "policy",
-            "ota.repository_url": p.repo.url,
+            "ota.repository_url": _set(p.repo, "update repository").url,
             "ota.trusted_root": str(p.trusted_root),
             "ota.hardware_id": HARDWARE_ID,
             "ota.health_window_s": 10.0,
@@ -187,7 +198,7 @@ def update(p: Pipeline) -> dict[str, Any]:
 
 def drive(p: Pipeline) -> dict[str, Any]:
     """AUTONOMOUS laps on the daemon with the installed model; the sim's metrics are the judge."""
-    daemon = p.daemon
+    daemon = _set(p.daemon, "running daemon")
     start = daemon.ctl("stats").get("sim") or {}
     laps0 = int(start.get("laps", 0))
     limit_s = max(30.0, 90.0 * p.opts.drive_laps)
@@ -226,13 +237,12 @@ def drive(p: Pipeline) -> dict[str, Any]:
 
 
 def bench(p: Pipeline) -> dict[str, Any]:
-    from cloud_jobs.pipeline.run import _cloud_jobs
-
     out = p.run_dir / "bench.json"
+    export_dir = _set(p.export_dir, "export")
     run_cmd(
         [
-            *_cloud_jobs(),
-            *("bench", "--export-dir", p.export_dir, "--json", out, "--threads", "1"),
+            *cloud_jobs_cmd(),
+            *("bench", "--export-dir", export_dir, "--json", out, "--threads", "1"),
             *("--plot", p.run_dir / "bench_latency.png", "--no-thresholds", "--quiet"),
         ],
         p.log,
@@ -244,9 +254,9 @@ def bench(p: Pipeline) -> dict[str, Any]:
 
     from brain.policy.backends import load_preferred
 
-    report = json.loads((p.export_dir / "export_report.json").read_text())
+    report = json.loads((export_dir / "export_report.json").read_text())
     files = {a["backend"]: a["file"] for a in report["artifacts"]}
-    model, backend = load_preferred(p.export_dir, report["preferred_backends"], files, threads=1)
+    model, backend = load_preferred(export_dir, report["preferred_backends"], files, threads=1)
 
     rng = np.random.default_rng(0)
     h, w = model.input_size
@@ -272,7 +282,7 @@ def run_later_stages(p: Pipeline) -> None:
         s.run("drive", lambda: drive(p))
         s.run("bench", lambda: bench(p))
     finally:
-        if getattr(p, "daemon", None) is not None:
+        if p.daemon is not None:
             p.figures["daemon_exit_code"] = p.daemon.stop()
-        if getattr(p, "repo", None) is not None:
+        if p.repo is not None:
             p.repo.stop()

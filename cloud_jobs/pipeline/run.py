@@ -8,18 +8,21 @@ installs it (hot swap, health window) → autonomous laps → report.
 from __future__ import annotations
 
 import json
-import socket
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cloud_jobs.pipeline.daemon import DaemonProcess, continuon_exe
-from cloud_jobs.pipeline.stages import StageFailed, Stages, run_cmd
+from cloud_jobs.pipeline.later import run_later_stages
+from cloud_jobs.pipeline.report import write_report
+from cloud_jobs.pipeline.stages import StageFailed, Stages, cloud_jobs_cmd, run_cmd
+
+if TYPE_CHECKING:
+    from cloud_jobs.pipeline.later import Repo
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = (
@@ -35,7 +38,6 @@ STAGES = (
     "bench",
     "report",
 )
-HARDWARE_ID = "sim-donkey"
 
 
 @dataclass(slots=True)
@@ -56,17 +58,6 @@ class PipelineOptions:
     train_steps: int | None = None  # default: the training config's (pi5: 420, tiny: 600)
 
 
-def _cloud_jobs() -> list[str]:
-    exe = Path(sys.executable).with_name("cloud_jobs")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cloud_jobs"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Pipeline:
     def __init__(self, opts: PipelineOptions, run_dir: Path | None = None) -> None:
         self.opts = opts
@@ -77,6 +68,14 @@ class Pipeline:
         self.started = time.monotonic()
         self.figures: dict[str, Any] = {}
         self.stages = Stages(self.run_dir, STAGES)
+        # Filled by the stages, in order (each is set before a later stage reads it).
+        self.policy_pt: Path | None = None
+        self.export_dir: Path | None = None
+        self.model_version: str | None = None
+        self.bundle: Path | None = None
+        self.repo: Repo | None = None
+        self.trusted_root: Path | None = None
+        self.daemon: DaemonProcess | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -132,7 +131,7 @@ class Pipeline:
         w, h = self.opts.camera
         run_cmd(
             [
-                *_cloud_jobs(),
+                *cloud_jobs_cmd(),
                 "record-demos",
                 "--out",
                 demos,
@@ -192,7 +191,7 @@ class Pipeline:
         cfg = self.run_dir / "train.yaml"
         cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
         run_dir = self.run_dir / "train"
-        run_cmd([*_cloud_jobs(), "train", "--config", cfg, "--run-dir", run_dir], self.log)
+        run_cmd([*cloud_jobs_cmd(), "train", "--config", cfg, "--run-dir", run_dir], self.log)
         self.policy_pt = run_dir / "policy.pt"
         if not self.policy_pt.is_file():
             raise StageFailed(f"training wrote no {self.policy_pt}")
@@ -226,7 +225,7 @@ class Pipeline:
         w, h = self.opts.camera
         run_cmd(
             [
-                *_cloud_jobs(),
+                *cloud_jobs_cmd(),
                 "evaluate",
                 *("--policy", self.policy_pt, "--tracks", self.opts.eval_tracks),
                 *("--laps", self.opts.laps, "--out", out, "--width", w, "--height", h, "--quiet"),
@@ -252,12 +251,8 @@ class Pipeline:
                 s.run("validate", self.validate)
                 s.run("train", self.train)
             s.run("evaluate", self.evaluate)
-            from cloud_jobs.pipeline.later import run_later_stages
-
             run_later_stages(self)
         finally:
-            from cloud_jobs.pipeline.report import write_report
-
             s.run("report", lambda: write_report(self))
         return self.run_dir
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +11,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+# The sim robot's hardware id: the bundle is published for it and the robot checks it.
+HARDWARE_ID = "sim-donkey"
+
+
+def cloud_jobs_cmd() -> list[str]:
+    """The ``cloud_jobs`` command of this environment (the stages run it as a subprocess)."""
+    exe = Path(sys.executable).with_name("cloud_jobs")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cloud_jobs"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class StageFailed(RuntimeError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.api.routes import API_VERSION, PUBLIC, RouteSpec
+if TYPE_CHECKING:  # the route table hands itself in: routes.py imports this module
+    from edge_agent.api.routes import RouteSpec
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -29,7 +31,9 @@ def _error_responses(spec: RouteSpec, public: bool) -> dict[str, Any]:
     return out
 
 
-def build_openapi(routes: tuple[RouteSpec, ...]) -> dict[str, Any]:
+def build_openapi(
+    routes: tuple[RouteSpec, ...], public_routes: Collection[tuple[str, str]], version: str
+) -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -45,7 +49,7 @@ def build_openapi(routes: tuple[RouteSpec, ...]) -> dict[str, Any]:
     }
     paths: dict[str, dict[str, Any]] = {}
     for spec in routes:
-        public = (spec.method, spec.canonical) in PUBLIC
+        public = (spec.method, spec.canonical) in public_routes
         op: dict[str, Any] = {
             "summary": spec.summary,
             "operationId": spec.handler.__name__,
@@ -97,7 +101,7 @@ def build_openapi(routes: tuple[RouteSpec, ...]) -> dict[str, Any]:
         paths.setdefault(spec.canonical, {})[spec.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Continuon Robot API", "version": API_VERSION},
+        "info": {"title": "Continuon Robot API", "version": version},
         "paths": paths,
         "components": {
             "schemas": schemas,

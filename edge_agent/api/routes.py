@@ -38,6 +38,7 @@ from edge_agent.api.models import (
     TrainingStartBody,
     read_body,
 )
+from edge_agent.api.openapi import build_openapi
 
 _log = logging.getLogger("continuon.api")
 
@@ -97,9 +98,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    from edge_agent.api.openapi import build_openapi
-
-    return _json(build_openapi(ROUTES))
+    return _json(build_openapi(ROUTES, PUBLIC, API_VERSION))
 
 
 def _temp_c() -> float | None:
