@@ -15,7 +15,7 @@ from typing import Any
 from brain import __version__
 
 
-def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     p = sub.add_parser("episodes", help="recorded episodes: list, show, validate, export, ...")
     esub = p.add_subparsers(dest="episodes_command", required=True, metavar="ACTION")
 

@@ -268,7 +268,7 @@ def _refusal(writer: asyncio.StreamWriter, clients: int) -> str | None:
     return None
 
 
-def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     """Adds `status`, `stats`, `mode`, `estop`, `reset` to the continuon command."""
     for name, helptext in (
         ("status", "show the running daemon's mode and tasks"),

@@ -349,7 +349,7 @@ async def browse(
 # ----------------------------------------------------------------------------- CLI
 
 
-def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     p = sub.add_parser("discover", help="list Continuon robots on the LAN (mDNS)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to listen (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")

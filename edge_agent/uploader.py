@@ -42,8 +42,8 @@ from urllib.parse import quote
 import aiohttp
 
 from brain.config import UploaderConfig
-from rlds.export.manifest import MANIFEST_NAME, sha256_file
-from rlds.fsutil import fsync_dir
+from rlds.export.manifest import MANIFEST_NAME
+from rlds.fsutil import fsync_dir, sha256_file
 
 _log = logging.getLogger(__name__)
 

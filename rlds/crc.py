@@ -24,7 +24,8 @@ _MASK_DELTA = 0xA282EAD8
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
     """Plain CRC32C of ``data`` (CRC32C(b"123456789") == 0xE3069283)."""
-    return google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data)
+    value: int = google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data)
+    return value
 
 
 def mask(crc: int) -> int:

@@ -34,7 +34,8 @@ def encode_float(x: float) -> float | dict[str, str]:
 
 def decode_float(v: Any) -> float:
     if isinstance(v, dict):
-        return _D.unpack(bytes.fromhex(v[_TAG]))[0]
+        value: float = _D.unpack(bytes.fromhex(v[_TAG]))[0]
+        return value
     return float(v)
 
 

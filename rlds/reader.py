@@ -43,19 +43,23 @@ class Episode:
 
     @property
     def episode_id(self) -> str:
-        return self.metadata["episode_id"]
+        value: str = self.metadata["episode_id"]
+        return value
 
     @property
     def num_steps(self) -> int:
-        return self.metadata["num_steps"]
+        value: int = self.metadata["num_steps"]
+        return value
 
     @property
     def truncated(self) -> bool:
-        return self.metadata["truncated"]
+        value: bool = self.metadata["truncated"]
+        return value
 
     @property
     def status(self) -> str:
-        return self.metadata["status"]
+        value: str = self.metadata["status"]
+        return value
 
     @property
     def steps_path(self) -> Path:

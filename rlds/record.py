@@ -126,7 +126,7 @@ def parse_header(data: bytes) -> tuple[dict[str, Any], memoryview]:
 def decode_blob(entry: dict[str, Any], raw: bytes) -> np.ndarray:
     """Decode one blob to an array; ``RecordError`` if it does not decode to what the table says."""
     enc = entry["encoding"]
-    shape = entry.get("shape")
+    shape: Any = entry.get("shape")  # checked by decode_raw's reshape
     name = entry["name"]
     if enc == images.JPEG:
         arr = images.decode_jpeg(raw)

@@ -166,7 +166,7 @@ def _try_finish_commit(d: Path, steps: Path) -> dict[str, Any] | None:
     """The temp metadata of an interrupted commit, if it is complete and matches the steps."""
     tmp = d / (EPISODE_FILE + TMP_SUFFIX)
     try:
-        meta = read_json(tmp)
+        meta: dict[str, Any] = read_json(tmp)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if schema.check_committed(meta):

@@ -51,7 +51,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class _Problems(list):
+class _Problems(list[str]):
     """A list of problems that stops growing (with a note) after a limit."""
 
     def add(self, msg: str) -> None:
@@ -75,7 +75,9 @@ def validate_episode(path: Path) -> ValidationReport:
     return report
 
 
-def _load_meta(path: Path, report: ValidationReport, problems: _Problems) -> dict | None:
+def _load_meta(
+    path: Path, report: ValidationReport, problems: _Problems
+) -> dict[str, Any] | None:
     meta_path = path / EPISODE_FILE
     if meta_path.is_file():
         try:

@@ -22,7 +22,7 @@ from typing import Any
 from brain.control_client import daemon_running
 
 
-def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     p = sub.add_parser(
         "train-local",
         help="fine-tune the policy on this robot's episodes (LoRA), in the foreground",

@@ -22,7 +22,7 @@ from typing import Any
 from brain.config import Config
 
 
-def register(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     p = sub.add_parser("ota", help="over-the-air model updates: status, check, install, rollback")
     osub = p.add_subparsers(dest="ota_action", required=True, metavar="ACTION")
     for name, helptext in (

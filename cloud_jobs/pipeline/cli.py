@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     p = sub.add_parser("pipeline", help="end-to-end run on the simulated robot (make demo)")
     _add_args(p)
     p.set_defaults(func=_run)

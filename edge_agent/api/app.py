@@ -186,7 +186,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 async def _on_shutdown(app: web.Application) -> None:
     app[CLOSING].set()
-    for ws in list(app[WEBSOCKETS]):
+    open_sockets = app[WEBSOCKETS]
+    for ws in list(open_sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"robot shutting down")
 
 

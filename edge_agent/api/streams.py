@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -114,7 +115,7 @@ class MessageBudget:
     FLOOD_FACTOR = 4.0
     PENALTY_S = 5.0  # after a flood, new sockets from that client are refused this long
 
-    def __init__(self, rate: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self._clock = clock
         self._tokens = rate

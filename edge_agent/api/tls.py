@@ -99,7 +99,7 @@ def _robot_names(config: Config) -> tuple[list[str], list[str]]:
     return names, addresses
 
 
-def register_cli(sub: argparse._SubParsersAction, add_config: Any) -> None:
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: Any) -> None:
     p = sub.add_parser("tls", help="HTTPS for the Robot API: a self-signed certificate")
     tsub = p.add_subparsers(dest="tls_action", required=True)
     i = tsub.add_parser("init", help="make a self-signed certificate and print its fingerprint")

@@ -496,9 +496,9 @@ class CloudLink:
         if client is None:
             return
         sock = client._client.socket()  # paho's socket
-        if sock is not None:
-            import socket as _socket
+        import socket as _socket
 
+        if isinstance(sock, _socket.socket):  # TCP or TLS; the websocket wrapper has no shutdown
             with contextlib.suppress(OSError):
                 sock.shutdown(_socket.SHUT_RDWR)
 

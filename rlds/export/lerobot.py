@@ -140,7 +140,9 @@ def _image_stats(images: np.ndarray, scale: float = 255.0) -> dict[str, np.ndarr
     return res
 
 
-def aggregate_stats(per_episode: Sequence[dict[str, dict[str, np.ndarray]]]) -> dict:
+def aggregate_stats(
+    per_episode: Sequence[dict[str, dict[str, np.ndarray]]],
+) -> dict[str, Any]:
     """Combine episode stats: count-weighted mean, pooled variance, min of mins ...
 
     Quantiles are combined as LeRobot does, by a count-weighted mean.
@@ -175,7 +177,8 @@ def aggregate_stats(per_episode: Sequence[dict[str, dict[str, np.ndarray]]]) -> 
 def _sample_indices(n: int) -> list[int]:
     """LeRobot's image sampling: every frame up to 100, then about n**0.75 (max 10k)."""
     num = n if n < 100 else max(100, min(int(n**0.75), 10_000))
-    return np.round(np.linspace(0, n - 1, num)).astype(int).tolist()
+    indices: list[int] = np.round(np.linspace(0, n - 1, num)).astype(int).tolist()
+    return indices
 
 
 def _downsample(chw: np.ndarray) -> np.ndarray:
@@ -245,9 +248,12 @@ class _VideoFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.container = av.open(str(path), "w")
-        self.stream = self.container.add_stream(
+        stream = self.container.add_stream(
             vcodec, rate=fps, options=_codec_options(vcodec, gop, crf, threads)
         )
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{vcodec!r} is not a video codec")
+        self.stream = stream
         self.stream.width = width
         self.stream.height = height
         self.stream.pix_fmt = "yuv420p"
@@ -286,7 +292,7 @@ def video_info(path: Path) -> dict[str, Any]:
             "video.codec": s.codec_context.codec.canonical_name,
             "video.pix_fmt": s.pix_fmt,
             "video.is_depth_map": False,
-            "video.fps": int(s.base_rate),
+            "video.fps": int(s.base_rate or 0),
             "video.channels": 3,
             "has_audio": False,
         }
@@ -352,7 +358,7 @@ def _common(episodes: Sequence[Any], key: str) -> Any:
     return values[0] if all(v == values[0] for v in values) else None
 
 
-def _tasks_table(tasks: list[str]):
+def _tasks_table(tasks: list[str]) -> Any:
     """``meta/tasks.parquet`` as pandas writes a DataFrame indexed by task string."""
     import pyarrow as pa
 
@@ -419,7 +425,7 @@ def export_lerobot(
     repo_id: str = "continuon/episodes",
     fps: float | None = None,
     splits: dict[str, str] | None = None,
-    transform_metadata: Callable[[dict], dict] | None = None,
+    transform_metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     task: str = "drive the track",
     state: Literal["prev_action", "none"] = "prev_action",
     depth: Literal["skip", "image"] = "skip",
@@ -506,7 +512,7 @@ def _export(
     out_dir: Path,
     *,
     fps: int,
-    transform_metadata: Callable[[dict], dict] | None,
+    transform_metadata: Callable[[dict[str, Any]], dict[str, Any]] | None,
     task: str,
     state: str,
     depth: str,
@@ -538,7 +544,7 @@ def _export(
     first_video_path: Path | None = None
     data_schema = None
 
-    def open_data_writer(schema) -> Any:
+    def open_data_writer(schema: Any) -> Any:
         path = out_dir / DATA_PATH.format(chunk_index=data_chunk, file_index=data_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         written.append(path)
@@ -854,7 +860,7 @@ def bench(
 class SyntheticEpisode:
     """An in-memory stand-in for ``rlds.reader.Episode`` (tests and benchmarks)."""
 
-    def __init__(self, episode_id: str, metadata: dict, steps: list) -> None:
+    def __init__(self, episode_id: str, metadata: dict[str, Any], steps: list[Any]) -> None:
         self.episode_id = episode_id
         self.metadata = {"episode_id": episode_id, "num_steps": len(steps), **metadata}
         self._steps = steps
@@ -875,11 +881,16 @@ def synthetic_frame(k: int, size: tuple[int, int]) -> np.ndarray:
     r = 128 + 100 * np.sin((x + 3 * k) / 11.0)
     g = 128 + 100 * np.cos((y - 2 * k) / 9.0)
     b = 128 + 60 * np.sin((x + y + 5 * k) / 17.0)
-    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+    frame: np.ndarray = np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+    return frame
 
 
 def synthetic_episodes(
-    num: int, steps: int, size: tuple[int, int] = (64, 96), rate_hz: float = 20.0, depth=False
+    num: int,
+    steps: int,
+    size: tuple[int, int] = (64, 96),
+    rate_hz: float = 20.0,
+    depth: bool = False,
 ) -> Iterable[SyntheticEpisode]:
     from rlds.types import StepData
 

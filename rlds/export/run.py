@@ -185,7 +185,8 @@ def export_dataset(
 
 def _transform(anon: Anonymizer) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def transform(meta: dict[str, Any]) -> dict[str, Any]:
-        return anon.metadata(meta)
+        out: dict[str, Any] = anon.metadata(meta)
+        return out
 
     return transform
 

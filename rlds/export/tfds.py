@@ -278,7 +278,7 @@ def _check_name(kind: str, name: str) -> None:
 # features.json
 
 
-def _tensor_json(cls: str, shape: Sequence[int | None], dtype: str, encoding: str) -> dict:
+def _tensor_json(cls: str, shape: Sequence[int | None], dtype: str, encoding: str) -> dict[str, Any]:
     dims = [str(-1 if d is None else d) for d in shape]
     return {
         "pythonClassName": cls,
@@ -290,18 +290,18 @@ def _tensor_json(cls: str, shape: Sequence[int | None], dtype: str, encoding: st
     }
 
 
-def _scalar_json(dtype: str) -> dict:
+def _scalar_json(dtype: str) -> dict[str, Any]:
     # float64 goes as bytes: a FloatList would round it to float32.
     if dtype == "float64":
         return _tensor_json(_CLS_TENSOR, [], "float64", "bytes")
     return _tensor_json(_CLS_SCALAR, [], dtype, "none")
 
 
-def _dict_json(features: dict[str, dict]) -> dict:
+def _dict_json(features: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"pythonClassName": _CLS_DICT, "featuresDict": {"features": features}}
 
 
-def _obs_json(o: _Obs) -> dict:
+def _obs_json(o: _Obs) -> dict[str, Any]:
     if o.kind in (images.JPEG, images.PNG16):
         dims = [str(-1 if d is None else d) for d in o.shape]
         return {
@@ -317,8 +317,8 @@ def _obs_json(o: _Obs) -> dict:
     return _tensor_json(_CLS_TENSOR, o.shape, o.dtype, "bytes")
 
 
-def features_json(schema: _Schema) -> dict:
-    step: dict[str, dict] = {
+def features_json(schema: _Schema) -> dict[str, Any]:
+    step: dict[str, dict[str, Any]] = {
         "observation": _dict_json({n: _obs_json(o) for n, o in sorted(schema.obs.items())}),
         "action": _tensor_json(_CLS_TENSOR, [schema.action_dim], "float64", "bytes"),
         "reward": _scalar_json("float64"),
@@ -332,7 +332,7 @@ def features_json(schema: _Schema) -> dict:
         step["timestamps"] = _dict_json({k: _scalar_json("float64") for k in schema.timestamps})
     if schema.include_extra:
         step["extra_json"] = {"pythonClassName": _CLS_TEXT, "text": {}}
-    meta: dict[str, dict] = {}
+    meta: dict[str, dict[str, Any]] = {}
     for k, t in schema.meta_types.items():
         meta[k] = {"pythonClassName": _CLS_TEXT, "text": {}} if t == "text" else _scalar_json(t)
     meta[METADATA_JSON_KEY] = {"pythonClassName": _CLS_TEXT, "text": {}}
@@ -444,7 +444,7 @@ def _encode_episode(
         if spec.kind in (images.JPEG, images.PNG16):
             feats[key] = pb.bytes_feature(vals)
         elif spec.kind == "bool":
-            flat = np.concatenate([v.reshape(-1) for v in vals]) if vals else []
+            flat: Any = np.concatenate([v.reshape(-1) for v in vals]) if vals else []
             feats[key] = pb.int64_feature(int(b) for b in flat)
         else:
             le = np.dtype(spec.dtype).newbyteorder("<")
@@ -455,10 +455,10 @@ def _encode_episode(
     feats["steps/reward"] = pb.bytes_feature(_f64_bytes(rewards))
     feats["steps/discount"] = pb.bytes_feature(_f64_bytes(discounts))
     feats["steps/t"] = pb.bytes_feature(_f64_bytes(ts))
-    for k, v in flags.items():
-        feats[f"steps/{k}"] = pb.int64_feature(v)
-    for k, v in stamps.items():
-        feats[f"steps/timestamps/{k}"] = pb.bytes_feature(_f64_bytes(v))
+    for k, flag_vals in flags.items():
+        feats[f"steps/{k}"] = pb.int64_feature(flag_vals)
+    for k, stamp_vals in stamps.items():
+        feats[f"steps/timestamps/{k}"] = pb.bytes_feature(_f64_bytes(stamp_vals))
     if schema.include_extra:
         feats["steps/extra_json"] = pb.bytes_feature(extras)
 
@@ -698,10 +698,10 @@ def export_tfds(
                     if splits[ep.episode_id] != split:
                         continue
                     where = f"episode {ep.episode_id} ({getattr(ep, 'path', '?')})"
-                    chunks, size, n = _encode_episode(ep, meta, schema, where)
-                    writer.write(chunks, size)
+                    chunks, nbytes, nsteps = _encode_episode(ep, meta, schema, where)
+                    writer.write(chunks, nbytes)
                     count += 1
-                    st.steps += n
+                    st.steps += nsteps
                 names.extend(writer.finish())
             except BaseException:
                 writer.close()  # release the open shard; the temp dir is removed below
