@@ -75,9 +75,7 @@ def validate_episode(path: Path) -> ValidationReport:
     return report
 
 
-def _load_meta(
-    path: Path, report: ValidationReport, problems: _Problems
-) -> dict[str, Any] | None:
+def _load_meta(path: Path, report: ValidationReport, problems: _Problems) -> dict[str, Any] | None:
     meta_path = path / EPISODE_FILE
     if meta_path.is_file():
         try:

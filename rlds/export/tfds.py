@@ -278,7 +278,9 @@ def _check_name(kind: str, name: str) -> None:
 # features.json
 
 
-def _tensor_json(cls: str, shape: Sequence[int | None], dtype: str, encoding: str) -> dict[str, Any]:
+def _tensor_json(
+    cls: str, shape: Sequence[int | None], dtype: str, encoding: str
+) -> dict[str, Any]:
     dims = [str(-1 if d is None else d) for d in shape]
     return {
         "pythonClassName": cls,
