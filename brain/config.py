@@ -600,7 +600,7 @@ class Config(_Strict):
     @property
     def uses_sim(self) -> bool:
         hw = self.hardware
-        drivers = [hw.actuators.driver]
+        drivers: list[str] = [hw.actuators.driver]
         drivers += [s.driver for s in (hw.camera, hw.depth) if s is not None]
         return "sim" in drivers
 

@@ -71,8 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_confi
 
 def _root(args: argparse.Namespace) -> Path:
     if args.root is not None:
-        return args.root
-    return args.load_config().episodes_dir()
+        return Path(args.root)
+    return Path(args.load_config().episodes_dir())
 
 
 def _find(root: Path, name: str) -> Path:

@@ -114,7 +114,7 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-class _BrainHandler(logging.StreamHandler):
+class _BrainHandler(logging.StreamHandler[IO[str]]):
     """Our root handler; recognised (and replaced) by a later setup_logging()."""
 
 

@@ -273,8 +273,8 @@ class Recorder:
                 if self._fault is not None:
                     self._check_fault_cleared()
                 if isinstance(item, Step):
-                    late = self._drain_deadline is not None
-                    if late and time.monotonic() > self._drain_deadline:
+                    deadline = self._drain_deadline
+                    if deadline is not None and time.monotonic() > deadline:
                         self.stats.steps_dropped += 1  # shutting down: commit what we have
                     else:
                         pending.append((item, self._encode_async(pool, item)))

@@ -9,7 +9,7 @@ instead of a pydantic traceback.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,7 +72,7 @@ def _data_path(
 
 
 def describe(
-    err: dict[str, Any],
+    err: Mapping[str, Any],
     raw: Any,
     lines: dict[tuple[str, ...], int],
     source: str,

@@ -134,7 +134,8 @@ class Provenance(_Strict):
             when = datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"not an ISO 8601 time: {v!r}") from None
-        if when.tzinfo is None or when.utcoffset() is None or when.utcoffset().total_seconds():
+        offset = when.utcoffset()
+        if when.tzinfo is None or offset is None or offset.total_seconds():
             raise ValueError(f"must be UTC with an explicit offset or Z, got {v!r}")
         return v
 

@@ -19,7 +19,7 @@ import stat
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from brain.bundle.content import SNIFF_BYTES, forbidden_content
 from brain.bundle.manifest import (
@@ -47,7 +47,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _copy_member(src: BinaryIO, dst: Path, size: int, *, sniff: bool) -> str:
+def _copy_member(src: IO[bytes], dst: Path, size: int, *, sniff: bool) -> str:
     """Copy exactly ``size`` bytes to a new file ``dst`` (fsynced); returns the sha256."""
     h = hashlib.sha256()
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

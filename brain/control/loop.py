@@ -403,7 +403,8 @@ class ControlLoop:
             return None
         extra["inference_ms"] = round(res.latency_s * 1000, 3)
         extra["model_version"] = res.model_version
-        return res.action
+        action: np.ndarray | None = res.action
+        return action
 
     # ------------------------------------------------------------------ the supervised task
 

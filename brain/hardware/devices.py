@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brain.config import Config
 from brain.hardware.protocols import Actuators, Camera, DepthCamera
+
+if TYPE_CHECKING:
+    from brain.hardware.sim.robot import SimRobot
 
 _log = logging.getLogger(__name__)
 
@@ -39,10 +42,16 @@ class RobotDevices:
                 _log.exception("closing %s failed", type(dev).__name__)
 
 
+def _sim(sim: SimRobot | None) -> SimRobot:
+    if sim is None:  # config.uses_sim is True whenever a driver is "sim"
+        raise RuntimeError("a sim driver is configured but no simulated robot was built")
+    return sim
+
+
 def open_devices(config: Config) -> RobotDevices:
     """Open the configured devices.  Real driver libraries are imported only here, lazily."""
     hw = config.hardware
-    sim = None
+    sim: SimRobot | None = None
     if config.uses_sim:
         from brain.hardware.sim import build_sim_robot
 
@@ -51,12 +60,14 @@ def open_devices(config: Config) -> RobotDevices:
 
     camera: Camera | None = None
     if hw.camera is not None:
-        camera = sim.camera if hw.camera.driver == "sim" else factory.open_camera(hw.camera)
+        camera = _sim(sim).camera if hw.camera.driver == "sim" else factory.open_camera(hw.camera)
     depth: DepthCamera | None = None
     if hw.depth is not None:
-        depth = sim.depth if hw.depth.driver == "sim" else factory.open_depth(hw.depth, camera)
+        depth = (
+            _sim(sim).depth if hw.depth.driver == "sim" else factory.open_depth(hw.depth, camera)
+        )
     if hw.actuators.driver == "sim":
-        actuators: Actuators = sim.actuators
+        actuators: Actuators = _sim(sim).actuators
     else:
         actuators = factory.open_actuators(hw.actuators)
     return RobotDevices(camera=camera, depth=depth, actuators=actuators, sim=sim)

@@ -14,6 +14,7 @@ mapping, so the error is calibrated away.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -327,9 +328,9 @@ class PCA9685Arm:
         actions: list[Callable[[], Any]] = []
         for joint in self.cfg.joints:
             if self.cfg.on_stop == "release":
-                actions.append(lambda j=joint: self._release(board, j.name, j.channel))
+                actions.append(functools.partial(self._release, board, joint.name, joint.channel))
             elif joint.name in self._commanded_us:
-                actions.append(lambda j=joint: self._rewrite(board, j.name, j.channel))
+                actions.append(functools.partial(self._rewrite, board, joint.name, joint.channel))
         _first_error(actions)
 
     def _release(self, board: PwmBoard, name: str, channel: int) -> None:

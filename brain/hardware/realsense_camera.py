@@ -266,7 +266,7 @@ class RealSenseCamera:
         td = self._rs.timestamp_domain
         if domain not in (td.global_time, td.system_time):
             return arrival
-        t = frame.get_timestamp() / 1000.0 - wall_offset
+        t = float(frame.get_timestamp()) / 1000.0 - wall_offset
         if not math.isfinite(t) or abs(arrival - t) > _MAX_PLAUSIBLE_AGE_S:
             return arrival
         return min(t, arrival)

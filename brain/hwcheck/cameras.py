@@ -61,7 +61,7 @@ def grab(
     clock: Callable[[], float],
     timeout: float,
     warmup: int = 0,
-    after_warmup: Callable[[], None] | None = None,
+    after_warmup: Callable[[], object] | None = None,
 ) -> Grab:
     """Read ``warmup`` frames that are not measured, then up to ``n`` that are.
 
@@ -139,7 +139,9 @@ class _Absent(Exception):
         self.details = details
 
 
-def _check_realsense_present(devices: list[dict[str, Any]], serial: str | None) -> list[dict]:
+def _check_realsense_present(
+    devices: list[dict[str, Any]], serial: str | None
+) -> list[dict[str, Any]]:
     if not devices:
         raise _Absent(
             "no RealSense device found: check the USB 3 cable and `rs-enumerate-devices`",
@@ -155,6 +157,7 @@ def _check_realsense_present(devices: list[dict[str, Any]], serial: str | None) 
 
 def check_camera(ctx: CheckContext) -> CheckResult:
     details: dict[str, Any] = {}
+    cfg: CameraConfig | None
     if ctx.sim:
         cfg = ctx.sim_camera_config()
         details["driver"] = "sim"
@@ -316,7 +319,8 @@ def pair_skews(color_t: list[float], depth_t: list[float]) -> list[float]:
     idx = np.searchsorted(c, d)
     lo = c[np.clip(idx - 1, 0, c.size - 1)]
     hi = c[np.clip(idx, 0, c.size - 1)]
-    return np.minimum(np.abs(d - lo), np.abs(d - hi)).tolist()
+    gaps: list[float] = np.minimum(np.abs(d - lo), np.abs(d - hi)).tolist()
+    return gaps
 
 
 def check_sync(ctx: CheckContext) -> CheckResult:
@@ -358,7 +362,8 @@ def check_sync(ctx: CheckContext) -> CheckResult:
                 warmup=ctx.warmup_frames,
                 after_warmup=barrier.wait,
             )
-            if grabs[key].error and grabs[key].error.startswith("warm-up"):
+            error = grabs[key].error
+            if error and error.startswith("warm-up"):
                 barrier.abort()  # do not keep the other reader waiting for us
         except threading.BrokenBarrierError:
             grabs[key] = Grab(error="the other camera did not deliver its first frames")

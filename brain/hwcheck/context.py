@@ -43,8 +43,8 @@ class CheckContext:
     thermal_path: Path = system.THERMAL_PATH
     vcgencmd: Callable[..., str | None] = system.run_vcgencmd
     say: Callable[[str], None] = lambda _msg: None
-    _camera: Any = field(default=None, repr=False)
-    _depth: Any = field(default=None, repr=False)
+    _camera: Camera | None = field(default=None, repr=False)
+    _depth: DepthCamera | None = field(default=None, repr=False)
     _started: list[Any] = field(default_factory=list, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
     _own_robot: bool = field(default=False, repr=False)
@@ -83,6 +83,7 @@ class CheckContext:
     def camera(self) -> Camera:
         """The colour camera, opened and started (real drivers: errors propagate)."""
         if self._camera is None:
+            cam: Camera
             if self.sim:
                 cam = self.robot().camera
             else:
@@ -95,6 +96,7 @@ class CheckContext:
                     self._depth = factory.open_depth(hw.depth, cam)
             self._start(cam)
             self._camera = cam
+            return cam
         return self._camera
 
     def depth(self) -> DepthCamera:
@@ -124,7 +126,8 @@ class CheckContext:
             from brain.hardware import realsense_camera
 
             self._cache["realsense"] = realsense_camera.list_devices()
-        return self._cache["realsense"]
+        devices: list[dict[str, Any]] = self._cache["realsense"]
+        return devices
 
     def picameras(self) -> list[dict[str, Any]]:
         """Cameras libcamera sees; HardwareUnavailable when picamera2 cannot be imported."""
@@ -132,7 +135,8 @@ class CheckContext:
             from brain.hardware import picamera2_camera
 
             self._cache["picamera2"] = picamera2_camera.list_cameras()
-        return self._cache["picamera2"]
+        cameras: list[dict[str, Any]] = self._cache["picamera2"]
+        return cameras
 
     def i2c_probe(self) -> dict[str, Any]:
         """Probe the configured PCA9685 address once per run (see :func:`probe_i2c`)."""
@@ -140,7 +144,8 @@ class CheckContext:
             self._cache["i2c"] = probe_i2c(
                 self.config.hardware.actuators.pca9685, dev_dir=self.dev_dir, sleep=self.sleep
             )
-        return self._cache["i2c"]
+        probe: dict[str, Any] = self._cache["i2c"]
+        return probe
 
     # -------------------------------------------------------------- cleanup
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from brain.config import Config
-from brain.hwcheck.checks import CHECKS, CheckContext, CheckResult, count, run_checks
+from brain.hwcheck.checks import CHECKS, CheckContext, CheckFn, CheckResult, count, run_checks
 from rlds.fsutil import replace_file
 
 NAME_WIDTH = 11
@@ -85,7 +85,7 @@ def run(
     config_path: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    checks=CHECKS,
+    checks: tuple[tuple[str, CheckFn], ...] = CHECKS,
     context_factory: Callable[..., CheckContext] = CheckContext,
     **context_kwargs: Any,
 ) -> int:

@@ -57,7 +57,8 @@ def split_episodes(
     episodes: Sequence[Episode], holdout_fraction: float, seed: int
 ) -> tuple[list[Episode], list[Episode]]:
     """(train, held-out): each episode's side depends only on (seed, its id)."""
-    train, held = [], []
+    train: list[Episode] = []
+    held: list[Episode] = []
     for ep in episodes:
         h = hashlib.sha256(f"{seed}|{ep.episode_id}".encode()).digest()
         u = int.from_bytes(h[:8], "big") / 2**64

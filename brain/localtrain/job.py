@@ -136,7 +136,7 @@ def resolve_base_model(config: Any) -> Path:
         beside = Path(config.policy.model).parent / "policy.pt"
         if beside.is_file():
             return beside
-    return config.localtrain_dir() / "base.pt"
+    return Path(config.localtrain_dir()) / "base.pt"
 
 
 def job_from_config(

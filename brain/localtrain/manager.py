@@ -134,7 +134,8 @@ class LocalTrainManager:
                 "message": self._message,
                 "last_result": self._last_result,
             }
-        return self._public(out)
+        public: dict[str, Any] = self._public(out)
+        return public
 
     def _public(self, obj: Any) -> Any:
         """``obj`` with every path made relative to the work dir, or hidden as ``<path>``."""

@@ -53,7 +53,8 @@ def make_daemon_trainer(
         if u is None or lp is None:
             raise RuntimeError("the OTA updater is not running")
         fut = asyncio.run_coroutine_threadsafe(u.install(archive), lp)
-        return fut.result(INSTALL_TIMEOUT_S)
+        result: dict[str, Any] = fut.result(INSTALL_TIMEOUT_S)
+        return result
 
     promoter = Promoter(config, base_info=lambda: committed_base(config), install=install)
     return LocalTrainManager(config, modes=modes, is_moving=is_moving, promoter=promoter)

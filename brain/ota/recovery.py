@@ -90,7 +90,7 @@ class BootRecovery:
         # Never let a lost state file lower the replay protection.
         for slot in ("A", "B"):
             with contextlib.suppress(Exception):
-                counter = max(counter, int(self.slots.verify(slot).release_counter))  # type: ignore[arg-type]
+                counter = max(counter, int(self.slots.verify(slot).release_counter))
         self.notes.append(
             f"state file unreadable ({error}); booting on "
             + (f"last-known-good {rec.version} (slot {rec.slot})" if rec else "no model")

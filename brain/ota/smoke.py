@@ -42,7 +42,7 @@ def load_bundle_policy(
         backend = getattr(art, "backend", None)
         if backend and backend not in files:
             files[backend] = name
-    preferred = list(manifest.preferred_backends) or list(files)
+    preferred: list[str] = list(manifest.preferred_backends) or list(files)
     model, _backend = load_preferred(
         bundle_dir,
         preferred,
@@ -51,7 +51,8 @@ def load_bundle_policy(
         action_names=action_names,
         version=str(manifest.version),
     )
-    return model
+    loaded: LoadedModel = model
+    return loaded
 
 
 def smoke_test(model: LoadedModel, steps: int, max_latency_ms: float | None) -> dict[str, float]:

@@ -18,13 +18,13 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rlds.fsutil import replace_file
 
-SCHEMA = 1
+SCHEMA: Final = 1
 STATE_FILE = "state.json"
 COMMITTED_FILE = "committed.json"
 

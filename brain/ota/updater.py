@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from brain.config import OtaConfig
 from brain.ota.health import HealthMonitor, HealthReport, HealthThresholds
@@ -106,7 +106,7 @@ class Updater:
         repository: Callable[[str | Path | None], Any] | None = None,
         verify_local: Callable[[Path, OtaState], Any] | None = None,
         require_signature: bool = True,
-        stop_motion: Callable[[str], None] | None = None,
+        stop_motion: Callable[[str], object] | None = None,
         on_step: Callable[[str], None] | None = None,
         poll_s: float = 0.02,
     ):
@@ -583,7 +583,7 @@ def _rec(rec: SlotRecord | None) -> dict[str, Any] | None:
     return None if rec is None else rec.model_dump(mode="json")
 
 
-def _source(manifest: Any) -> str:
+def _source(manifest: Any) -> Literal["cloud", "local"]:
     prov = getattr(manifest, "provenance", None)
     src = getattr(prov, "source", None) if prov is not None else None
     return "local" if src == "local" else "cloud"

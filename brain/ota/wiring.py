@@ -132,7 +132,7 @@ def create_updater(
     *,
     policy: PolicyRunner | None = None,
     interventions: Callable[[], int] | None = None,
-    stop_motion: Callable[[str], None] | None = None,
+    stop_motion: Callable[[str], object] | None = None,
 ) -> Updater:
     """The updater for this robot (not yet opened: call ``open()`` to lock and recover)."""
     try:

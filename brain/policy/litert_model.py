@@ -64,7 +64,7 @@ def read_tflite_metadata(path: Path) -> dict[str, Any]:
     metadata is skipped (the caller then names the model by its hash or the bundle's version).
     """
     try:
-        from ai_edge_litert import schema_py_generated as schema  # type: ignore[import-untyped]
+        from ai_edge_litert import schema_py_generated as schema
     except ImportError:
         return {}
     try:

@@ -127,7 +127,7 @@ class _Request:
     __slots__ = ("compute_s", "done", "image", "outcome", "result", "seq", "started", "t_obs")
 
     def __init__(self, image: np.ndarray, t_obs: float, seq: int):
-        self.image = image
+        self.image: np.ndarray | None = image  # None once the worker has it, or it went stale
         self.t_obs = t_obs
         self.seq = seq
         self.started = False
@@ -227,6 +227,12 @@ class PolicyRunner:
         self.close()
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def has_model(self) -> bool:
+        """A model is loaded (the control loop's Inference protocol)."""
+        with self._cv:
+            return self._model is not None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -444,30 +450,31 @@ class PolicyRunner:
                 model = self._model
                 state = self._state
                 image = req.image
-            if model is None:  # cannot happen: infer checks; kept for safety
+            if model is None or image is None:  # cannot happen: infer checks; kept for safety
                 with cv:
                     req.done, req.outcome = True, "error"
                     cv.notify_all()
                 continue
 
             t_start = time.monotonic()
+            stepped: tuple[np.ndarray, dict[str, np.ndarray]] | None
             try:
-                action, new_state = model.step(image, state)
+                stepped = model.step(image, state)
                 error = None
             except Exception as exc:
-                action, new_state, error = None, None, exc
+                stepped, error = None, exc
             t_done = time.monotonic()
             compute_s = t_done - t_start
 
             finite = (
-                error is None
-                and bool(np.isfinite(action).all())
-                and all(np.isfinite(v).all() for v in new_state.values())
+                stepped is not None
+                and bool(np.isfinite(stepped[0]).all())
+                and all(np.isfinite(v).all() for v in stepped[1].values())
             )
             with cv:
                 self._runs += 1
                 self._compute.append(compute_s)
-                if error is not None:
+                if stepped is None:
                     self._errors += 1
                     msg = f"{type(error).__name__}: {error}"
                     if msg != self._last_error:
@@ -486,7 +493,7 @@ class PolicyRunner:
                     self._state_resets += 1
                     req.outcome = "nan"
                 else:
-                    self._state = new_state
+                    action, self._state = stepped
                     req.outcome = "ok"
                     req.result = (action, model.version, compute_s, t_done)
                 req.compute_s = compute_s

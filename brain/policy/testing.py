@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,9 @@ from .model import LoadedModel
 _FEATURES = 8
 
 
-def dummy_weights(state_size: int, memory_size: int, action_size: int, seed: int = 0) -> dict:
+def dummy_weights(
+    state_size: int, memory_size: int, action_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
     """The (seeded, deterministic) weights :func:`build_dummy_policy` uses."""
     rng = np.random.default_rng(seed)
 
@@ -203,12 +205,17 @@ def reference_step(
     conv += wts["conv_b"]
     f = np.maximum(conv, 0).mean(axis=(0, 1))[None, :]
     pre = f @ wts["wfa"]
-    s_out = m_out = None
+    s_out: np.ndarray | None = None
+    m_out: np.ndarray | None = None
     if state_size:
+        if state is None:
+            raise ValueError("a graph with recurrent state needs the state")
         s_out = 0.9 * state + np.tanh(f @ wts["wfs"])
         pre = pre + s_out @ wts["wsa"]
     if memory_size:
-        m_in = np.concatenate([f, state], axis=1) if state_size else f
+        if memory is None:
+            raise ValueError("a graph with memory needs the memory")
+        m_in = np.concatenate([f, state], axis=1) if state is not None and state_size else f
         m_out = 0.95 * memory + 0.1 * np.tanh(m_in @ wts["wm"])
         pre = pre + m_out @ wts["wma"]
     return np.tanh(pre)[0] + bias, s_out, m_out
@@ -229,14 +236,16 @@ class FaultyModel(LoadedModel):
     nan_on: Collection[int] = ()
     raise_on: Collection[int] = ()
     on_call: Callable[[int], None] | None = None
-    _counter: itertools.count = field(default_factory=itertools.count, repr=False)
+    _counter: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     @classmethod
     def wrap(cls, inner: LoadedModel, **faults: Any) -> FaultyModel:
         base = {f.name: getattr(inner, f.name) for f in fields(LoadedModel)}
         return cls(**base, **faults)
 
-    def step(self, image, recurrent=None):  # type: ignore[override]
+    def step(
+        self, image: np.ndarray, recurrent: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         i = next(self._counter)
         if self.on_call is not None:
             self.on_call(i)

@@ -81,7 +81,7 @@ class EvalConditions:
     rate_hz: float = 20.0
     max_steps: int | None = None
     seed: int = 0
-    lighting: str = "day"
+    lighting: str = "day"  # checked against SimConfig's choices by sim_config()
     texture: str = "asphalt"
     steering_offset: float = 0.0
     width: int = 640
@@ -93,12 +93,15 @@ class EvalConditions:
 
 
 def sim_config(track: str, c: EvalConditions) -> SimConfig:
-    return SimConfig(
-        track=track,
-        seed=c.seed,
-        lighting=c.lighting,
-        texture=c.texture,
-        steering_offset=c.steering_offset,
+    # Validated: the conditions come from command lines and configs as plain strings.
+    return SimConfig.model_validate(
+        {
+            "track": track,
+            "seed": c.seed,
+            "lighting": c.lighting,
+            "texture": c.texture,
+            "steering_offset": c.steering_offset,
+        }
     )
 
 
@@ -168,7 +171,7 @@ def run_drive(driver: Driver, track: str, c: EvalConditions) -> tuple[dict[str, 
         elif now - stall_mark[0] >= c.stall_timeout_s:
             reason = "stalled"
             break
-    m = world.metrics()
+    m: dict[str, Any] = world.metrics()
     sim_t = float(m["sim_time_s"])
     out = {
         "laps": int(m["laps"]),

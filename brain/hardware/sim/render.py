@@ -51,7 +51,7 @@ def _noise_bank(seed: int, tag: int, shape: tuple[int, ...], std: float) -> np.n
     rng = np.random.default_rng([seed, tag, *shape])
     padded = (NOISE_BANK, shape[0] + NOISE_PAD, shape[1] + NOISE_PAD, *shape[2:])
     bank = rng.standard_normal(size=padded, dtype=np.float32) * np.float32(std)
-    out = np.clip(np.rint(bank), -32768, 32767).astype(np.int16)
+    out: np.ndarray = np.clip(np.rint(bank), -32768, 32767).astype(np.int16)
     out.setflags(write=False)
     return out
 
@@ -132,7 +132,8 @@ class RgbRenderer:
         )
         amount = np.clip((glow + streak) * self.light.bloom, 0.0, 1.0)
         color = np.asarray(self.light.sun_color, np.float32) * 255.0
-        return np.clip(amount[..., None] * color, 0, 255).astype(np.uint8)
+        image: np.ndarray = np.clip(amount[..., None] * color, 0, 255).astype(np.uint8)
+        return image
 
     def render(self, state: CarState, frame_key: int = 0) -> np.ndarray:
         """The camera image of a car at ``state``: HxWx3 uint8 RGB."""
@@ -180,14 +181,14 @@ class RgbRenderer:
             cv2.blendLinear(rows, self._haze_img, self._img_w, self._fog_w, dst=rows)
 
         if self.bloom is not None:
-            self._add_bloom(out, yaw)
+            self._add_bloom(out, self.bloom, yaw)
 
         if self.noise is not None:
             noise = _noise_window(self.noise, self.seed, 1, frame_key, h, w)
             cv2.add(out, noise, dst=out, dtype=cv2.CV_8U)
         return out
 
-    def _add_bloom(self, out: np.ndarray, yaw: float) -> None:
+    def _add_bloom(self, out: np.ndarray, bloom: np.ndarray, yaw: float) -> None:
         light = self.light
         az = math.radians(light.sun_azimuth_deg) - yaw
         el = math.radians(light.sun_elevation_deg)
@@ -206,7 +207,7 @@ class RgbRenderer:
         if ya >= yb or xa >= xb:
             return
         region = out[ya:yb, xa:xb]
-        cv2.add(region, self.bloom[y0 + ya : y0 + yb, x0 + xa : x0 + xb], dst=region)
+        cv2.add(region, bloom[y0 + ya : y0 + yb, x0 + xa : x0 + xb], dst=region)
 
 
 class DepthRenderer:

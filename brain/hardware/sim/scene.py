@@ -296,7 +296,7 @@ def ground_raster(track: Track, texture: str, lighting: str, seed: int) -> Groun
     img *= np.asarray(light.ground_gain, np.float32)
     img += light.ground_offset
     level0 = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    levels = [level0]
+    levels: list[np.ndarray] = [level0]
     for _ in range(1, MIP_LEVELS):
         levels.append(cv2.pyrDown(levels[-1]))
     for lv in levels:

@@ -106,7 +106,7 @@ class Track:
 
         def d2(k: int) -> float:
             p = pts[k % n]
-            return (p[0] - x) ** 2 + (p[1] - y) ** 2
+            return float((p[0] - x) ** 2 + (p[1] - y) ** 2)
 
         best = d2(i)
         for _ in range(n):
@@ -195,7 +195,8 @@ def _from_curvature(kappa: np.ndarray, step: float) -> np.ndarray:
     gap = pts[-1] - pts[0]
     ramp = np.linspace(0.0, 1.0, len(pts))[:, None]
     pts = pts - ramp * gap  # spread the (tiny) closure error along the loop
-    return pts[:-1]
+    closed: np.ndarray = pts[:-1]
+    return closed
 
 
 def _resample(dense: np.ndarray, spacing: float) -> np.ndarray:
