@@ -32,10 +32,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from brain.localtrain.job import EXIT_BAD_JOB, EXIT_ERROR, EXIT_STOPPED, TrainJob
 from rlds.fsutil import sha256_file
+
+if TYPE_CHECKING:
+    from brain.model import Policy
 
 CKPT_FORMAT = "continuon-localtrain-checkpoint/1"
 #: torch.load(weights_only=True) can run code from a crafted file before 2.6 (CVE-2025-32434).
@@ -159,10 +162,12 @@ class Trainer:
         self.train_eps, self.held_eps = D.split_episodes(eps, job.holdout_fraction, job.seed)
         if not self.train_eps:
             raise D.DataError("every episode is held out; lower holdout_fraction")
-        hw = tuple(self.cfg.image_hw)
+        hw = _hw(self.cfg.image_hw)
         lora = LoraConfig(
             r=job.lora_rank,
-            lora_alpha=job.lora_alpha,
+            # peft annotates an int but computes the scale lora_alpha / r in floats; the
+            # config allows a fractional alpha.
+            lora_alpha=job.lora_alpha,  # type: ignore[arg-type]
             lora_dropout=job.lora_dropout,
             target_modules=list(job.target_modules),
             bias="none",
@@ -337,7 +342,7 @@ class Trainer:
     def save_adapter(self) -> Path:
         out = self.job.path("adapter")
         self.model.save_pretrained(str(out))
-        meta = {
+        meta: dict[str, Any] = {
             "base_model_sha256": self.base_sha,
             "model_config": self.cfg.to_dict(),
             "steps": self.step,
@@ -419,7 +424,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():  # the candidate's actions through torch, before merging
             ref = _step_actions(self.policy, frames)
-        merged = self.model.merge_and_unload()
+        merged = cast("Policy", self.model.merge_and_unload())  # peft returns its base model
         fp32 = out / "policy.onnx"
         export_onnx(
             merged,
@@ -469,7 +474,7 @@ class Trainer:
     def _parity_frames(self, n: int = 32) -> Any:
         """Real frames in order (held-out first): for the ONNX check and INT8 calibration."""
         np = self.np
-        hw = tuple(self.cfg.image_hw)
+        hw = _hw(self.cfg.image_hw)
         for ep in list(self.held_eps) + list(self.train_eps):
             arr = self.D.load_episode(ep, hw, self.job.label, Path(self.job.cache_dir))
             if len(arr.frames):
@@ -480,7 +485,15 @@ class Trainer:
 def _plain(obj: Any) -> Any:
     import dataclasses
 
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
+def _hw(image_hw: Any) -> tuple[int, int]:
+    """(H, W) from a model config (a list once it has been through JSON)."""
+    h, w = image_hw
+    return int(h), int(w)
 
 
 def _step_actions(policy: Any, frames: Any) -> Any:
@@ -518,7 +531,7 @@ class _TorchDriver:
         self.t = trainer
         self.name = name
         self.adapter = adapter
-        self.image_hw = tuple(trainer.cfg.image_hw)
+        self.image_hw = _hw(trainer.cfg.image_hw)
         self.state: Any = None
         self.memory: Any = None
 

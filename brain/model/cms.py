@@ -34,7 +34,8 @@ class CMSLevel(nn.Module):
         self.fc2 = nn.Linear(hidden, d)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        out: Tensor = self.fc2(self.act(self.fc1(self.norm(x))))
+        return out
 
 
 class ContinuumMemory(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +53,8 @@ class InputNormalizer(nn.Module):
         self.depth = cfg.depth
         self.depth_max_m = float(cfg.depth_max_m)
         std = torch.tensor(RGB_STD)
+        self.scale: Tensor
+        self.shift: Tensor
         # (x / 255 - mean) / std == x * scale + shift: one Mul and one Add in the graph.
         self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer(
@@ -84,10 +88,12 @@ class ScaledInputConv2d(nn.Conv2d):
 
     def __init__(self, *args: object, in_scale: Tensor, **kwargs: object):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.in_scale: Tensor
         self.register_buffer("in_scale", in_scale.clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight * self.in_scale, self.bias)
+        out: Tensor = self._conv_forward(x, self.weight * self.in_scale, self.bias)
+        return out
 
 
 def _norm(cfg: ModelConfig, channels: int) -> nn.Module | None:
@@ -122,7 +128,11 @@ class ConvEncoder(nn.Module):
             norm = _norm(cfg, out_ch)
             conv_args = (in_ch, out_ch, k)
             # BatchNorm's shift makes a conv bias redundant; GroupNorm models kept theirs.
-            conv_kw = {"stride": s, "padding": k // 2, "bias": cfg.enc_norm != "batch"}
+            conv_kw: dict[str, Any] = {
+                "stride": s,
+                "padding": k // 2,
+                "bias": cfg.enc_norm != "batch",
+            }
             if i == 0 and cfg.input_norm == "folded":
                 layers.append(ScaledInputConv2d(*conv_args, in_scale=input_scale(cfg), **conv_kw))
             else:
@@ -140,13 +150,15 @@ class ConvEncoder(nn.Module):
             self.kp_logits = nn.Conv2d(in_ch, cfg.keypoints, 1)
             ys = torch.linspace(-1.0, 1.0, h).view(h, 1).expand(h, w).reshape(-1)
             xs = torch.linspace(-1.0, 1.0, w).view(1, w).expand(h, w).reshape(-1)
+            self.pos: Tensor
             self.register_buffer("pos", torch.stack([xs, ys], dim=1), persistent=False)  # [HW,2]
             feat_in += 2 * cfg.keypoints
         self.proj = nn.Linear(feat_in, cfg.feature_dim)
         self.norm = nn.LayerNorm(cfg.feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.proj(self.pooled(x)))
+        features: Tensor = self.norm(self.proj(self.pooled(x)))
+        return features
 
     def pooled(self, x: Tensor) -> Tensor:
         """The conv trunk's pooled features, before ``proj``: [N, C (+ 2K)].

@@ -71,6 +71,8 @@ class AssociativeMemory(nn.Module):
             self.gates.bias.copy_(torch.tensor([cfg.mem_decay_bias, 0.0]))
         self.out = nn.Linear(dv, d)
         # Evaluation-time knobs (not learned, not saved: they come from the config).
+        self.lr: Tensor
+        self.threshold: Tensor
         self.register_buffer("lr", torch.tensor(float(cfg.mem_lr)), persistent=False)
         self.register_buffer("threshold", torch.tensor(float(cfg.mem_threshold)), persistent=False)
 
@@ -105,4 +107,5 @@ class AssociativeMemory(nn.Module):
 
     def motion(self, h: Tensor, prev_h: Tensor) -> Tensor:
         """LN(h_t) - LN(h_t-1): how the view moved since the previous tick."""
-        return self.norm(h) - self.norm(prev_h)
+        moved: Tensor = self.norm(h) - self.norm(prev_h)
+        return moved

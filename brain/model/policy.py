@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +34,10 @@ class ActionHead(nn.Module):
             activation_module(cfg.activation),
             nn.Linear(hdim, cfg.action_dim),
         )
+        last = cast(nn.Linear, self.net[-1])
         with torch.no_grad():  # start near the neutral action
-            self.net[-1].weight.mul_(0.1)
-            self.net[-1].bias.zero_()
+            last.weight.mul_(0.1)
+            last.bias.zero_()
         self.tanh = cfg.action_tanh
 
     def forward(self, h: Tensor) -> Tensor:
@@ -91,7 +92,7 @@ class Policy(nn.Module):
         Takes effect immediately (and in any ONNX exported afterwards); ``config`` is updated
         so a saved checkpoint carries the setting.  No retraining needed.
         """
-        changes: dict[str, float] = {}
+        changes: dict[str, Any] = {}
         if lr is not None:
             changes["mem_lr"] = float(lr)
         if threshold is not None:
@@ -113,7 +114,8 @@ class Policy(nn.Module):
                 f"image is {hw[0]}x{hw[1]} but the model expects {self.config.image_hw}; "
                 "resize with brain.model.preprocess_frame"
             )
-        return self.encoder(self.inputs(images, depths))
+        features: Tensor = self.encoder(self.inputs(images, depths))
+        return features
 
     def core(self, feat: Tensor, state: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One recurrent tick on encoded features: (action, state', memory')."""
@@ -222,7 +224,7 @@ def load_policy(
 
     ``path`` may be an open binary file: the local trainer loads the very bytes it hashed.
     """
-    src = path if hasattr(path, "read") else os.fspath(path)  # type: ignore[arg-type]
+    src = path if hasattr(path, "read") else os.fspath(path)
     blob = torch.load(src, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
