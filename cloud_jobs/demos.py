@@ -198,12 +198,15 @@ class OUNoise:
 
 
 def sim_config_for(spec: DemoSpec) -> SimConfig:
-    return SimConfig(
-        track=spec.track,
-        seed=spec.seed,
-        lighting=spec.lighting,
-        texture=spec.texture,
-        steering_offset=spec.steering_offset,
+    # Validated: a spec's lighting and texture are plain strings from the demo plan.
+    return SimConfig.model_validate(
+        {
+            "track": spec.track,
+            "seed": spec.seed,
+            "lighting": spec.lighting,
+            "texture": spec.texture,
+            "steering_offset": spec.steering_offset,
+        }
     )
 
 

@@ -39,8 +39,8 @@ from typing import Any
 
 from aiohttp import web
 
-from rlds.export.manifest import MANIFEST_NAME, sha256_file
-from rlds.fsutil import fsync_dir
+from rlds.export.manifest import MANIFEST_NAME
+from rlds.fsutil import fsync_dir, sha256_file
 
 _log = logging.getLogger("cloud_jobs.ingest")
 
@@ -266,7 +266,8 @@ class Ingest:
                 {"ok": False, "error": f"no {MANIFEST_NAME}", "missing": [MANIFEST_NAME]},
                 status=409,
             )
-        missing, mismatched = [], []
+        missing: list[str] = []
+        mismatched: list[str] = []
         for rel, entry in sorted(manifest.get("files", {}).items()):
             p = ds / rel
             size = entry.get("bytes") if isinstance(entry, dict) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,8 @@ class Sequence:
 
 
 def read_sequence(episode, hw: tuple[int, int], max_steps: int | None, start: int = 0) -> Sequence:
-    frames, labels = [], []
+    frames: list[Any] = []
+    labels: list[Any] = []
     for step in episode.steps():
         if step.index < start:
             continue

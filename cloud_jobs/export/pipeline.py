@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from brain import __version__
+from rlds.fsutil import sha256_file
 
 from . import parity as P
 from .episodes import calibration_frames, load_export_data
-from .report import ARTIFACT_FILES, PREFERENCE, artifact_entry, sha256_file, write_report
+from .report import ARTIFACT_FILES, PREFERENCE, artifact_entry, write_report
 
 
 class ExportError(RuntimeError):
@@ -84,7 +85,7 @@ def run_export(opts: ExportOptions) -> tuple[dict[str, Any], bool]:
 
     data = load_export_data(
         opts.episodes,
-        tuple(cfg.image_hw),
+        (int(cfg.image_hw[0]), int(cfg.image_hw[1])),
         action_dim=cfg.action_dim,
         max_calibration_frames=opts.max_calibration_frames,
         max_heldout_steps=opts.max_heldout_steps,
@@ -213,7 +214,7 @@ def run_export(opts: ExportOptions) -> tuple[dict[str, Any], bool]:
 
     # 4. Closed loop ----------------------------------------------------------------------------
     if opts.closed_loop and models:
-        from cloud_jobs.evaluate import EvalConditions
+        from brain.hardware.sim.closed_loop import EvalConditions
 
         cond = EvalConditions(
             laps=opts.eval_laps, max_steps=opts.eval_max_steps, render_size=opts.eval_render_size

@@ -103,29 +103,29 @@ class Stages:
 
 
 def run_cmd(
-    argv: Sequence[str | Path],
+    argv: Sequence[object],  # str() of each: paths and numbers too
     log: Path,
     *,
     timeout: float | None = None,
-    env: dict | None = None,
+    env: dict[str, str] | None = None,
     ok_codes: tuple[int, ...] = (0,),
 ) -> str:
     """Run one command, its output appended to ``log``; StageFailed names the command on failure."""
-    argv = [str(a) for a in argv]
+    args = [str(a) for a in argv]
     with log.open("a", encoding="utf-8") as f:
-        f.write(f"$ {' '.join(argv)}\n")
+        f.write(f"$ {' '.join(args)}\n")
         f.flush()
         try:
             proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
+                args, capture_output=True, text=True, timeout=timeout, env=env, check=False
             )
         except subprocess.TimeoutExpired:
-            raise StageFailed(f"`{' '.join(argv[:3])} ...` ran past {timeout:.0f} s") from None
+            raise StageFailed(f"`{' '.join(args[:3])} ...` ran past {timeout:.0f} s") from None
         f.write(proc.stdout)
         f.write(proc.stderr)
     if proc.returncode not in ok_codes:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise StageFailed(
-            f"`{' '.join(argv[:3])} ...` exited {proc.returncode}: " + " | ".join(tail)
+            f"`{' '.join(args[:3])} ...` exited {proc.returncode}: " + " | ".join(tail)
         )
     return proc.stdout

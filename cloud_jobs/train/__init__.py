@@ -40,7 +40,7 @@ def run_training(
         source = str(config)
         cfg = load_train_config(config)
     rd = Path(run_dir) if run_dir is not None else Path(cfg.run_dir or Path("runs") / cfg.name)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "run_dir": rd,
         "resume": resume,
         "max_minutes": max_minutes,

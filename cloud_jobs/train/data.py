@@ -122,17 +122,17 @@ def _list_source(src: DataSource) -> list[EpisodeRef]:
     else:
         if src.splits is not None:
             raise DataError(f"data source {src.path}: 'splits' applies to TFDS exports only")
-        for ep in list_episodes(path):
-            sha = str(ep.metadata.get("steps_sha256", ""))
+        for rec in list_episodes(path):
+            sha = str(rec.metadata.get("steps_sha256", ""))
             refs.append(
                 EpisodeRef(
-                    episode_id=ep.episode_id,
-                    track=_track_of(ep.metadata),
-                    num_steps=ep.num_steps,
-                    checksum=f"rlds:{sha}:{ep.metadata.get('file_size')}",
+                    episode_id=rec.episode_id,
+                    track=_track_of(rec.metadata),
+                    num_steps=rec.num_steps,
+                    checksum=f"rlds:{sha}:{rec.metadata.get('file_size')}",
                     role=src.role,
                     source=str(path),
-                    native=ep,
+                    native=rec,
                 )
             )
     if not refs:

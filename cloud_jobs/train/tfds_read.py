@@ -69,6 +69,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     while i < n:
         tag, i = _varint(buf, i)
         field, wire = tag >> 3, tag & 7
+        value: int | memoryview
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
