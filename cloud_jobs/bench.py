@@ -282,22 +282,22 @@ def run_bench(
     for cfg in configs:
         if cfg.key not in times:
             continue
-        t = times[cfg.key]
+        samples = times[cfg.key]
         rows.append(
             {
                 **cfg.__dict__,
-                "p10_ms": round(float(np.percentile(t, 10)), 4),
-                "p50_ms": round(float(np.percentile(t, 50)), 4),
-                "p90_ms": round(float(np.percentile(t, 90)), 4),
-                "p99_ms": round(float(np.percentile(t, 99)), 4),
-                "min_ms": round(float(t.min()), 4),
+                "p10_ms": round(float(np.percentile(samples, 10)), 4),
+                "p50_ms": round(float(np.percentile(samples, 50)), 4),
+                "p90_ms": round(float(np.percentile(samples, 90)), 4),
+                "p99_ms": round(float(np.percentile(samples, 99)), 4),
+                "min_ms": round(float(samples.min()), 4),
                 # CPU time of the calling thread: the whole step only with one thread.
                 "cpu_p50_ms": (
                     round(float(np.percentile(cpu_times[cfg.key], 50)), 4)
                     if cfg.threads == 1
                     else None
                 ),
-                "steps": int(t.size),
+                "steps": int(samples.size),
                 "size_bytes": files[cfg.backend].stat().st_size,
             }
         )
@@ -319,6 +319,12 @@ def summarise(
         return None
 
     fp32, int8 = pick("onnx_fp32", "p50_ms"), pick("onnx_int8", "p50_ms")
+
+    def speedup(key: str) -> float | None:
+        """FP32 time / INT8 time for one statistic; None unless both backends were timed."""
+        a, b = pick("onnx_fp32", key), pick("onnx_int8", key)
+        return round(a / b, 3) if a and b else None
+
     cl = report.get("closed_loop") or {}
     drop = cl.get("closed_loop_drop_pct")
     return {
@@ -328,25 +334,13 @@ def summarise(
         "onnx_fp32_p99_ms": pick("onnx_fp32", "p99_ms"),
         "onnx_int8_p99_ms": pick("onnx_int8", "p99_ms"),
         "litert_p99_ms": pick("litert_fp32", "p99_ms"),
-        "int8_speedup": round(fp32 / int8, 3) if fp32 and int8 else None,
-        "int8_speedup_p10": (
-            round(pick("onnx_fp32", "p10_ms") / pick("onnx_int8", "p10_ms"), 3)
-            if fp32 and int8
-            else None
-        ),
-        "int8_speedup_min_latency": (
-            round(pick("onnx_fp32", "min_ms") / pick("onnx_int8", "min_ms"), 3)
-            if fp32 and int8
-            else None
-        ),
+        "int8_speedup": speedup("p50_ms"),
+        "int8_speedup_p10": speedup("p10_ms"),
+        "int8_speedup_min_latency": speedup("min_ms"),
         "onnx_fp32_cpu_p50_ms": pick("onnx_fp32", "cpu_p50_ms"),
         "onnx_int8_cpu_p50_ms": pick("onnx_int8", "cpu_p50_ms"),
         "litert_cpu_p50_ms": pick("litert_fp32", "cpu_p50_ms"),
-        "int8_speedup_cpu": (
-            round(pick("onnx_fp32", "cpu_p50_ms") / pick("onnx_int8", "cpu_p50_ms"), 3)
-            if fp32 and int8
-            else None
-        ),
+        "int8_speedup_cpu": speedup("cpu_p50_ms"),
         "closed_loop_drop_pct": drop,
         "sizes": {b: p.stat().st_size for b, p in files.items()},
     }

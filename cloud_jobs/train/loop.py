@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from torch import nn
 from cloud_jobs.train import data as D
 from cloud_jobs.train.config import LossConfig, TrainConfig
 from cloud_jobs.train.dist import Dist, setup
+
+if TYPE_CHECKING:
+    from brain.model import Policy
 
 _log = logging.getLogger("cloud_jobs.train")
 
@@ -89,7 +92,7 @@ def bc_loss(
 class SequenceModule(nn.Module):
     """``forward`` = ``policy.forward_sequence``: what DDP and torch.compile wrap."""
 
-    def __init__(self, policy: nn.Module) -> None:
+    def __init__(self, policy: Policy) -> None:
         super().__init__()
         self.policy = policy
 
@@ -105,7 +108,7 @@ class SequenceModule(nn.Module):
 
 def rng_state() -> dict[str, Any]:
     """Every global RNG state as tensors/lists (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, gauss)
     py_state = random.getstate()
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -292,7 +295,7 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _build_policy(cfg: TrainConfig) -> nn.Module:
+def _build_policy(cfg: TrainConfig) -> Policy:
     from brain.model import build_policy
 
     try:
@@ -301,7 +304,7 @@ def _build_policy(cfg: TrainConfig) -> nn.Module:
         raise TrainingError(f"model: cannot build preset {cfg.model.preset!r}: {e}") from None
 
 
-def resolved_config(cfg: TrainConfig, policy: nn.Module) -> TrainConfig:
+def resolved_config(cfg: TrainConfig, policy: Policy) -> TrainConfig:
     """The config with every model field written out (the run's ``config.yaml``)."""
     model = {k: v for k, v in policy.config.to_dict().items() if k != "preset"}
     return cfg.with_updates(model={"preset": cfg.model.preset, "overrides": model})
@@ -329,7 +332,8 @@ def _prepare_data(
     dist.barrier("cache")
     paths = [D.build_cache_entry(r, cache_dir, image_hw, pre, 1) for r in refs]
     decode_s = time.monotonic() - t0
-    train_eps, val_eps = [], []
+    train_eps: list[Any] = []
+    val_eps: list[Any] = []
     for ref, path in zip(refs, paths, strict=True):
         ep = D.load_cache_entry(path, cfg.data.label, cfg.data.label_smoothing)
         (val_eps if ref.role == "val" else train_eps).append(ep)
@@ -372,7 +376,7 @@ def _autocast(dist: Dist, precision: str) -> contextlib.AbstractContextManager[A
 
 @torch.no_grad()
 def evaluate(
-    policy: nn.Module,
+    policy: Policy,
     windows: D.WindowSet,
     ids: list[int],
     cfg: TrainConfig,
@@ -482,14 +486,16 @@ def _train(
     seed_everything(cfg.seed)
     policy = _build_policy(cfg)
     resolved = resolved_config(cfg, policy)
-    image_hw = tuple(policy.config.image_hw)
-    train_ws, val_ws, data_info = _prepare_data(cfg, dist, run_dir, image_hw)  # type: ignore[arg-type]
+    image_hw = (int(policy.config.image_hw[0]), int(policy.config.image_hw[1]))
+    train_ws, val_ws, data_info = _prepare_data(cfg, dist, run_dir, image_hw)
     sampler_probe = D.WindowBatchSampler(
         len(train_ws), loop.batch_size, seed=cfg.seed, world=dist.world
     )
     per_epoch = sampler_probe.batches_per_epoch
     total_steps = (
-        loop.steps if loop.steps is not None else max(1, math.ceil(loop.epochs * per_epoch))
+        loop.steps
+        if loop.steps is not None
+        else max(1, math.ceil((loop.epochs or 1.0) * per_epoch))  # exactly one is set
     )
 
     policy.to(dist.device)
@@ -579,7 +585,7 @@ def _train(
     compiled = False
     if cfg.compile:
         try:
-            seq = torch.compile(seq)
+            seq = cast(nn.Module, torch.compile(seq))
             compiled = True
         except Exception as e:  # pragma: no cover - depends on the toolchain
             warnings.warn(f"torch.compile failed ({e}); training eagerly", stacklevel=1)
@@ -604,8 +610,8 @@ def _train(
             "worker_init_fn": _worker_init,
             "persistent_workers": False,
         }
-    loader = torch.utils.data.DataLoader(
-        dataset,
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+        cast("torch.utils.data.Dataset[Any]", dataset),  # map-style: __len__ and __getitem__
         batch_sampler=sampler,
         num_workers=cfg.data.workers,
         collate_fn=D.collate,
