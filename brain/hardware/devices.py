@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from brain.config import Config
 from brain.hardware.protocols import Actuators, Camera, DepthCamera
-
-if TYPE_CHECKING:
-    from brain.hardware.sim.robot import SimRobot
 
 _log = logging.getLogger(__name__)
 
@@ -42,16 +39,12 @@ class RobotDevices:
                 _log.exception("closing %s failed", type(dev).__name__)
 
 
-def _sim(sim: SimRobot | None) -> SimRobot:
-    if sim is None:  # config.uses_sim is True whenever a driver is "sim"
-        raise RuntimeError("a sim driver is configured but no simulated robot was built")
-    return sim
-
-
 def open_devices(config: Config) -> RobotDevices:
     """Open the configured devices.  Real driver libraries are imported only here, lazily."""
     hw = config.hardware
-    sim: SimRobot | None = None
+    # A SimRobot when any driver is "sim" (uses_sim), imported lazily like the drivers;
+    # Any because that is decided per driver below, which the checker cannot follow.
+    sim: Any = None
     if config.uses_sim:
         from brain.hardware.sim import build_sim_robot
 
@@ -60,14 +53,12 @@ def open_devices(config: Config) -> RobotDevices:
 
     camera: Camera | None = None
     if hw.camera is not None:
-        camera = _sim(sim).camera if hw.camera.driver == "sim" else factory.open_camera(hw.camera)
+        camera = sim.camera if hw.camera.driver == "sim" else factory.open_camera(hw.camera)
     depth: DepthCamera | None = None
     if hw.depth is not None:
-        depth = (
-            _sim(sim).depth if hw.depth.driver == "sim" else factory.open_depth(hw.depth, camera)
-        )
+        depth = sim.depth if hw.depth.driver == "sim" else factory.open_depth(hw.depth, camera)
     if hw.actuators.driver == "sim":
-        actuators: Actuators = _sim(sim).actuators
+        actuators: Actuators = sim.actuators
     else:
         actuators = factory.open_actuators(hw.actuators)
     return RobotDevices(camera=camera, depth=depth, actuators=actuators, sim=sim)
