@@ -35,10 +35,23 @@ if TYPE_CHECKING:  # the daemon hands the hub in; capture imports control.timing
 _log = logging.getLogger(__name__)
 
 
+class InferenceOutput(Protocol):
+    """What the loop reads of one inference (brain.policy.InferenceResult)."""
+
+    @property
+    def action(self) -> np.ndarray: ...
+
+    @property
+    def latency_s(self) -> float: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+
 class Inference(Protocol):
     """What the loop needs from the policy runner (brain.policy.PolicyRunner)."""
 
-    def infer(self, image: np.ndarray, t_obs: float) -> Any | None: ...
+    def infer(self, image: np.ndarray, t_obs: float) -> InferenceOutput | None: ...
 
     def reset_state(self) -> None: ...
 
@@ -403,8 +416,7 @@ class ControlLoop:
             return None
         extra["inference_ms"] = round(res.latency_s * 1000, 3)
         extra["model_version"] = res.model_version
-        action: np.ndarray | None = res.action
-        return action
+        return res.action
 
     # ------------------------------------------------------------------ the supervised task
 
