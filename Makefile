@@ -33,7 +33,7 @@ help:
 	@echo "make test             install everything needed and run the test suite"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
-	@echo "make lint             ruff check + format check, mypy, import contracts"
+	@echo "make lint             ruff check + format check"
 	@echo "make install-service  install the systemd unit on the robot (root)"
 
 $(STAMP): pyproject.toml
