@@ -1,0 +1,318 @@
+"""Frame-triggered control ticks: the schedule, the loop thread at the camera boundary, the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+from test_daemon import _start, _stop, make_daemon, sim_config
+
+from brain.capture import CaptureWorker, SensorHub
+from brain.config import parse_config
+from brain.control.loop import ControlLoop
+from brain.control.safety import SafetyLayer
+from brain.control.trigger import TickSchedule
+from brain.hardware.protocols import CAR_ACTION_SPEC, Frame
+from brain.modes import ModeManager
+from brain.threads import run_thread
+
+# ----------------------------------------------------------------------------- the schedule
+
+
+def test_frame_schedule_ticks_on_each_frame_and_falls_back_to_the_period():
+    s = TickSchedule("frame", 0.02, start=10.0)
+    assert s.due(None) == pytest.approx(10.01)  # no frame yet: the fallback
+    assert s.due(10.004) == pytest.approx(10.004)  # a frame: at once
+    s.ticked(10.004, on_frame=True)
+    # The next frame of a camera at the control rate, a little early or late: at once.
+    assert s.due(10.021) == pytest.approx(10.021)
+    assert s.due(10.017) == pytest.approx(10.017)
+    s.ticked(10.017, on_frame=True)
+    # The camera stalls: a tick half a period after the frame was due, then every period.
+    t = s.due(None)
+    assert t == pytest.approx(10.044 + 0.01)  # on the frames' schedule, not the early one
+    starts = []
+    for _ in range(5):
+        starts.append(t)
+        s.ticked(t, on_frame=False)
+        t = s.due(None)
+    assert np.allclose(np.diff(starts), 0.02)
+    # A frame that arrives just after a fallback tick is taken at once.
+    assert s.due(starts[-1] + 0.001) == pytest.approx(starts[-1] + 0.001)
+
+
+def test_frame_schedule_keeps_the_control_rate_with_a_faster_camera():
+    """A 60 fps camera (RealSense has no 50 fps profile) under a 50 Hz loop."""
+    s = TickSchedule("frame", 0.02, start=0.0)
+    frames = [k / 60 for k in range(60 * 10)]  # 10 s
+    i, now, ticks, used = 0, 0.0, 0, []
+    while now < 10.0:
+        while i + 1 < len(frames) and frames[i + 1] <= now:
+            i += 1  # the newest frame wins
+        pending = frames[i] if (not used or used[-1] != i) and frames[i] <= now else None
+        due = s.due(pending)
+        if due > now:
+            nxt = frames[i + 1] if i + 1 < len(frames) else 1e9
+            now = min(due, nxt)
+            continue
+        used.append(i)
+        s.ticked(now, on_frame=pending is not None)
+        ticks += 1
+    assert 495 <= ticks <= 505  # 50 Hz on average, not 60
+    assert len(set(used)) == len(used)  # no frame ticked twice
+
+
+def test_timer_schedule_drops_the_deadlines_it_ran_past():
+    s = TickSchedule("timer", 0.05, start=1.0)
+    assert s.due(0.9) == 1.0  # frames do not move a timer tick
+    s.ticked(1.0, on_frame=True)
+    assert s.finished(1.01, 1.0) == (False, 0)
+    s.ticked(1.05, on_frame=True)
+    assert s.finished(1.23, 1.05) == (True, 3)  # ran past 1.10, 1.15, 1.20
+    assert s.due(None) == pytest.approx(1.25)
+
+
+# ----------------------------------------------------------------------------- the loop thread
+
+
+class ScriptedCamera:
+    """The driver boundary: ``read`` blocks until the test releases a frame (or it dies)."""
+
+    width, height, fps = 32, 24, 20.0
+
+    def __init__(self) -> None:
+        self._q: queue.Queue[object] = queue.Queue()
+        self._seq = 0
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def shoot(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._q.put(time.monotonic())
+
+    def die(self) -> None:
+        self._q.put(RuntimeError("camera unplugged"))
+
+    def read(self, timeout: float = 1.0) -> Frame:
+        try:
+            item = self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("no frame") from None
+        if isinstance(item, BaseException):
+            raise item
+        self._seq += 1
+        img = np.zeros((self.height, self.width, 3), np.uint8)
+        return Frame(img, t_capture=float(item), seq=self._seq)  # type: ignore[arg-type]
+
+
+class LoggingActuators:
+    action_spec = CAR_ACTION_SPEC
+
+    def __init__(self, write_delay: float = 0.0) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.delay = write_delay
+
+    def write(self, action) -> None:
+        self.calls.append((time.monotonic(), "write"))
+        if self.delay:
+            time.sleep(self.delay)
+
+    def neutral(self) -> None:
+        self.calls.append((time.monotonic(), "neutral"))
+
+
+class Rig:
+    """A ControlLoop and a capture thread on a scripted camera, both on real threads."""
+
+    def __init__(self, tmp_path, write_delay: float = 0.0, **overrides) -> None:
+        cfg = parse_config(sim_config(tmp_path, **{"safety.slew_per_s": {}, **overrides}))
+        self.modes = ModeManager()
+        self.hub = SensorHub()
+        self.cam = ScriptedCamera()
+        self.worker = CaptureWorker.for_camera(self.cam, self.hub)  # type: ignore[arg-type]
+        self.act = LoggingActuators(write_delay)
+        self.loop = ControlLoop(
+            cfg, self.modes, self.hub, self.act, SafetyLayer(CAR_ACTION_SPEC, cfg.safety)
+        )
+        self.steps: list[tuple[float, int | None, bool]] = []
+        self.loop.recorder = lambda st: self.steps.append(
+            (st.t, None if st.frame is None else st.frame.seq, st.neutral)
+        )
+        self._bg = threading.Thread(target=self._run_bg, daemon=True)
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self.capture_error: BaseException | None = None
+
+    def _run_bg(self) -> None:
+        async def main() -> None:
+            self._aio = asyncio.get_running_loop()
+            cap = asyncio.create_task(self.worker.run())
+            ctl = asyncio.create_task(
+                run_thread("control", self.loop.run_blocking, self.loop.stop, join_timeout_s=1.0)
+            )
+            try:
+                await cap
+            except Exception as exc:  # a dead camera ends its task; the loop must go on
+                self.capture_error = exc
+            await ctl
+
+        asyncio.run(main())
+
+    def __enter__(self) -> Rig:
+        self._bg.start()
+        deadline = time.monotonic() + 5
+        while self.loop.timing.ticks == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.stop()
+        self.worker._stop.set()
+        self.cam.die()
+        self._bg.join(5)
+
+
+def _feed(rig: Rig, seconds: float, period: float, teleop=(0.0, 0.4), frames: bool = True):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if teleop is not None:
+            rig.loop.teleop.set(teleop)
+        if frames:
+            rig.cam.shoot()
+        time.sleep(period)
+
+
+def test_stalled_camera_falls_back_to_the_period_and_goes_neutral_when_stale(tmp_path):
+    with Rig(tmp_path, **{"control.rate_hz": 20, "control.max_frame_age_ms": 200}) as rig:
+        rig.modes.set_mode("manual")
+        _feed(rig, 0.6, 0.05)  # frames and joystick at 20 Hz
+        t_stall = time.monotonic()
+        last_frame_t = rig.hub.latest()[0].t_capture
+        _feed(rig, 0.8, 0.05, frames=False)  # the joystick goes on, the camera stops
+        stats = rig.loop.stats()
+        calls = list(rig.act.calls)
+        steps = list(rig.steps)
+    assert stats["trigger"] == "frame" and stats["frame_ticks"] >= 8
+    assert any(k == "write" for t, k in calls if t < t_stall)
+    stall = [t for t, _, _ in steps if t > t_stall + 0.1]
+    # Ticks go on at the control period without frames (not one per frame, not none).
+    assert len(stall) >= 10 and np.median(np.diff(stall)) == pytest.approx(0.05, abs=0.01)
+    assert stats["ticks_without_frame"] >= 10
+    stale_t = last_frame_t + 0.2 + 0.05 + 0.03  # max age + one period + scheduling slack
+    after = [k for t, k in calls if t > stale_t]
+    assert after and all(k == "neutral" for k in after)
+    assert rig.loop.safety.stats()["stale_frame"] >= 5
+    assert rig.loop.faults["stale_frame"] >= 5
+
+
+def test_dead_camera_still_lets_the_teleop_watchdog_stop_the_car(tmp_path):
+    overrides = {
+        "control.rate_hz": 20,
+        "control.max_frame_age_ms": 2000,  # frames stay usable: the watchdog must act
+        "safety.teleop_timeout_ms": 250,
+    }
+    with Rig(tmp_path, **overrides) as rig:
+        rig.modes.set_mode("manual")
+        _feed(rig, 0.4, 0.05)
+        rig.cam.die()  # the capture task ends with the driver's error
+        for _ in range(10):
+            rig.cam.die()
+        _feed(rig, 0.3, 0.05, frames=False)  # the joystick still talks
+        t_last = time.monotonic()
+        time.sleep(0.6)  # then the phone goes silent too
+        calls = list(rig.act.calls)
+        error = rig.capture_error
+        stats = rig.loop.stats()
+    assert isinstance(error, RuntimeError)
+    assert any(k == "write" for t, k in calls if t_last - 0.2 < t < t_last)  # still driving
+    first_neutral = next(t for t, k in calls if t > t_last and k == "neutral")
+    assert first_neutral - t_last <= 0.25 + 0.05 + 0.05  # timeout + a period + slack
+    assert all(k == "neutral" for t, k in calls if t >= first_neutral)
+    assert rig.loop.safety.stats()["watchdog"] >= 1 and stats["ticks_without_frame"] >= 10
+
+
+def test_a_burst_of_frames_makes_one_tick_on_the_newest(tmp_path):
+    # A 70 ms write at 10 Hz: frames arriving during a tick wait for it, then one tick.
+    with Rig(tmp_path, write_delay=0.07, **{"control.rate_hz": 10}) as rig:
+        rig.modes.set_mode("manual")
+        time.sleep(0.25)  # a few fallback ticks with no frame at all
+        n0 = len(rig.steps)
+        rig.loop.teleop.set([0.0, 0.3])  # so that the next tick writes (slowly)
+        rig.cam.shoot()  # frame 1: a tick starts and sits in the slow write
+        time.sleep(0.02)
+        rig.cam.shoot(5)  # frames 2..6 while it runs
+        time.sleep(0.18)  # the next fallback tick is due 250 ms after frame 1
+        rig.loop.teleop.set([0.0, 0.3])
+        stats = rig.loop.stats()
+        steps = rig.steps[n0:]
+    seqs = [s for _, s, _ in steps]
+    new = [s for i, s in enumerate(seqs) if s is not None and (i == 0 or seqs[i - 1] != s)]
+    assert new == [1, 6], (seqs, steps, stats)  # frames 2-5 got no tick, 6 got exactly one
+    assert stats["frames_without_tick"] == 4
+    assert stats["frame_ticks"] == 2
+    t1 = next(t for t, s, _ in steps if s == 1)
+    t6 = next(t for t, s, _ in steps if s == 6)
+    assert t6 - t1 < 0.07 + 0.06  # taken as soon as the slow tick ended, not a period later
+
+
+def test_teleop_is_written_between_frame_ticks(tmp_path):
+    """At 5 Hz frames, a joystick command is written at once, not at the next frame."""
+    with Rig(tmp_path, **{"control.rate_hz": 5, "control.max_frame_age_ms": 1000}) as rig:
+        rig.modes.set_mode("manual")
+        rig.cam.shoot()
+        time.sleep(0.1)
+        delays = []
+        for k in range(5):
+            rig.cam.shoot()
+            time.sleep(0.07)
+            t0 = time.monotonic()
+            n = len(rig.act.calls)
+            rig.loop.teleop.set([0.1 * k, 0.2])
+            time.sleep(0.13)
+            w = next((t for t, kind in rig.act.calls[n:] if kind == "write"), None)
+            delays.append(None if w is None else w - t0)
+        stats = rig.loop.stats()
+    assert stats["teleop_immediate_writes"] >= 4
+    assert None not in delays and sorted(delays)[2] < 0.03, delays
+
+
+# ----------------------------------------------------------------------------- the daemon
+
+
+@pytest.mark.parametrize("trigger", ["frame", "timer"])
+def test_daemon_on_the_sim_drives_in_both_trigger_modes(tmp_path, trigger):
+    async def body():
+        daemon, act = make_daemon(
+            tmp_path, **{"control.trigger": trigger, "control.rate_hz": 40}
+        )
+        task = await _start(daemon)
+        boot = act.snapshot()
+        daemon.brain.set_mode("autonomous")
+        await asyncio.sleep(0.8)
+        daemon.control.timing.reset()
+        await asyncio.sleep(2.0)
+        stats = daemon.brain.stats()
+        await _stop(daemon, task)
+        return boot, stats, daemon
+
+    boot, stats, daemon = asyncio.run(body())
+    assert boot and all(k == "neutral" for _, k, _ in boot)  # never boots into motion
+    c = stats["control"]
+    assert c["trigger"] == trigger and stats["sim"]["progress_m"] > 1.0
+    assert c["ticks"] >= 60
+    camera_fps = daemon.devices.camera.fps
+    if trigger == "frame":
+        # The sim camera renders at the control rate and nearly every tick is a frame's.
+        assert camera_fps == 40.0
+        assert c["frame_ticks"] >= 0.9 * c["ticks"]
+        assert c["frame_period_ms"]["p50"] == pytest.approx(25.0, abs=0.5)
+    else:
+        assert camera_fps == 30.0  # its own fps from the config
+        assert c["ticks_without_frame"] > 0.1 * c["ticks"]  # 40 Hz ticks on a 30 fps camera
