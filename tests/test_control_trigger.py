@@ -1,4 +1,4 @@
-"""Frame-triggered control ticks: the schedule, the loop thread at the camera boundary, the daemon."""
+"""Frame-triggered ticks: the schedule, the loop on a scripted camera, the daemon on the sim."""
 
 from __future__ import annotations
 
@@ -289,9 +289,7 @@ def test_teleop_is_written_between_frame_ticks(tmp_path):
 @pytest.mark.parametrize("trigger", ["frame", "timer"])
 def test_daemon_on_the_sim_drives_in_both_trigger_modes(tmp_path, trigger):
     async def body():
-        daemon, act = make_daemon(
-            tmp_path, **{"control.trigger": trigger, "control.rate_hz": 40}
-        )
+        daemon, act = make_daemon(tmp_path, **{"control.trigger": trigger, "control.rate_hz": 40})
         task = await _start(daemon)
         boot = act.snapshot()
         daemon.brain.set_mode("autonomous")

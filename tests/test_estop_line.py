@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from test_daemon import RecordingActuators, _start, _stop, make_daemon
 
 from brain import estop_client
@@ -21,11 +22,12 @@ def _drive(daemon):
     daemon.brain.teleop([0.0, 0.5])
 
 
-def test_signal_latches_while_the_event_loop_is_blocked(tmp_path):
+@pytest.mark.parametrize("trigger", ["frame", "timer"])
+def test_signal_latches_while_the_event_loop_is_blocked(tmp_path, trigger):
     """The loop is stuck (as if saturated); `continuon estop`'s signal still stops the car."""
 
     async def body():
-        daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}})
+        daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}, "control.trigger": trigger})
         task = await _start(daemon)
         for _ in range(10):
             _drive(daemon)

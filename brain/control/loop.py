@@ -349,9 +349,7 @@ class ControlLoop:
             if stale:
                 self.faults["stale_frame"] += 1
 
-        source, command, command_t, extra = self._choose_command(
-            mode, frame, now, stale, new_frame
-        )
+        source, command, command_t, extra = self._choose_command(mode, frame, now, stale, new_frame)
         deadman = mode is Mode.AUTONOMOUS and self._deadman(now)
         motion = flags.motion and not stale and not deadman
         block = "no_motion"
