@@ -9,14 +9,18 @@ import time
 
 import numpy as np
 import pytest
-from test_daemon import _start, _stop, make_daemon, sim_config
+import yaml
+from fakes.fake_hw_libs import FakePicamera2Lib
+from test_daemon import ROOT, _start, _stop, make_daemon, sim_config
 
 from brain.capture import CaptureWorker, SensorHub
 from brain.config import parse_config
 from brain.control.loop import ControlLoop
 from brain.control.safety import SafetyLayer
 from brain.control.trigger import TickSchedule
+from brain.hardware.picamera2_camera import Picamera2Camera
 from brain.hardware.protocols import CAR_ACTION_SPEC, Frame
+from brain.hardware.realsense_camera import pick_rate
 from brain.modes import ModeManager
 from brain.threads import run_thread
 
@@ -314,3 +318,30 @@ def test_daemon_on_the_sim_drives_in_both_trigger_modes(tmp_path, trigger):
     else:
         assert camera_fps == 30.0  # its own fps from the config
         assert c["ticks_without_frame"] > 0.1 * c["ticks"]  # 40 Hz ticks on a 30 fps camera
+
+
+# ----------------------------------------------------------------------------- camera rate
+
+
+def _pi_config(trigger: str):
+    raw = yaml.safe_load((ROOT / "configs" / "pi5-donkey.yaml").read_text())
+    raw.setdefault("control", {}).update(rate_hz=50, trigger=trigger)
+    return parse_config(raw)
+
+
+@pytest.mark.parametrize(("trigger", "frame_us"), [("frame", 20000), ("timer", 33333)])
+def test_pi_camera_frame_duration_follows_the_control_rate(monkeypatch, trigger, frame_us):
+    lib = FakePicamera2Lib().install(monkeypatch)
+    camera_cfg, _ = _pi_config(trigger).frame_sensors()
+    cam = Picamera2Camera(camera_cfg)
+    cam.start()
+    created = next(c for c in lib.calls if c[0] == "create_video_configuration")
+    assert created[2] == {"FrameDurationLimits": (frame_us, frame_us)}
+    cam.close()
+
+
+def test_realsense_rate_is_the_offered_one_nearest_above():
+    assert pick_rate(30.0, {6, 15, 30, 60}) == 30.0  # offered: as asked
+    assert pick_rate(50.0, {6, 15, 30, 60, 90}) == 60.0  # no 50: the next faster mode
+    assert pick_rate(100.0, {6, 15, 30, 60}) == 60.0  # nothing faster: the fastest
+    assert pick_rate(20.0, set()) == 20.0  # nothing listed: ask the pipeline as configured
