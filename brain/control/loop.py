@@ -167,6 +167,7 @@ class ControlLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._teleop_new = threading.Event()
+        self._mode_new = threading.Event()
         self._last_early_t = -1e9
         self.teleop_immediate_writes = 0
         self._mode_gen = -1
@@ -194,6 +195,7 @@ class ControlLoop:
 
     def _on_mode_change(self, change: Any) -> None:
         # Wake the thread so a stop takes effect now, not at the next deadline.
+        self._mode_new.set()
         self._wake.set()
 
     def _on_frame(self) -> None:
@@ -253,8 +255,11 @@ class ControlLoop:
                 return due
             if self._wake.wait(remaining):
                 self._wake.clear()
+                mode_changed = self._mode_new.is_set()
+                self._mode_new.clear()
                 if not self.modes.flags.motion:
-                    self._write_neutral("mode")
+                    if mode_changed:  # not on every frame's wake-up in IDLE
+                        self._write_neutral("mode")
                 elif self._teleop_new.is_set():
                     self._teleop_new.clear()
                     self._teleop_write()

@@ -14,7 +14,9 @@ that cannot be slowed to the control rate still gets ticks at the control rate
 on average (the newest frame wins, the others are counted as frames without a
 tick).  With no new frame the tick falls due ``tolerance`` after ``tat`` and
 then every period, so the teleop watchdog, the deadman and the neutral writes
-keep running when the camera stalls or dies.
+keep running when the camera stalls or dies.  Those fallback ticks do not move
+``tat``: a frame that was merely late is ticked at once when it comes, and the
+next one on time, not half a period later.
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ class TickSchedule:
         self.trigger: Trigger = trigger
         self.period = period
         self.tolerance = period / 2
-        self.tat = start  # the next tick's theoretical time
+        self.tat = start  # the next frame tick's theoretical time
+        self.fallback_at = start + self.tolerance  # the next tick without a frame
 
     def due(self, frame_arrival: float | None) -> float:
         """When the next tick should start; ``frame_arrival``: a new, unticked frame's arrival."""
         if self.trigger == "timer":
             return self.tat
-        fallback = self.tat + self.tolerance
         if frame_arrival is None:
-            return fallback
-        return min(fallback, max(frame_arrival, self.tat - self.tolerance))
+            return self.fallback_at
+        return min(self.fallback_at, max(frame_arrival, self.tat - self.tolerance))
 
     def ticked(self, start: float, on_frame: bool) -> None:
         """A tick started at ``start`` (``on_frame``: it had a new frame); set the next one."""
@@ -48,9 +50,9 @@ class TickSchedule:
             self.tat += self.period
         elif on_frame:
             self.tat = max(self.tat, start) + self.period
+            self.fallback_at = self.tat + self.tolerance
         else:
-            # The fallback: the next one a period later, and a late frame may tick at once.
-            self.tat = start + self.period - self.tolerance
+            self.fallback_at = start + self.period
 
     def finished(self, end: float, due: float) -> tuple[bool, int]:
         """A tick that was due at ``due`` ended at ``end``: (overran?, deadlines skipped).
