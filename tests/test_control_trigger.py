@@ -365,3 +365,71 @@ def test_realsense_rate_is_the_offered_one_nearest_above():
     assert pick_rate(50.0, {6, 15, 30, 60, 90}) == 60.0  # no 50: the next faster mode
     assert pick_rate(100.0, {6, 15, 30, 60}) == 60.0  # nothing faster: the fastest
     assert pick_rate(20.0, set()) == 20.0  # nothing listed: ask the pipeline as configured
+
+
+# ----------------------------------------------------------------------------- one tick at a time
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class CountingPolicy:
+    """The inference boundary: a fixed action per call, counted."""
+
+    has_model = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def infer(self, image, t_obs):
+        self.calls += 1
+
+        class Result:
+            action = np.array([0.1 * self.calls, 0.5])
+            latency_s = 0.001
+            model_version = "test"
+
+        return Result()
+
+    def reset_state(self) -> None:
+        pass
+
+
+def test_a_fallback_tick_holds_the_policy_decision_on_its_frame(tmp_path):
+    """On the injected clock: no second inference on one frame; neutral once it is stale."""
+    overrides = {"safety.slew_per_s": {}, "control.autopilot": "policy"}
+    cfg = parse_config(sim_config(tmp_path, **overrides))
+    clock = FakeClock()
+    hub = SensorHub(clock=clock)
+    hub.has_camera = True
+    act = LoggingActuators()
+    written: list[list[float] | None] = []
+    act.write = lambda a: written.append([round(float(v), 3) for v in a])  # type: ignore[method-assign]
+    act.neutral = lambda: written.append(None)  # type: ignore[method-assign]
+    policy = CountingPolicy()
+    modes = ModeManager(clock)
+    loop = ControlLoop(
+        cfg, modes, hub, act, SafetyLayer(CAR_ACTION_SPEC, cfg.safety), policy=policy, clock=clock
+    )
+    loop.trigger = "frame"
+    modes.set_mode("autonomous")
+    img = np.zeros((8, 8, 3), np.uint8)
+    hub.publish("camera", Frame(img, t_capture=clock.t, seq=1))
+    assert loop._tick(clock()) is True
+    clock.t += 0.075  # a fallback tick: same frame, still fresh (max age 150 ms)
+    assert loop._tick(clock()) is False
+    assert policy.calls == 1 and written == [[0.1, 0.5], [0.1, 0.5]]
+    hub.publish("camera", Frame(img, t_capture=clock.t, seq=2))
+    assert loop._tick(clock()) is True
+    assert policy.calls == 2 and written[-1] == [0.2, 0.5]
+    clock.t += 0.2  # the camera stalls: the frame goes stale
+    loop._tick(clock())
+    assert written[-1] is None and loop.last_output.reason == "stale_frame"
+    assert policy.calls == 2
+    s = loop.stats()
+    assert (s["frame_ticks"], s["ticks_without_frame"], s["frames_without_tick"]) == (2, 2, 0)

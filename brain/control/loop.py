@@ -418,6 +418,7 @@ class ControlLoop:
     def _enter_mode(self, mode: Mode) -> None:
         if mode is not Mode.AUTONOMOUS:
             self.deadman_holding = False
+        self._held_policy = None  # a decision taken in another mode never carries over
         if mode is Mode.AUTONOMOUS and self.policy is not None:
             self.policy.reset_state()
         if mode is not Mode.MANUAL:
