@@ -433,3 +433,30 @@ def test_a_fallback_tick_holds_the_policy_decision_on_its_frame(tmp_path):
     assert policy.calls == 2
     s = loop.stats()
     assert (s["frame_ticks"], s["ticks_without_frame"], s["frames_without_tick"]) == (2, 2, 0)
+
+
+def test_shadow_inference_runs_after_the_write_and_is_recorded(tmp_path):
+    overrides = {"safety.slew_per_s": {}, "policy.shadow": True}
+    cfg = parse_config(sim_config(tmp_path, **overrides))
+    clock = FakeClock()
+    hub = SensorHub(clock=clock)
+    hub.has_camera = True
+    order: list[str] = []
+    act = LoggingActuators()
+    act.write = lambda a: order.append("write")  # type: ignore[method-assign]
+    policy = CountingPolicy()
+    infer = policy.infer
+    policy.infer = lambda img, t: (order.append("infer"), infer(img, t))[1]  # type: ignore[method-assign]
+    modes = ModeManager(clock)
+    loop = ControlLoop(
+        cfg, modes, hub, act, SafetyLayer(CAR_ACTION_SPEC, cfg.safety), policy=policy, clock=clock
+    )
+    steps = []
+    loop.recorder = steps.append
+    modes.set_mode("manual")
+    loop.teleop.set([0.0, 0.3])
+    hub.publish("camera", Frame(np.zeros((8, 8, 3), np.uint8), t_capture=clock.t, seq=1))
+    loop._tick(clock())
+    assert order == ["write", "infer"]  # the comparison never delays the driver's write
+    assert steps[-1].source == "teleop"
+    assert np.allclose(steps[-1].extra["shadow_action"], [0.1, 0.5])

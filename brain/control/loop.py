@@ -372,6 +372,10 @@ class ControlLoop:
             # Sensor-to-actuation: a frame's capture to the first write decided on it.
             self.timing.latency.add(t_act - frame.t_capture)
         self.last_output = out
+        if source in ("teleop", "expert") and self.cfg.policy.shadow and not stale:
+            # The shadow policy only compares itself with the driver, so it runs after the
+            # write instead of delaying it.
+            extra["shadow_action"] = self._run_policy(frame, stale, extra, new_frame)
 
         hook = self.recorder
         if hook is not None:
@@ -439,8 +443,6 @@ class ControlLoop:
             return source, cmd, t, extra
         else:
             return "neutral", None, None, extra
-        if self.cfg.policy.shadow and self.policy is not None and not stale:
-            extra["shadow_action"] = self._run_policy(frame, stale, extra, new_frame)
         return source, cmd, t, extra
 
     def _run_policy(
