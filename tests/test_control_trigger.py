@@ -30,56 +30,71 @@ from brain.threads import run_thread
 def test_frame_schedule_ticks_on_each_frame_and_falls_back_to_the_period():
     s = TickSchedule("frame", 0.02, start=10.0)
     assert s.due(None) == pytest.approx(10.01)  # no frame yet: the fallback
-    assert s.due(10.004) == pytest.approx(10.004)  # a frame: at once
-    s.ticked(10.004, on_frame=True)
-    # The next frame of a camera at the control rate, a little early or late: at once.
-    assert s.due(10.021) == pytest.approx(10.021)
-    assert s.due(10.017) == pytest.approx(10.017)
-    s.ticked(10.017, on_frame=True)
-    # The camera stalls: a tick half a period after the frame was due, then every period.
+    assert s.due((10.004, 10.0)) == pytest.approx(10.004)  # a frame: as it arrives
+    s.ticked(10.004, 10.0)
+    # The next frames of a camera at the control rate, rendered slower or faster: at once.
+    assert s.due((10.031, 10.02)) == pytest.approx(10.031)
+    assert s.due((10.022, 10.02)) == pytest.approx(10.022)
+    s.ticked(10.022, 10.02)
+    # The camera stalls: a tick half a period after the next frame was due, then every period.
     t = s.due(None)
-    assert t == pytest.approx(10.044 + 0.01)  # on the frames' schedule, not the early one
+    assert t == pytest.approx(10.022 + 0.02 + 0.01)
     starts = []
     for _ in range(5):
         starts.append(t)
-        s.ticked(t, on_frame=False)
+        s.ticked(t, None)
         t = s.due(None)
     assert np.allclose(np.diff(starts), 0.02)
-    # A frame that arrives just after a fallback tick is taken at once ...
+    # Frames again: the first is taken at once, and so is the next one.
     late = starts[-1] + 0.001
-    assert s.due(late) == pytest.approx(late)
-    s.ticked(late, on_frame=True)
-    # ... and the next one too: the fallback ticks did not use up its slot.
-    assert s.due(late + 0.012) == pytest.approx(late + 0.012)
+    assert s.due((late, late - 0.004)) == pytest.approx(late)
+    s.ticked(late, late - 0.004)
+    assert s.due((late + 0.02, late + 0.016)) == pytest.approx(late + 0.02)
+
+
+def test_frame_schedule_does_not_ratchet_on_render_time():
+    """Render times of 3-20 ms around a 20 ms period: every frame is still ticked on arrival."""
+    rng = np.random.default_rng(0)
+    s = TickSchedule("frame", 0.02, start=0.0)
+    waits = []
+    for k in range(1, 500):
+        t_capture = k * 0.02
+        arrival = t_capture + rng.uniform(0.003, 0.02)
+        due = s.due((arrival, t_capture))
+        waits.append(due - arrival)
+        s.ticked(due, t_capture)
+    assert max(waits) == 0.0
 
 
 def test_frame_schedule_keeps_the_control_rate_with_a_faster_camera():
-    """A 60 fps camera (RealSense has no 50 fps profile) under a 50 Hz loop."""
+    """A 60 fps camera (RealSense has no 50 fps mode) under a 50 Hz loop, 3 ms readout."""
     s = TickSchedule("frame", 0.02, start=0.0)
-    frames = [k / 60 for k in range(60 * 10)]  # 10 s
-    i, now, ticks, used = 0, 0.0, 0, []
+    captures = [k / 60 for k in range(60 * 10 + 1)]  # 10 s
+    arrivals = [c + 0.003 for c in captures]
+    i, now, used = -1, 0.0, []
     while now < 10.0:
-        while i + 1 < len(frames) and frames[i + 1] <= now:
+        while i + 1 < len(arrivals) and arrivals[i + 1] <= now:
             i += 1  # the newest frame wins
-        pending = frames[i] if (not used or used[-1] != i) and frames[i] <= now else None
+        pending = (arrivals[i], captures[i]) if i >= 0 and (not used or used[-1] != i) else None
         due = s.due(pending)
         if due > now:
-            nxt = frames[i + 1] if i + 1 < len(frames) else 1e9
-            now = min(due, nxt)
+            now = min(due, arrivals[i + 1])
             continue
-        used.append(i)
-        s.ticked(now, on_frame=pending is not None)
-        ticks += 1
-    assert 495 <= ticks <= 505  # 50 Hz on average, not 60
+        s.ticked(now, None if pending is None else captures[i])
+        if pending is not None:
+            used.append(i)
+        # A frame is held at most until the next one replaces it: a tick takes the newest.
+        assert not used or now - arrivals[used[-1]] <= 1 / 60 + 1e-9
+    assert 495 <= len(used) <= 505  # 50 Hz on average, not 60
     assert len(set(used)) == len(used)  # no frame ticked twice
 
 
 def test_timer_schedule_drops_the_deadlines_it_ran_past():
     s = TickSchedule("timer", 0.05, start=1.0)
-    assert s.due(0.9) == 1.0  # frames do not move a timer tick
-    s.ticked(1.0, on_frame=True)
+    assert s.due((0.9, 0.89)) == 1.0  # frames do not move a timer tick
+    s.ticked(1.0, 0.99)
     assert s.finished(1.01, 1.0) == (False, 0)
-    s.ticked(1.05, on_frame=True)
+    s.ticked(1.05, None)
     assert s.finished(1.23, 1.05) == (True, 3)  # ran past 1.10, 1.15, 1.20
     assert s.due(None) == pytest.approx(1.25)
 
@@ -258,7 +273,8 @@ def _until(cond, timeout: float = 2.0) -> None:
 
 def test_a_burst_of_frames_makes_one_tick_on_the_newest(tmp_path):
     """Frames 2-6 land while the tick on frame 1 is stuck in a write: one tick takes frame 6."""
-    with Rig(tmp_path, **{"control.rate_hz": 10}) as rig:
+    # Only ticks write here (an immediate teleop write could be the one that blocks).
+    with Rig(tmp_path, **{"control.rate_hz": 10, "control.teleop_immediate": False}) as rig:
         rig.modes.set_mode("manual")
         time.sleep(0.12)  # a fallback tick or two with no frame at all
         n0 = len(rig.steps)
@@ -420,12 +436,12 @@ def test_a_fallback_tick_holds_the_policy_decision_on_its_frame(tmp_path):
     modes.set_mode("autonomous")
     img = np.zeros((8, 8, 3), np.uint8)
     hub.publish("camera", Frame(img, t_capture=clock.t, seq=1))
-    assert loop._tick(clock()) is True
+    assert loop._tick(clock()) is not None
     clock.t += 0.075  # a fallback tick: same frame, still fresh (max age 150 ms)
-    assert loop._tick(clock()) is False
+    assert loop._tick(clock()) is None
     assert policy.calls == 1 and written == [[0.1, 0.5], [0.1, 0.5]]
     hub.publish("camera", Frame(img, t_capture=clock.t, seq=2))
-    assert loop._tick(clock()) is True
+    assert loop._tick(clock()).seq == 2
     assert policy.calls == 2 and written[-1] == [0.2, 0.5]
     clock.t += 0.2  # the camera stalls: the frame goes stale
     loop._tick(clock())

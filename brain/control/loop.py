@@ -223,8 +223,8 @@ class ControlLoop:
             while (due := self._wait_for_tick(schedule)) is not None:
                 start = self.clock()
                 self.timing.jitter.add(abs(start - due))
-                on_frame = self._tick(start)
-                schedule.ticked(start, on_frame)
+                frame = self._tick(start)
+                schedule.ticked(start, None if frame is None else frame.t_capture)
                 self.timing.ticks += 1
                 overran, missed = schedule.finished(self.clock(), due)
                 if overran:
@@ -236,10 +236,12 @@ class ControlLoop:
                 self.sensors.on_camera = None
             self._write_neutral("loop_exit")
 
-    def _pending_frame(self) -> float | None:
-        """Arrival time of a camera frame no tick has taken yet, if there is one."""
-        arrival = self.sensors.camera_arrival()
-        return arrival.t_arrival if arrival.count != self._taken_count else None
+    def _pending_frame(self) -> tuple[float, float] | None:
+        """(arrival, capture time) of a camera frame no tick has taken yet, if there is one."""
+        a = self.sensors.camera_arrival()
+        if a.count == self._taken_count or a.frame is None or a.t_arrival is None:
+            return None
+        return a.t_arrival, a.frame.t_capture
 
     def _wait_for_tick(self, schedule: TickSchedule) -> float | None:
         """Wait until the next tick is due and return when it was due; None once stopped.
@@ -332,8 +334,8 @@ class ControlLoop:
             self.timing.ticks_without_frame += 1
         return arrival.frame, depth, new
 
-    def _tick(self, now: float) -> bool:
-        """One tick; returns whether it acted on a new camera frame."""
+    def _tick(self, now: float) -> Frame | None:
+        """One tick; returns the new camera frame it acted on, if it had one."""
         self.last_tick_t = now
         self._teleop_new.clear()  # this tick reads the latest command anyway
         mode = self.modes.mode
@@ -403,7 +405,7 @@ class ControlLoop:
                 self.faults["recorder"] += 1
                 if self.faults["recorder"] == 1:
                     _log.exception("recorder hook failed")
-        return new_frame
+        return frame if new_frame else None
 
     def _deadman(self, now: float) -> bool:
         """Supervised autonomy: hold neutral while the operator's heartbeat is missing."""

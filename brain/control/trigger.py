@@ -5,18 +5,22 @@ period for it; a frame-triggered tick starts as soon as the frame is there.
 Both are kept here as one small, clock-free rule so that a test can step it
 with a fake clock, and the loop only asks "when?" and says "ticked".
 
-Frame mode is a rate limiter in the GCRA form (a token bucket in one number):
-``tat`` is the theoretical time of the next tick, advanced by one period per
-tick.  A new frame may start a tick up to ``tolerance`` (half a period) before
-``tat``: a camera running at the control rate, whose frames arrive a few
-milliseconds early or late, gets a tick on every frame, while a faster camera
-that cannot be slowed to the control rate still gets ticks at the control rate
-on average (the newest frame wins, the others are counted as frames without a
-tick).  With no new frame the tick falls due ``tolerance`` after ``tat`` and
-then every period, so the teleop watchdog, the deadman and the neutral writes
-keep running when the camera stalls or dies.  Those fallback ticks do not move
-``tat``: a frame that was merely late is ticked at once when it comes, and the
-next one on time, not half a period later.
+Frame mode limits the tick rate on the frames' own capture times (a GCRA, a
+token bucket in one number): ``tat`` is the capture time the next ticked frame
+is expected at, one period after the last ticked frame's.  A frame captured up
+to ``tolerance`` (half a period) before ``tat`` is ticked as soon as it
+arrives; an earlier one waits for as long as it is early, and is replaced if a
+newer frame comes meanwhile (the newest wins, the others are counted as frames
+without a tick).  So a camera at the control rate gets a tick on every frame
+however its render or readout time varies, and a camera that cannot be slowed
+to the control rate (a RealSense has no 50 fps mode) still gets ticks at the
+control rate on average.  Capture times, not arrival or tick times, because
+they are the sensor's own regular clock: a schedule kept on arrival times would
+ratchet up to the slowest render ever seen and then hold back every faster one.
+
+With no new frame the tick falls due ``tolerance`` after the next frame was
+expected, then every period, so the teleop watchdog, the deadman and the
+neutral writes keep running when the camera stalls or dies.
 """
 
 from __future__ import annotations
@@ -33,24 +37,33 @@ class TickSchedule:
         self.trigger: Trigger = trigger
         self.period = period
         self.tolerance = period / 2
-        self.tat = start  # the next frame tick's theoretical time
-        self.fallback_at = start + self.tolerance  # the next tick without a frame
+        self.tat = start  # timer: the next deadline; frame: the next frame's capture time
+        self._tat_set = trigger == "timer"
+        self.fallback_at = start + self.tolerance  # frame mode: the next tick without a frame
 
-    def due(self, frame_arrival: float | None) -> float:
-        """When the next tick should start; ``frame_arrival``: a new, unticked frame's arrival."""
+    def due(self, frame: tuple[float, float] | None) -> float:
+        """When the next tick should start.
+
+        ``frame``: (arrival, capture time) of the newest frame no tick has taken yet.
+        """
         if self.trigger == "timer":
             return self.tat
-        if frame_arrival is None:
+        if frame is None:
             return self.fallback_at
-        return min(self.fallback_at, max(frame_arrival, self.tat - self.tolerance))
+        arrival, t_capture = frame
+        early = (self.tat - self.tolerance) - t_capture if self._tat_set else 0.0
+        return min(self.fallback_at, arrival + max(0.0, early))
 
-    def ticked(self, start: float, on_frame: bool) -> None:
-        """A tick started at ``start`` (``on_frame``: it had a new frame); set the next one."""
+    def ticked(self, start: float, t_capture: float | None) -> None:
+        """A tick started at ``start``; ``t_capture``: its new frame's capture time, if any."""
         if self.trigger == "timer":
             self.tat += self.period
-        elif on_frame:
-            self.tat = max(self.tat, start) + self.period
-            self.fallback_at = self.tat + self.tolerance
+            return
+        if t_capture is not None:
+            base = max(self.tat, t_capture) if self._tat_set else t_capture
+            self.tat = base + self.period
+            self._tat_set = True
+            self.fallback_at = start + self.period + self.tolerance
         else:
             self.fallback_at = start + self.period
 
