@@ -51,8 +51,21 @@ class SensorStats:
         return self.frames / (now - self.started_at)
 
 
+@dataclass(frozen=True, slots=True)
+class CameraArrival:
+    """The newest camera frame with its arrival number and time (the injected clock)."""
+
+    frame: Frame | None
+    count: int  # camera frames published so far: a gap between two ticks is frames without one
+    t_arrival: float | None
+
+
 class SensorHub:
-    """The latest camera and depth frames, plus the skew between them."""
+    """The latest camera and depth frames, plus the skew between them.
+
+    ``on_camera`` (set by a frame-triggered control loop) is called on the capture
+    thread after each camera frame is in place, so a tick can start at once.
+    """
 
     def __init__(self, window: int = 3000, clock: Callable[[], float] = time.monotonic) -> None:
         self.camera = LatestFrame()
@@ -60,21 +73,38 @@ class SensorHub:
         self.has_camera = False
         self.has_depth = False
         self.skew = RollingSeries(window)
+        # Capture-time spacing of consecutive camera frames: the camera's real period.
+        self.camera_interval = RollingSeries(window)
         self.stats: dict[str, SensorStats] = {}
+        self.on_camera: Callable[[], None] | None = None
         self._clock = clock
+        self._arrival_lock = threading.Lock()
+        self._arrival = CameraArrival(None, 0, None)
+
+    def camera_arrival(self) -> CameraArrival:
+        with self._arrival_lock:
+            return self._arrival
 
     def publish(self, name: str, frame: Frame | DepthFrame) -> None:
         if isinstance(frame, DepthFrame):
             self.depth.put(frame)
             other = self.camera.get()
         else:
-            self.camera.put(frame)
+            with self._arrival_lock:
+                prev = self._arrival
+                self._arrival = CameraArrival(frame, prev.count + 1, self._clock())
+                self.camera.put(frame)
+            if prev.frame is not None and frame.t_capture > prev.frame.t_capture:
+                self.camera_interval.add(frame.t_capture - prev.frame.t_capture)
             other = self.depth.get()
         # Skew is measured when the later of a pair arrives: |t_cam - t_depth|.
         if other is not None and isinstance(frame, DepthFrame):
             self.skew.add(abs(frame.t_capture - other.t_capture))
         st = self.stats.setdefault(name, SensorStats())
         st.frames += 1
+        notify = self.on_camera
+        if notify is not None and not isinstance(frame, DepthFrame):
+            notify()
 
     def latest(self) -> tuple[Frame | None, DepthFrame | None]:
         cam = self.camera.get()
@@ -96,6 +126,7 @@ class SensorHub:
         out["camera_age_ms"] = round((now - cam.t_capture) * 1000, 2) if cam else None
         out["depth_age_ms"] = round((now - dep.t_capture) * 1000, 2) if dep else None
         out["skew_ms"] = self.skew.summary() if self.has_depth and self.has_camera else None
+        out["camera_period_ms"] = self.camera_interval.summary() if self.has_camera else None
         return out
 
 

@@ -243,6 +243,10 @@ class ControlConfig(_Strict):
     # In MANUAL, write a new joystick command at once (through the same safety layer)
     # instead of at the next tick: up to one period less teleop latency.
     teleop_immediate: bool = True
+    # What starts a tick: each new camera frame (the camera running at rate_hz where it can,
+    # with a fallback deadline so the watchdogs keep ticking when it stalls), or a fixed-rate
+    # timer.  Without a camera the loop always runs on the timer.
+    trigger: Literal["frame", "timer"] = "frame"
 
 
 class SafetyConfig(_Strict):
@@ -603,6 +607,20 @@ class Config(_Strict):
         drivers: list[str] = [hw.actuators.driver]
         drivers += [s.driver for s in (hw.camera, hw.depth) if s is not None]
         return "sim" in drivers
+
+    def frame_sensors(self) -> tuple[CameraConfig | None, DepthConfig | None]:
+        """The camera and depth sections as the drivers should open them.
+
+        With ``control.trigger: frame`` a tick follows each frame, so the sensors are asked
+        for the control rate rather than their own ``fps`` (which then applies only to the
+        timer trigger); a driver that cannot run at that rate picks the nearest it can.
+        """
+        hw = self.hardware
+        if self.control.trigger != "frame" or hw.camera is None:
+            return hw.camera, hw.depth
+        rate = {"fps": self.control.rate_hz}
+        depth = hw.depth.model_copy(update=rate) if hw.depth is not None else None
+        return hw.camera.model_copy(update=rate), depth
 
     def config_hash(self) -> str:
         """A stable hash of the effective configuration, recorded with every episode."""

@@ -294,13 +294,13 @@ class Daemon:
 
 def _sensor_specs(config: Config) -> dict[str, Any]:
     """What the recorded observations are, for episode metadata."""
-    hw = config.hardware
+    camera, depth = config.frame_sensors()
     specs: dict[str, Any] = {}
-    if hw.camera is not None:
-        c = hw.camera
+    if camera is not None:
+        c = camera
         specs["image"] = {"driver": c.driver, "width": c.width, "height": c.height, "fps": c.fps}
-    if hw.depth is not None:
-        d = hw.depth
+    if depth is not None:
+        d = depth
         specs["depth"] = {
             "driver": d.driver,
             "width": d.width,

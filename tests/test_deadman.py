@@ -115,12 +115,18 @@ def test_deadman_does_not_touch_manual_or_when_off(tmp_path):
     assert act.out[-1] == ("write", [0.1, 0.6])
 
 
-def test_daemon_autonomy_stops_when_heartbeats_stop(tmp_path):
+@pytest.mark.parametrize("trigger", ["frame", "timer"])
+def test_daemon_autonomy_stops_when_heartbeats_stop(tmp_path, trigger):
     """The expert drives the sim only while heartbeats arrive (control socket and API)."""
 
     async def body():
         daemon, act = make_daemon(
-            tmp_path, **{"safety.autonomous_heartbeat_s": 0.5, "safety.slew_per_s": {}}
+            tmp_path,
+            **{
+                "safety.autonomous_heartbeat_s": 0.5,
+                "safety.slew_per_s": {},
+                "control.trigger": trigger,
+            },
         )
         task = await _start(daemon)
         daemon.brain.set_mode("autonomous")

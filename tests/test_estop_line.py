@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from test_daemon import RecordingActuators, _start, _stop, make_daemon
 
 from brain import estop_client
@@ -21,11 +22,12 @@ def _drive(daemon):
     daemon.brain.teleop([0.0, 0.5])
 
 
-def test_signal_latches_while_the_event_loop_is_blocked(tmp_path):
+@pytest.mark.parametrize("trigger", ["frame", "timer"])
+def test_signal_latches_while_the_event_loop_is_blocked(tmp_path, trigger):
     """The loop is stuck (as if saturated); `continuon estop`'s signal still stops the car."""
 
     async def body():
-        daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}})
+        daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}, "control.trigger": trigger})
         task = await _start(daemon)
         for _ in range(10):
             _drive(daemon)
@@ -52,8 +54,11 @@ def test_signal_latches_while_the_event_loop_is_blocked(tmp_path):
     assert "SIGUSR1" in daemon.modes.estop_reason
     assert any(k == "write" and t < t_sig for t, k, _ in calls), "the car never drove"
     after = [(t, k) for t, k, _ in calls if t >= t_sig]
-    assert after and after[0][1] == "neutral" and after[0][0] - t_sig < 0.1, after[:3]
-    assert all(k == "neutral" for _, k in after)
+    # A tick that began before the latch (the signal takes a few ms to get there) may
+    # still finish its one write; then neutral, and nothing else.
+    first = next(i for i, (_, k) in enumerate(after) if k == "neutral")
+    assert first <= 1 and after[first][0] - t_sig < 0.1, after[:3]
+    assert all(k == "neutral" for _, k in after[first:])
     ack = json.loads((tmp_path / "state" / "run" / ACK_FILE).read_bytes())
     assert ack["seq"] == 1 and ack["mode"] == "estop" and ack["neutral_by"] == "control"
     assert not (tmp_path / "state" / "run" / PID_FILE).exists()  # removed on shutdown

@@ -1,10 +1,16 @@
-"""The fixed-rate control loop.
+"""The control loop: a tick on each new camera frame, or on a fixed-rate timer.
 
 It runs on its own thread rather than as an asyncio task: the event loop's
 timers round sleeps up to whole milliseconds and share the thread with network
 handlers, which would put milliseconds of jitter on every tick.  A dedicated
-thread sleeping on the monotonic clock towards absolute deadlines keeps the
-period steady, and the supervisor still owns it as one task.
+thread waiting on the monotonic clock towards absolute deadlines keeps the
+timing steady, and the supervisor still owns it as one task.
+
+With ``control.trigger: frame`` (the default with a camera) the capture thread
+wakes this one as each frame lands, so a frame is acted on within a wake-up
+instead of waiting up to a period for the next timer tick; a deadline fallback
+keeps the ticks (watchdogs, teleop, neutral) going when the camera stalls.  The
+rule for when a tick is due lives in ``brain.control.trigger``.
 
 Each tick:  freshest observation -> command source by mode -> safety layer ->
 actuators -> step to the recorder hook.  Whatever way the thread ends (stop,
@@ -25,6 +31,7 @@ import numpy as np
 from brain.config import Config
 from brain.control.safety import SafetyLayer, SafetyOutput
 from brain.control.timing import LoopTiming
+from brain.control.trigger import TickSchedule, Trigger
 from brain.hardware.protocols import Actuators, DepthFrame, Frame
 from brain.modes import Mode, ModeManager
 from brain.threads import run_thread
@@ -175,10 +182,15 @@ class ControlLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._teleop_new = threading.Event()
+        self._mode_new = threading.Event()
         self._last_early_t = -1e9
         self.teleop_immediate_writes = 0
         self._mode_gen = -1
-        self._last_frame_seq: int | None = None
+        # Camera frames are numbered by the hub as they arrive; the last one a tick took.
+        self._taken_count = 0
+        self._held_policy: tuple[Frame, np.ndarray | None] | None = None
+        # The configured trigger; run_blocking falls back to the timer without a camera.
+        self.trigger: Trigger = config.control.trigger
         self._running = False
         modes.subscribe(self._on_mode_change)
 
@@ -198,6 +210,11 @@ class ControlLoop:
 
     def _on_mode_change(self, change: Any) -> None:
         # Wake the thread so a stop takes effect now, not at the next deadline.
+        self._mode_new.set()
+        self._wake.set()
+
+    def _on_frame(self) -> None:
+        # Called on the capture thread: only wake the control thread, never tick here.
         self._wake.set()
 
     def _on_teleop(self) -> None:
@@ -213,36 +230,57 @@ class ControlLoop:
         self._running = True
         try:
             self.actuators.neutral()
-            deadline = self.clock()
-            while not self._stop.is_set():
+            frames = self.cfg.control.trigger == "frame" and self.sensors.has_camera
+            self.trigger = "frame" if frames else "timer"
+            if frames:
+                self.sensors.on_camera = self._on_frame
+            schedule = TickSchedule(self.trigger, self.period, self.clock())
+            while (due := self._wait_for_tick(schedule)) is not None:
                 start = self.clock()
-                self.timing.jitter.add(abs(start - deadline))
-                self._tick(start)
+                self.timing.jitter.add(abs(start - due))
+                frame = self._tick(start)
+                schedule.ticked(start, None if frame is None else frame.t_capture)
                 self.timing.ticks += 1
-                deadline += self.period
-                end = self.clock()
-                if end > deadline:
+                overran, missed = schedule.finished(self.clock(), due)
+                if overran:
                     self.timing.overruns += 1
-                    missed = int((end - deadline) // self.period) + 1
                     self.timing.skipped += missed
-                    deadline += missed * self.period
-                self._sleep_until(deadline)
         finally:
             self._running = False
+            if self.sensors.on_camera == self._on_frame:
+                self.sensors.on_camera = None
             self._write_neutral("loop_exit")
 
-    def _sleep_until(self, deadline: float) -> None:
+    def _pending_frame(self) -> tuple[float, float] | None:
+        """(arrival, capture time) of a camera frame no tick has taken yet, if there is one."""
+        a = self.sensors.camera_arrival()
+        if a.count == self._taken_count or a.frame is None or a.t_arrival is None:
+            return None
+        return a.t_arrival, a.frame.t_capture
+
+    def _wait_for_tick(self, schedule: TickSchedule) -> float | None:
+        """Wait until the next tick is due and return when it was due; None once stopped.
+
+        Every frame arrival, mode change and teleop command wakes the wait; the due
+        time is worked out again each time, so a frame that landed during the last
+        tick is taken at once, and a burst of frames still makes only one tick.
+        """
         while not self._stop.is_set():
-            remaining = deadline - self.clock()
+            due = schedule.due(self._pending_frame() if schedule.trigger == "frame" else None)
+            remaining = due - self.clock()
             if remaining <= 0:
-                return
+                return due
             if self._wake.wait(remaining):
                 self._wake.clear()
+                mode_changed = self._mode_new.is_set()
+                self._mode_new.clear()
                 if not self.modes.flags.motion:
-                    self._write_neutral("mode")
+                    if mode_changed:  # not on every frame's wake-up in IDLE
+                        self._write_neutral("mode")
                 elif self._teleop_new.is_set():
                     self._teleop_new.clear()
                     self._teleop_write()
+        return None
 
     def _teleop_write(self) -> None:
         """A joystick command between ticks: the same safety filter, written now.
@@ -296,7 +334,23 @@ class ControlLoop:
         except Exception:
             _log.exception("emergency neutral failed (%s)", reason)
 
-    def _tick(self, now: float) -> None:
+    def _take_frame(self) -> tuple[Frame | None, DepthFrame | None, bool]:
+        """The newest frames, and whether the camera frame is one no tick has had yet."""
+        arrival = self.sensors.camera_arrival()
+        _, depth = self.sensors.latest()
+        new = arrival.count != self._taken_count
+        if new:
+            if arrival.count > self._taken_count + 1:
+                # Replaced before any tick took them: a camera faster than the ticks.
+                self.timing.frames_without_tick += arrival.count - self._taken_count - 1
+            self._taken_count = arrival.count
+            self.timing.frame_ticks += 1
+        elif self.sensors.has_camera:
+            self.timing.ticks_without_frame += 1
+        return arrival.frame, depth, new
+
+    def _tick(self, now: float) -> Frame | None:
+        """One tick; returns the new camera frame it acted on, if it had one."""
         self.last_tick_t = now
         self._teleop_new.clear()  # this tick reads the latest command anyway
         mode = self.modes.mode
@@ -305,7 +359,7 @@ class ControlLoop:
             self._mode_gen = self.modes.generation
             self._enter_mode(mode)
 
-        frame, depth = self.sensors.latest()
+        frame, depth, new_frame = self._take_frame()
         stale = False
         if self.sensors.has_camera:
             if frame is None:
@@ -317,7 +371,7 @@ class ControlLoop:
             if stale:
                 self.faults["stale_frame"] += 1
 
-        source, command, command_t, extra = self._choose_command(mode, frame, now, stale)
+        source, command, command_t, extra = self._choose_command(mode, frame, now, stale, new_frame)
         deadman = mode is Mode.AUTONOMOUS and self._deadman(now)
         motion = flags.motion and not stale and not deadman
         block = "no_motion"
@@ -331,11 +385,14 @@ class ControlLoop:
         self._actuate(out)
         t_act = self.clock()
         self.timing.compute.add(t_act - now)
-        if frame is not None and frame.seq != self._last_frame_seq:
+        if frame is not None and new_frame:
             # Sensor-to-actuation: a frame's capture to the first write decided on it.
-            self._last_frame_seq = frame.seq
             self.timing.latency.add(t_act - frame.t_capture)
         self.last_output = out
+        if source in ("teleop", "expert") and self.cfg.policy.shadow and not stale:
+            # The shadow policy only compares itself with the driver, so it runs after the
+            # write instead of delaying it.
+            extra["shadow_action"] = self._run_policy(frame, stale, extra, new_frame)
 
         hook = self.recorder
         if hook is not None:
@@ -363,6 +420,7 @@ class ControlLoop:
                 self.faults["recorder"] += 1
                 if self.faults["recorder"] == 1:
                     _log.exception("recorder hook failed")
+        return frame if new_frame else None
 
     def _deadman(self, now: float) -> bool:
         """Supervised autonomy: hold neutral while the operator's heartbeat is missing."""
@@ -381,6 +439,7 @@ class ControlLoop:
     def _enter_mode(self, mode: Mode) -> None:
         if mode is not Mode.AUTONOMOUS:
             self.deadman_holding = False
+        self._held_policy = None  # a decision taken in another mode never carries over
         if mode is Mode.AUTONOMOUS and self.policy is not None:
             self.policy.reset_state()
         if mode is not Mode.MANUAL:
@@ -388,7 +447,7 @@ class ControlLoop:
             self.teleop.clear()
 
     def _choose_command(
-        self, mode: Mode, frame: Frame | None, now: float, stale: bool
+        self, mode: Mode, frame: Frame | None, now: float, stale: bool, new_frame: bool = True
     ) -> tuple[str, np.ndarray | None, float | None, dict[str, Any]]:
         extra: dict[str, Any] = {}
         if mode is Mode.MANUAL:
@@ -397,26 +456,32 @@ class ControlLoop:
         elif mode is Mode.AUTONOMOUS and self.cfg.control.autopilot == "expert":
             cmd, t, source = (self.expert() if self.expert else None), now, "expert"
         elif mode is Mode.AUTONOMOUS:
-            cmd, t, source = self._run_policy(frame, now, stale, extra), now, "policy"
+            cmd, t, source = self._run_policy(frame, stale, extra, new_frame), now, "policy"
             return source, cmd, t, extra
         else:
             return "neutral", None, None, extra
-        if self.cfg.policy.shadow and self.policy is not None and not stale:
-            extra["shadow_action"] = self._run_policy(frame, now, stale, extra)
         return source, cmd, t, extra
 
     def _run_policy(
-        self, frame: Frame | None, now: float, stale: bool, extra: dict[str, Any]
+        self, frame: Frame | None, stale: bool, extra: dict[str, Any], new_frame: bool
     ) -> np.ndarray | None:
         if self.policy is None or frame is None or stale:
             return None
+        held = self._held_policy
+        if self.trigger == "frame" and not new_frame and held is not None and held[0] is frame:
+            # A fallback tick on a frame already acted on: the decision on it stands
+            # (running again would step the model's memory twice on one image) until
+            # a new frame comes or this one goes stale.
+            return held[1]
         res = self.policy.infer(frame.data, frame.t_capture)
+        action = None if res is None else res.action
+        self._held_policy = (frame, action)
         if res is None:
             self.faults["policy_miss"] += 1
             return None
         extra["inference_ms"] = round(res.latency_s * 1000, 3)
         extra["model_version"] = res.model_version
-        return res.action
+        return action
 
     # ------------------------------------------------------------------ the supervised task
 
@@ -428,8 +493,12 @@ class ControlLoop:
         out = self.last_output
         return {
             "rate_hz": self.cfg.control.rate_hz,
+            "trigger": self.trigger,
             "running": self._running,
             **self.timing.summary(),
+            "frame_period_ms": (
+                self.sensors.camera_interval.summary() if self.sensors.has_camera else None
+            ),
             "faults": dict(self.faults),
             "safety": self.safety.stats(),
             "last_action": None if out is None else [round(float(v), 4) for v in out.action],

@@ -60,19 +60,26 @@ class LoopTiming:
     """Everything the control loop measures about itself."""
 
     def __init__(self, window: int = 6000) -> None:
-        self.jitter = RollingSeries(window)  # |tick start - scheduled deadline|
+        # |tick start - when it was due|: the timer deadline, or a frame's arrival
+        self.jitter = RollingSeries(window)
         self.compute = RollingSeries(window)  # tick start -> actuators written
         self.latency = RollingSeries(window)  # frame capture -> first write decided on it
         self.frame_age = RollingSeries(window)  # camera capture -> tick start
         self.ticks = 0
         self.overruns = 0  # ticks that finished after the next deadline
         self.skipped = 0  # deadlines dropped to catch up after an overrun
+        self.frame_ticks = 0  # ticks that acted on a camera frame no tick had before
+        self.ticks_without_frame = 0  # ticks on an old frame (timer, or the frame fallback)
+        self.frames_without_tick = 0  # camera frames replaced before any tick took them
 
     def summary(self) -> dict[str, object]:
         return {
             "ticks": self.ticks,
             "overruns": self.overruns,
             "skipped_ticks": self.skipped,
+            "frame_ticks": self.frame_ticks,
+            "ticks_without_frame": self.ticks_without_frame,
+            "frames_without_tick": self.frames_without_tick,
             "jitter_ms": self.jitter.summary(),
             "compute_ms": self.compute.summary(),
             "latency_ms": self.latency.summary(),
@@ -83,3 +90,4 @@ class LoopTiming:
         for s in (self.jitter, self.compute, self.latency, self.frame_age):
             s.reset()
         self.ticks = self.overruns = self.skipped = 0
+        self.frame_ticks = self.ticks_without_frame = self.frames_without_tick = 0

@@ -51,12 +51,13 @@ def open_devices(config: Config) -> RobotDevices:
         sim = build_sim_robot(config)
     from brain.hardware import factory
 
+    camera_cfg, depth_cfg = config.frame_sensors()  # at the control rate for frame ticks
     camera: Camera | None = None
-    if hw.camera is not None:
-        camera = sim.camera if hw.camera.driver == "sim" else factory.open_camera(hw.camera)
+    if camera_cfg is not None:
+        camera = sim.camera if camera_cfg.driver == "sim" else factory.open_camera(camera_cfg)
     depth: DepthCamera | None = None
-    if hw.depth is not None:
-        depth = sim.depth if hw.depth.driver == "sim" else factory.open_depth(hw.depth, camera)
+    if depth_cfg is not None:
+        depth = sim.depth if depth_cfg.driver == "sim" else factory.open_depth(depth_cfg, camera)
     if hw.actuators.driver == "sim":
         actuators: Actuators = sim.actuators
     else:

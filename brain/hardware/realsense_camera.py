@@ -70,6 +70,18 @@ def list_devices() -> list[dict[str, Any]]:
     return out
 
 
+def pick_rate(wanted: float, offered: set[int] | list[int]) -> float:
+    """The offered rate to use: the wanted one, else the slowest faster one, else the fastest."""
+    rates = sorted(set(offered))
+    if not rates:
+        return wanted
+    for r in rates:
+        if abs(r - wanted) < 0.5:
+            return float(r)
+    faster = [r for r in rates if r > wanted]
+    return float(faster[0] if faster else rates[-1])
+
+
 @dataclass(frozen=True, slots=True)
 class _Frameset:
     index: int
@@ -97,6 +109,7 @@ class RealSenseCamera:
         self.height = color_cfg.height
         self.fps = float(color_cfg.fps)
         self.depth_cfg: DepthConfig | None = None
+        self._depth_fps = self.fps
         self.depth_scale = 0.001
         self.serial = color_cfg.serial
         self._pipeline: Any = None
@@ -120,6 +133,58 @@ class RealSenseCamera:
             )
         self.serial = self.serial or depth_cfg.serial
         self.depth_cfg = depth_cfg
+        self._depth_fps = float(depth_cfg.fps)
+
+    def _match_rate(self) -> None:
+        """Ask for a frame rate the device offers at this resolution, as near the wanted one.
+
+        RealSense modes come in fixed rates (6, 15, 30, 60, 90 fps), so a 50 Hz control
+        rate has no exact match; a faster mode is better than a slower one (a tick then
+        takes the newest frame, see brain.control.trigger).  Without a device list to
+        ask, the configured rate goes to the pipeline as before.
+        """
+        rs = self._rs
+        try:
+            offered = set(
+                self._offered_rates(rs.stream.color, rs.format.rgb8, self.width, self.height)
+            )
+            d = self.depth_cfg
+            if d is not None:
+                offered &= set(
+                    self._offered_rates(rs.stream.depth, rs.format.z16, d.width, d.height)
+                )
+        except Exception as exc:  # an odd device or SDK: let the pipeline judge the request
+            log.debug("RealSense frame rates not listed: %s", exc)
+            return
+        if not offered:  # no such device or mode: the pipeline's error will say so
+            return
+        rate = pick_rate(self.fps, offered)
+        if rate != self.fps:
+            log.warning(
+                "RealSense offers no %g fps mode at %dx%d; using %g fps",
+                self.fps,
+                self.width,
+                self.height,
+                rate,
+            )
+        self.fps = rate
+        self._depth_fps = rate
+
+    def _offered_rates(self, stream: Any, fmt: Any, width: int, height: int) -> list[int]:
+        rates: list[int] = []
+        for dev in self._rs.context().query_devices():
+            serial = dev.get_info(self._rs.camera_info.serial_number)
+            if self.serial and serial != self.serial:
+                continue
+            for sensor in dev.query_sensors():
+                for p in sensor.get_stream_profiles():
+                    if p.stream_type() != stream or p.format() != fmt:
+                        continue
+                    v = p.as_video_stream_profile()
+                    if (v.width(), v.height()) == (width, height):
+                        rates.append(int(p.fps()))
+            break  # the pipeline takes the first matching device too
+        return rates
 
     @property
     def has_depth(self) -> bool:
@@ -136,12 +201,16 @@ class RealSenseCamera:
             config.enable_device_from_file(str(self._playback_file), False)  # play once
         if self.serial:
             config.enable_device(self.serial)
+        d = self.depth_cfg
+        if self._playback_file is None:
+            self._match_rate()
         config.enable_stream(
             rs.stream.color, self.width, self.height, rs.format.rgb8, round(self.fps)
         )
-        d = self.depth_cfg
         if d is not None:
-            config.enable_stream(rs.stream.depth, d.width, d.height, rs.format.z16, round(d.fps))
+            config.enable_stream(
+                rs.stream.depth, d.width, d.height, rs.format.z16, round(self._depth_fps)
+            )
         try:
             profile = pipeline.start(config)
         except RuntimeError as exc:
@@ -149,7 +218,7 @@ class RealSenseCamera:
                 f"{_DRIVER} driver: cannot start the RealSense pipeline "
                 + (f"on {self._playback_file} " if self._playback_file else "")
                 + f"(serial {self.serial or 'any'}, colour {self.width}x{self.height}@{self.fps:g}"
-                + (f", depth {d.width}x{d.height}@{d.fps:g}" if d else "")
+                + (f", depth {d.width}x{d.height}@{self._depth_fps:g}" if d else "")
                 + f"): {exc}. Check the USB 3 cable and `rs-enumerate-devices`"
             ) from exc
         if d is not None:

@@ -232,8 +232,12 @@ class SimActuators:
 
 
 def build_sim_robot(config: Config) -> SimRobot:
-    """The simulated robot for a configuration: its sim section and its ``driver: sim`` sensors."""
-    hw = config.hardware
-    camera = hw.camera if hw.camera is not None and hw.camera.driver == "sim" else None
-    depth = hw.depth if hw.depth is not None and hw.depth.driver == "sim" else None
+    """The simulated robot for a configuration: its sim section and its ``driver: sim`` sensors.
+
+    With frame-triggered ticks the sim camera renders at the control rate, as a real one
+    is asked to (``Config.frame_sensors``).
+    """
+    camera, depth = config.frame_sensors()
+    camera = camera if camera is not None and camera.driver == "sim" else None
+    depth = depth if depth is not None and depth.driver == "sim" else None
     return SimRobot(config.sim, camera, depth)
