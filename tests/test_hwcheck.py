@@ -41,11 +41,7 @@ from brain.hwcheck.checks import (
     run_checks,
 )
 from brain.hwcheck.system import classify_disk, classify_memory, classify_temperature
-
-try:
-    from pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
-except ImportError:  # tests/ collected as a package
-    from tests.pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
+from tests.pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -233,6 +229,7 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- --sim
 
 
+@pytest.mark.slow
 def test_sim_camera_depth_and_actuators_via_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -332,6 +329,7 @@ def test_sim_without_move_never_writes_the_actuators() -> None:
     assert rc in (0, 1)
 
 
+@pytest.mark.slow
 def test_sim_move_car_reacts_and_ends_neutral() -> None:
     cfg = small_sim_config()
     robot = make_sim(cfg)

@@ -30,6 +30,8 @@ from brain.model import (  # noqa: E402
 from brain.policy import load_model  # noqa: E402
 from brain.policy.model import LoadedModel  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 H, W = IMAGE_HW
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from network_helpers import FakeBrain, config_for, record_episodes
 
 from brain.config import UploaderConfig
 from cloud_jobs.ingest import COMPLETE_NAME, INGEST_KEY, make_app
 from edge_agent.uploader import UploadError, upload_directory, write_manifest
 from rlds.export.manifest import MANIFEST_NAME, verify_manifest
+from tests.network_helpers import FakeBrain, config_for, record_episodes
 
 
 @pytest.fixture(scope="module")
