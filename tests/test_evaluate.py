@@ -195,6 +195,7 @@ def test_evaluate_cli_untrained_policy_and_expert(tmp_path: Path) -> None:
     assert result["conditions"]["step_budget"] == {"oval": 40, "random-101": 40}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("track", ["chicane", "random-101"])
 def test_expert_baseline_laps_without_leaving_the_road(tmp_path: Path, track: str) -> None:
     out = tmp_path / "eval"

@@ -471,6 +471,7 @@ def test_preprocess_frame_matches_runner() -> None:
     assert np.array_equal(preprocess_frame(same), same)
 
 
+@pytest.mark.slow
 def test_onnx_step_latency_pi5(tmp_path: Path) -> None:
     path = tmp_path / "pi5.onnx"
     export_onnx(_policy(), path)

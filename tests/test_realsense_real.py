@@ -149,6 +149,7 @@ def test_wall_clock_timestamps_become_monotonic(tmp_path: Path) -> None:
     assert matched >= reads - 1, (matched, reads)  # at most one outlier on a loaded runner
 
 
+@pytest.mark.slow
 def test_hardware_clock_uses_the_arrival_time(tmp_path: Path) -> None:
     rec = record(
         tmp_path / "hw",

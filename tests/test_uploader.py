@@ -325,6 +325,7 @@ def test_ingest_token_and_protocol_errors(tmp_path, export_dir):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_cloud_jobs_ingest_and_continuon_upload_commands(tmp_path, export_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
