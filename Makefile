@@ -25,12 +25,14 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # those, under one name on every Debian/Ubuntu release.
 APT_PACKAGES := systemd mosquitto chromium chromium-driver libusb-1.0-0 ffmpeg
 
-.PHONY: help venv xla-venv lerobot-venv run demo test bench hw-check lint format install-service system-deps clean
+.PHONY: help venv xla-venv lerobot-venv run demo test test-fast test-random bench hw-check lint format install-service system-deps clean
 
 help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
 	@echo "make demo             end-to-end pipeline on the simulated robot (BUDGET=minutes, ARGS=--skip-train)"
 	@echo "make test             install everything needed and run the test suite"
+	@echo "make test-fast        the fast lane: no slow or integration tests, no apt, about a minute"
+	@echo "make test-random      the fast lane in random order (SEED=n replays an order)"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
 	@echo "make lint             ruff check + format check"
@@ -84,6 +86,17 @@ system-deps:
 test: venv xla-venv lerobot-venv system-deps
 	CONTINUON_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python \
 	LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(BIN)/python -m pytest -q
+
+# The fast lane (docs/testing.md): no apt packages, no side environments, no browser, no daemon
+# subprocess, no training; every package has tests in it.
+FAST_LANE := not slow and not integration
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "$(FAST_LANE)"
+
+# Order dependence shows up here: pytest-randomly shuffles modules and tests and prints the seed.
+test-random: venv
+	$(BIN)/python -m pytest -q -m "$(FAST_LANE)" -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 bench: venv
 	@mkdir -p bench/results

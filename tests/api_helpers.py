@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from test_daemon import RecordingActuators, sim_config
 
 from brain.config import Config, parse_config
 from brain.daemon import Daemon
 from brain.hardware.devices import open_devices
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import Auth, auth_for
+from tests.daemon_helpers import RecordingActuators, sim_config
 
 
 @dataclass

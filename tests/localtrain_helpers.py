@@ -16,22 +16,6 @@ from rlds.writer import EpisodeWriter
 
 HW = (24, 32)
 
-TINY = dict(
-    image_hw=HW,
-    enc_channels=(8, 8),
-    enc_kernels=(3, 3),
-    enc_strides=(2, 2),
-    enc_groups=0,
-    keypoints=4,
-    feature_dim=16,
-    mem_key_dim=4,
-    mem_value_dim=8,
-    cms_levels=2,
-    cms_periods=(1, 4),
-    cms_hidden_mult=1.0,
-    head_hidden=16,
-)
-
 
 def bar_frame(steer: float, rng: np.random.Generator) -> np.ndarray:
     h, w = HW
@@ -73,7 +57,7 @@ def tiny_base(path: Path, seed: int = 0) -> Path:
     from brain.model import build_policy, save_policy
 
     torch.manual_seed(seed)
-    save_policy(build_policy("pi5", **TINY), path)
+    save_policy(build_policy("tiny", image_hw=HW), path)
     return path
 
 

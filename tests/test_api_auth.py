@@ -10,7 +10,6 @@ import stat
 
 import aiohttp
 import pytest
-from api_helpers import Api, make_config, running_api, ws_protocols
 
 from brain.cli import main as cli_main
 from brain.daemon import Daemon
@@ -18,6 +17,7 @@ from edge_agent.api.app import create_app
 from edge_agent.api.auth import Auth, TokenStore, tokens_path
 from edge_agent.api.routes import PUBLIC
 from edge_agent.control_socket import handle_request
+from tests.api_helpers import Api, make_config, running_api, ws_protocols
 
 # The ONLY routes reachable without a token.  Keep this list short and explicit: a new
 # route is private unless someone adds it here AND to routes.PUBLIC.

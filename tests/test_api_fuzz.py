@@ -10,12 +10,15 @@ import asyncio
 import http.client
 import json
 
-from api_helpers import running_api
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.api.models import EstopMsg, PingMsg, TeleopMsg, TrainingStartBody
 from edge_agent.api.routes import ROUTES
+from tests.api_helpers import running_api
+
+pytestmark = pytest.mark.slow
 
 json_values = st.recursive(
     st.none()
@@ -166,7 +169,7 @@ def test_fuzzed_training_bodies_are_refused_by_name_and_never_start(tmp_path):
 
 
 def test_fuzzed_teleop_messages_never_break_the_socket(tmp_path):
-    from api_helpers import ws_protocols
+    from tests.api_helpers import ws_protocols
 
     messages = st.one_of(
         st.fixed_dictionaries({"type": st.just("teleop"), "action": json_values}),

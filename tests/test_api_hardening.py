@@ -10,7 +10,6 @@ import socket
 
 import pytest
 import yaml
-from api_helpers import make_config, running_api, ws_protocols
 
 from brain.cli import main as cli_main
 from brain.config import ApiConfig
@@ -20,6 +19,7 @@ from edge_agent.api import auth as auth_mod
 from edge_agent.api.auth import Pairing, PairingError, TokenStore, client_key, tokens_path
 from edge_agent.api.hosts import HostCheck
 from edge_agent.control_socket import handle_request
+from tests.api_helpers import make_config, running_api, ws_protocols
 
 
 class Clock:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from api_helpers import running_api
 
 from brain.config import ApiConfig
 from brain.logs import LogRateLimiter
 from edge_agent.api.limits import ConnectionGate, GatedTCPSite
 from edge_agent.control_socket import peer_allowed
+from tests.api_helpers import running_api
 
 
 @contextlib.asynccontextmanager
@@ -217,11 +217,10 @@ def _request_as_nobody(path) -> str:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
 def test_control_socket_refuses_another_user_even_if_the_mode_is_widened(tmp_path):
     """SO_PEERCRED, not the file mode: a chmod 666 does not let user nobody in."""
-    from test_daemon import _start, _stop, sim_config
-
     from brain.config import parse_config
     from brain.daemon import Daemon
     from edge_agent.control_socket import make_service, request
+    from tests.daemon_helpers import sim_config, start_daemon, stop_daemon
 
     run_dir = Path(tempfile.mkdtemp(prefix="continuon-peercred-"))
     run_dir.chmod(0o755)  # reachable for user nobody: only SO_PEERCRED stands in the way
@@ -229,7 +228,7 @@ def test_control_socket_refuses_another_user_even_if_the_mode_is_widened(tmp_pat
     async def body():
         cfg = parse_config(sim_config(tmp_path, **{"paths.runtime_dir": str(run_dir)}))
         daemon = Daemon(cfg, services=[make_service])
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         path = cfg.runtime_dir() / "control.sock"
         for _ in range(100):
             if path.exists():
@@ -239,7 +238,7 @@ def test_control_socket_refuses_another_user_even_if_the_mode_is_widened(tmp_pat
         answer = await asyncio.to_thread(_request_as_nobody, path)
         mine = await asyncio.to_thread(request, path, {"cmd": "status"})
         mode = daemon.modes.mode.value
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return answer, mine, mode
 
     try:

@@ -29,7 +29,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from test_daemon import sim_config
+
+from tests.daemon_helpers import sim_config
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER_IP = "127.0.0.2"

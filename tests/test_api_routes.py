@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import cv2
 import numpy as np
-from api_helpers import running_api, ws_protocols
+import pytest
 
 from edge_agent.api.routes import PUBLIC, ROUTES, WEBAPP_DIR
+from tests.api_helpers import running_api, ws_protocols
 
 
 def test_openapi_matches_the_router(tmp_path):
@@ -192,6 +193,7 @@ class RecordingUpdater:
         return {"rolled_back": True}
 
 
+@pytest.mark.slow
 def test_a_stalled_upload_gives_the_upload_slot_back(tmp_path):
     """An owner who opens an upload and stops sending (or trickles) is dropped with 408; the
     other uploads get 409 only meanwhile, never indefinitely."""
@@ -355,6 +357,7 @@ def test_teleop_websocket_drives_and_streams_telemetry(tmp_path):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_camera_streams_send_only_new_frames_at_capped_rate(tmp_path):
     async def body():
         async with running_api(tmp_path, **{"api.camera_max_fps": 10}) as api:

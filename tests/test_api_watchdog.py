@@ -17,13 +17,13 @@ from importlib.metadata import entry_points
 import aiohttp
 import numpy as np
 import pytest
-from api_helpers import make_config, ws_protocols
-from test_daemon import RecordingActuators
 
 from brain.daemon import Daemon
 from brain.hardware.devices import open_devices
 from edge_agent.api.auth import auth_for
 from edge_agent.api.service import ENDPOINT_FILE, make_service
+from tests.api_helpers import make_config, ws_protocols
+from tests.daemon_helpers import RecordingActuators
 
 BOUND_S = 0.250 + 0.050  # teleop_timeout_ms + one tick at 20 Hz
 
@@ -87,6 +87,7 @@ async def _drive_then_drop(tmp_path, how: str):
     return act.snapshot(), last_send, mode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["abort", "close", "silent"])
 def test_dropped_teleop_link_stops_the_car_within_the_watchdog(tmp_path, how):
     calls, last_send, mode = asyncio.run(_drive_then_drop(tmp_path, how))

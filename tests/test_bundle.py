@@ -230,6 +230,7 @@ def test_build_skips_failed_gates_and_missing_report(tmp_path):
         build_bundle(tmp_path, tmp_path / "c.tar", version="1", release_counter=1, hardware_id=HW)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_real_policy_export_bundles_and_runs_on_the_robot_loader(tmp_path):
     """The cloud path end to end: a torch Policy -> ONNX -> bundle -> slot -> the runtime loader."""
@@ -239,9 +240,7 @@ def test_real_policy_export_bundles_and_runs_on_the_robot_loader(tmp_path):
     from brain.policy.model import load_model
 
     torch.manual_seed(0)
-    policy = build_policy(
-        "pi5", image_hw=(32, 32), feature_dim=32, mem_key_dim=8, mem_value_dim=8, head_hidden=16
-    )
+    policy = build_policy("tiny", image_hw=(32, 32))
     export = tmp_path / "export"
     export.mkdir()
     export_onnx(policy, export / "model_fp32.onnx", version="t1")

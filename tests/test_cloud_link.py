@@ -22,12 +22,15 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from mosquitto_helpers import Broker, make_certs, password_file, require_mosquitto
-from network_helpers import FakeBrain, config_for, record_episodes
 
 from edge_agent.cloud.commands import ALLOWED, MOTION
 from edge_agent.cloud.link import CloudLink, make_service
 from edge_agent.cloud.queue import LOG_NAME, EventQueue
+from tests.mosquitto_helpers import Broker, make_certs, password_file, require_mosquitto
+from tests.network_helpers import FakeBrain, config_for, record_episodes
+from tests.waiting import wait_until_async
+
+pytestmark = pytest.mark.integration
 
 TOPIC = "continuon/bot-1"
 
@@ -268,21 +271,21 @@ def test_broker_restart_queues_events_on_disk_and_delivers_them_in_order(tmp_pat
                 brain.mode = "manual"
                 await w.wait(lambda: events_of(w, "mode"))
             broker.stop()  # SIGTERM: the broker saves its sessions and goes away
-            await asyncio.wait_for(_until(lambda: link.state != "connected"), 10)
+            await wait_until_async(lambda: link.state != "connected", timeout=10)
 
             for mode in ("idle", "manual", "idle"):
                 brain.mode = mode
                 await asyncio.sleep(0.15)
             brain.estop_reason = "operator"
             brain.mode = "estop"
-            await asyncio.wait_for(_until(lambda: link.queue.stats()["pending"] >= 5), 5)
+            await wait_until_async(lambda: link.queue.stats()["pending"] >= 5, timeout=5)
             # Durable on disk before the broker is back.
             on_disk = (log_path / LOG_NAME).read_text().splitlines()
             assert len(on_disk) == 5
 
             broker.start()
             async with Watcher(broker.port, **sub) as w:
-                await asyncio.wait_for(_until(lambda: link.connects >= 2), 15)
+                await wait_until_async(lambda: link.connects >= 2, timeout=15)
                 evs = await w.wait(lambda: len(w.on("events")) >= 5 and w.on("events"))
             got = [(e["type"], e.get("to") or e.get("reason")) for e in evs]
             assert got == [
@@ -294,14 +297,9 @@ def test_broker_restart_queues_events_on_disk_and_delivers_them_in_order(tmp_pat
             ]
             seqs = [e["seq"] for e in evs]
             assert seqs == sorted(seqs)
-            await asyncio.wait_for(_until(lambda: link.queue.stats()["pending"] == 0), 5)
+            await wait_until_async(lambda: link.queue.stats()["pending"] == 0, timeout=5)
 
     asyncio.run(body())
-
-
-async def _until(cond: Callable[[], bool]) -> None:
-    while not cond():
-        await asyncio.sleep(0.02)
 
 
 def test_tls_client_certificate_and_password_and_a_wrong_password(tmp_path, caplog):
@@ -353,7 +351,7 @@ def test_tls_client_certificate_and_password_and_a_wrong_password(tmp_path, capl
         caplog.set_level(logging.WARNING, logger="edge_agent.cloud.link")
         wrong = CloudLink(brain, cloud_cfg(tmp_path / "b", broker, **tls, password_file=str(bad)))
         async with running(wrong):
-            await asyncio.wait_for(_until(lambda: wrong.last_error is not None), 10)
+            await wait_until_async(lambda: wrong.last_error is not None, timeout=10)
             await asyncio.sleep(0.5)
             assert wrong.connects == 0 and not wrong.connected.is_set()
             assert "refused the credentials" in wrong.last_error
@@ -365,7 +363,7 @@ def test_tls_client_certificate_and_password_and_a_wrong_password(tmp_path, capl
             cloud_cfg(tmp_path / "c", broker, **{**tls, "ca_file": None}, password_file=str(good)),
         )
         async with running(notrust):
-            await asyncio.wait_for(_until(lambda: notrust.last_error is not None), 10)
+            await wait_until_async(lambda: notrust.last_error is not None, timeout=10)
             assert notrust.connects == 0 and "certificate" in notrust.last_error
 
     try:
@@ -508,11 +506,11 @@ def test_broker_sigkill_while_connected(tmp_path, broker):
         async with running(link):
             await asyncio.wait_for(link.connected.wait(), 10)
             broker.stop(signal.SIGKILL)
-            await asyncio.wait_for(_until(lambda: link.state != "connected"), 15)
+            await wait_until_async(lambda: link.state != "connected", timeout=15)
             brain.mode = "manual"
             broker.start()
-            await asyncio.wait_for(_until(lambda: link.connects >= 2), 15)
-            await asyncio.wait_for(_until(lambda: link.queue.stats()["pending"] == 0), 5)
+            await wait_until_async(lambda: link.connects >= 2, timeout=15)
+            await wait_until_async(lambda: link.queue.stats()["pending"] == 0, timeout=5)
 
     asyncio.run(body())
 
@@ -587,7 +585,7 @@ def test_in_the_real_daemon_events_status_and_no_motion_from_the_cloud(tmp_path,
 
 def test_reconnect_backs_off_exponentially_with_a_cap(tmp_path):
     """No broker at all: attempts slow down (doubling, jittered) but never stop."""
-    from mosquitto_helpers import free_port
+    from tests.mosquitto_helpers import free_port
 
     attempts: list[float] = []
 

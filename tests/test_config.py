@@ -108,6 +108,7 @@ def test_config_check_cli(tmp_path, capsys):
     assert "control.rate_hz = 500" in err
 
 
+@pytest.mark.integration
 def test_daemon_refuses_bad_config(tmp_path):
     bad = write(tmp_path, "control:\n  rate_hz: 500\n")
     r = subprocess.run(

@@ -10,8 +10,6 @@ import time
 import numpy as np
 import pytest
 import yaml
-from fakes.fake_hw_libs import FakePicamera2Lib
-from test_daemon import ROOT, _start, _stop, make_daemon, sim_config
 
 from brain.capture import CaptureWorker, SensorHub
 from brain.config import parse_config
@@ -23,6 +21,8 @@ from brain.hardware.protocols import CAR_ACTION_SPEC, Frame
 from brain.hardware.realsense_camera import pick_rate
 from brain.modes import ModeManager
 from brain.threads import run_thread
+from tests.daemon_helpers import ROOT, make_daemon, sim_config, start_daemon, stop_daemon
+from tests.fakes.fake_hw_libs import FakePicamera2Lib
 
 # ----------------------------------------------------------------------------- the schedule
 
@@ -330,14 +330,14 @@ def test_teleop_is_written_between_frame_ticks(tmp_path):
 def test_daemon_on_the_sim_drives_in_both_trigger_modes(tmp_path, trigger):
     async def body():
         daemon, act = make_daemon(tmp_path, **{"control.trigger": trigger, "control.rate_hz": 40})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         boot = act.snapshot()
         daemon.brain.set_mode("autonomous")
         await asyncio.sleep(0.8)
         daemon.control.timing.reset()
         await asyncio.sleep(2.0)
         stats = daemon.brain.stats()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return boot, stats, daemon
 
     boot, stats, daemon = asyncio.run(body())

@@ -9,9 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,87 +17,28 @@ import yaml
 
 from brain.config import parse_config
 from brain.daemon import Daemon
-from brain.hardware.devices import open_devices
 from brain.modes import Mode
 from edge_agent.control_socket import make_service, request
-
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_SITE = Path(__file__).resolve().parent / "fakes" / "site"
-
-
-def sim_config(tmp_path: Path, **overrides) -> dict:
-    raw = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
-    raw["paths"] = {"state_dir": str(tmp_path / "state")}
-    raw["logging"] = {"level": "WARNING", "format": "text"}
-    raw["hardware"]["camera"].update(width=160, height=120)  # fast renders for tests
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return raw
-
-
-class RecordingActuators:
-    """Wraps the sim's real actuators and records every call with its time."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.action_spec = inner.action_spec
-        self.calls: list[tuple[float, str, np.ndarray | None]] = []
-        self._lock = threading.Lock()
-
-    def start(self):
-        self.inner.start()
-
-    def write(self, action):
-        with self._lock:
-            self.calls.append((time.monotonic(), "write", np.array(action)))
-        self.inner.write(action)
-
-    def neutral(self):
-        with self._lock:
-            self.calls.append((time.monotonic(), "neutral", None))
-        self.inner.neutral()
-
-    def close(self):
-        self.inner.close()
-
-    def snapshot(self):
-        with self._lock:
-            return list(self.calls)
-
-
-def make_daemon(tmp_path, services=(), **overrides):
-    cfg = parse_config(sim_config(tmp_path, **overrides))
-    devices = open_devices(cfg)
-    devices.actuators = RecordingActuators(devices.actuators)
-    daemon = Daemon(cfg, devices=devices, services=list(services))
-    return daemon, devices.actuators
-
-
-async def _start(daemon):
-    task = asyncio.create_task(daemon.run())
-    await daemon.wait_ready(10)
-    return task
-
-
-async def _stop(daemon, task):
-    daemon.request_stop("test")
-    await asyncio.wait_for(task, 5)
+from tests.daemon_helpers import (
+    FAKE_SITE,
+    ROOT,
+    make_daemon,
+    sim_config,
+    start_daemon,
+    stop_daemon,
+)
 
 
 def test_boots_idle_and_never_moves(tmp_path):
     async def body():
         daemon, act = make_daemon(tmp_path)
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         await asyncio.sleep(0.5)
         assert daemon.modes.mode is Mode.IDLE
         # teleop in IDLE is ignored: motion is not allowed
         daemon.brain.teleop([1.0, 1.0])
         await asyncio.sleep(0.2)
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot()
 
     calls = asyncio.run(body())
@@ -110,7 +49,7 @@ def test_boots_idle_and_never_moves(tmp_path):
 def test_teleop_drives_and_watchdog_stops_within_300ms(tmp_path):
     async def body():
         daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("manual")
         last_cmd = 0.0
         for _ in range(20):  # 1 s of joystick at 20 Hz
@@ -118,7 +57,7 @@ def test_teleop_drives_and_watchdog_stops_within_300ms(tmp_path):
             last_cmd = time.monotonic()
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.6)  # the phone goes silent
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot(), last_cmd, daemon
 
     calls, last_cmd, daemon = asyncio.run(body())
@@ -138,6 +77,7 @@ def _first_write_after(calls, t0, value):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("immediate", [True, False])
 def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
     """At 5 Hz a tick is 200 ms away: the immediate path writes a new command within a few ms."""
@@ -152,7 +92,7 @@ def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
                 "control.teleop_immediate": immediate,
             },
         )
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("manual")
         await asyncio.sleep(0.25)
         delays = []
@@ -164,7 +104,7 @@ def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
             await asyncio.sleep(0.22)
             delays.append(_first_write_after(act.snapshot(), t0, value) - t0)
             daemon.brain.teleop(value)  # keep the watchdog fed
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return delays, daemon.control.stats()
 
     delays, stats = asyncio.run(body())
@@ -181,14 +121,14 @@ def test_teleop_is_written_at_once_not_at_the_next_tick(tmp_path, immediate):
 def test_flooding_teleop_is_rate_capped(tmp_path):
     async def body():
         daemon, _act = make_daemon(tmp_path, **{"control.rate_hz": 5, "safety.slew_per_s": {}})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("manual")
         await asyncio.sleep(0.3)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 0.2:  # a client sending as fast as it can
             daemon.brain.teleop([0.2, 0.2])
             await asyncio.sleep(0)
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return daemon.control.stats(), t0
 
     stats, _ = asyncio.run(body())
@@ -200,7 +140,7 @@ def test_flooding_teleop_is_rate_capped(tmp_path):
 def test_immediate_teleop_never_moves_outside_manual(tmp_path):
     async def body():
         daemon, act = make_daemon(tmp_path, **{"control.rate_hz": 5})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         await asyncio.sleep(0.3)
         for _ in range(10):
             daemon.brain.teleop([0.5, 0.5])  # IDLE: ignored
@@ -210,7 +150,7 @@ def test_immediate_teleop_never_moves_outside_manual(tmp_path):
         for _ in range(10):
             daemon.brain.teleop([0.5, 0.5])  # ESTOP: ignored
             await asyncio.sleep(0.02)
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot(), daemon.control.stats()
 
     calls, stats = asyncio.run(body())
@@ -221,7 +161,7 @@ def test_immediate_teleop_never_moves_outside_manual(tmp_path):
 def test_estop_is_immediate_and_latched(tmp_path):
     async def body():
         daemon, act = make_daemon(tmp_path)
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("manual")
         for _ in range(10):
             daemon.brain.teleop([0.0, 0.5])
@@ -233,7 +173,7 @@ def test_estop_is_immediate_and_latched(tmp_path):
         await asyncio.sleep(0.2)
         with pytest.raises(Exception, match="latched"):
             daemon.brain.set_mode("manual")
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot(), t_estop
 
     calls, t_estop = asyncio.run(body())
@@ -243,15 +183,16 @@ def test_estop_is_immediate_and_latched(tmp_path):
     assert all(k == "neutral" for _, k in after)
 
 
+@pytest.mark.slow
 def test_expert_autopilot_drives_the_sim(tmp_path):
     async def body():
         daemon, _ = make_daemon(tmp_path)
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("autonomous")
         await asyncio.sleep(3.0)
         metrics = daemon.brain.stats()["sim"]
         stats = daemon.brain.stats()["control"]
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return metrics, stats
 
     metrics, stats = asyncio.run(body())
@@ -284,11 +225,11 @@ def test_task_crash_restarts_and_crash_loop_latches_estop(tmp_path):
                 "supervisor.crash_loop_limit": 3,
             },
         )
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("manual")
         await asyncio.sleep(1.0)
         status = daemon.brain.status()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return status
 
     status = asyncio.run(body())
@@ -303,7 +244,7 @@ def test_control_socket_round_trip(tmp_path):
     async def body():
         cfg = parse_config(sim_config(tmp_path))
         daemon = Daemon(cfg, services=[make_service])
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         path = cfg.runtime_dir() / "control.sock"
         for _ in range(100):
             if path.exists():
@@ -318,7 +259,7 @@ def test_control_socket_round_trip(tmp_path):
         st = await asyncio.to_thread(request, path, {"cmd": "status"})
         assert st["result"]["mode"] == "manual"
         assert oct(path.stat().st_mode & 0o777) == "0o660"
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         assert not path.exists()
 
     asyncio.run(body())
@@ -341,6 +282,7 @@ def _recv_until(sock, token):
             return got
 
 
+@pytest.mark.integration
 def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     """The real daemon process, PCA9685 driver and Adafruit library, on an emulated I2C bus."""
     raw = sim_config(tmp_path)
@@ -412,6 +354,7 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     assert last[0] == counts(1500) and last[1] == counts(1500)
 
 
+@pytest.mark.slow
 def test_daemon_never_imports_torch():
     """The daemon runs ONNX Runtime; torch is only for training (DESIGN.md)."""
     code = (

@@ -7,8 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from api_helpers import running_api
-from test_daemon import _start, _stop, make_daemon, sim_config
 
 from brain.capture import SensorHub
 from brain.config import SafetyConfig, parse_config
@@ -17,6 +15,8 @@ from brain.control.safety import SafetyLayer
 from brain.hardware.protocols import CAR_ACTION_SPEC
 from brain.modes import Mode, ModeManager
 from edge_agent.control_socket import handle_request
+from tests.api_helpers import running_api
+from tests.daemon_helpers import make_daemon, sim_config, start_daemon, stop_daemon
 
 
 class FakeClock:
@@ -115,6 +115,7 @@ def test_deadman_does_not_touch_manual_or_when_off(tmp_path):
     assert act.out[-1] == ("write", [0.1, 0.6])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trigger", ["frame", "timer"])
 def test_daemon_autonomy_stops_when_heartbeats_stop(tmp_path, trigger):
     """The expert drives the sim only while heartbeats arrive (control socket and API)."""
@@ -128,7 +129,7 @@ def test_daemon_autonomy_stops_when_heartbeats_stop(tmp_path, trigger):
                 "control.trigger": trigger,
             },
         )
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         daemon.brain.set_mode("autonomous")
         await asyncio.sleep(0.8)
         t_beats = time.monotonic()
@@ -140,7 +141,7 @@ def test_daemon_autonomy_stops_when_heartbeats_stop(tmp_path, trigger):
         t_last = time.monotonic()
         await asyncio.sleep(1.2)
         status = daemon.brain.status()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot(), t_beats, t_last, holding_before, status
 
     calls, t_beats, t_last, holding_before, status = asyncio.run(body())
@@ -188,7 +189,7 @@ def test_cli_heartbeat_goes_through_the_control_socket(tmp_path):
 
     async def body():
         daemon = Daemon(parse_config(raw), services=[make_service])
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         sock = daemon.config.runtime_dir() / "control.sock"
         for _ in range(100):
             if sock.exists():
@@ -196,7 +197,7 @@ def test_cli_heartbeat_goes_through_the_control_socket(tmp_path):
             await asyncio.sleep(0.02)
         rc = await asyncio.to_thread(main, ["heartbeat", "--config", str(cfg_path)])
         received = daemon.control.heartbeat.received
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return rc, received
 
     rc, received = asyncio.run(body())

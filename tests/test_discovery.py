@@ -17,7 +17,6 @@ import uuid
 
 import psutil
 import pytest
-from network_helpers import FakeBrain, config_for
 
 from brain.cli import main as continuon
 from edge_agent.discovery import (
@@ -29,6 +28,8 @@ from edge_agent.discovery import (
     lan_addresses,
     make_service,
 )
+from tests.network_helpers import FakeBrain, config_for
+from tests.waiting import wait_until_async
 
 
 def unique_id() -> str:
@@ -97,6 +98,7 @@ async def _find(robot_id: str, timeout: float = 3.0):
     return [r for r in await browse(timeout, robot_id=robot_id) if r.robot_id == robot_id]
 
 
+@pytest.mark.slow
 def test_advertise_browse_reannounce_and_withdraw(tmp_path, multicast_ok):
     rid = unique_id()
     brain = FakeBrain(robot_id=rid)
@@ -132,7 +134,7 @@ def test_advertise_browse_reannounce_and_withdraw(tmp_path, multicast_ok):
             extra = "192.0.2.77" if "192.0.2.77" not in real else "198.51.100.7"
             current["addrs"] = [*real, extra]
             brain.model_version = "model-2"
-            await asyncio.wait_for(_until(lambda: adv.announcements >= 2), 5)
+            await wait_until_async(lambda: adv.announcements >= 2, timeout=5)
             # The re-announcement reaches a fresh browser (retried: mDNS rate-limits answers).
             found = None
             for _ in range(6):
@@ -155,11 +157,7 @@ def test_advertise_browse_reannounce_and_withdraw(tmp_path, multicast_ok):
     asyncio.run(body())
 
 
-async def _until(cond) -> None:
-    while not cond():
-        await asyncio.sleep(0.05)
-
-
+@pytest.mark.slow
 def test_continuon_discover_lists_the_robot(tmp_path, capsys, multicast_ok):
     rid = unique_id()
     adv = Advertiser(

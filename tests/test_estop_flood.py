@@ -27,11 +27,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_daemon import FAKE_SITE, ROOT, sim_config
 
 from brain.control.estop_line import ACK_FILE, PID_FILE
 from brain.policy.testing import build_dummy_policy
+from tests.daemon_helpers import FAKE_SITE, ROOT, sim_config
 from tests.pca9685_bus import counts_for
+
+pytestmark = pytest.mark.integration
 
 NOFILE = 256
 FLOOD_TCP = 600  # > NOFILE: without caps the daemon runs out of descriptors

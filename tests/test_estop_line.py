@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon import RecordingActuators, _start, _stop, make_daemon
 
 from brain import estop_client
 from brain.control.estop_line import ACK_FILE, PID_FILE
 from brain.modes import Mode
+from tests.daemon_helpers import RecordingActuators, make_daemon, start_daemon, stop_daemon
 
 
 def _drive(daemon):
@@ -28,7 +28,7 @@ def test_signal_latches_while_the_event_loop_is_blocked(tmp_path, trigger):
 
     async def body():
         daemon, act = make_daemon(tmp_path, **{"safety.slew_per_s": {}, "control.trigger": trigger})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         for _ in range(10):
             _drive(daemon)
             await asyncio.sleep(0.05)
@@ -45,7 +45,7 @@ def test_signal_latches_while_the_event_loop_is_blocked(tmp_path, trigger):
         daemon.brain.teleop([0.0, 0.5])
         time.sleep(1.0)  # blocks the event loop: no API, no control socket, no asyncio handler
         mode_while_blocked = daemon.modes.mode
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot(), t_sig[0], mode_while_blocked, daemon, acks
 
     calls, t_sig, mode, daemon, acks = asyncio.run(body())
@@ -84,7 +84,7 @@ def test_signal_writes_neutral_itself_when_the_control_thread_hangs(tmp_path):
         act = StuckActuators(rec.inner)
         daemon.devices.actuators = act
         daemon.control.actuators = act
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         for _ in range(6):
             _drive(daemon)
             await asyncio.sleep(0.05)
@@ -95,7 +95,7 @@ def test_signal_writes_neutral_itself_when_the_control_thread_hangs(tmp_path):
         t0 = time.monotonic()
         ack = await asyncio.to_thread(estop_client.signal_estop, run_dir)
         act.release.set()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return act.snapshot(), t0, ack
 
     calls, t0, ack = asyncio.run(body())

@@ -23,6 +23,8 @@ from rlds.validate import validate_episode
 torch = pytest.importorskip("torch")
 model = pytest.importorskip("brain.model")
 
+pytestmark = pytest.mark.torch
+
 
 # ----------------------------------------------------------------------------- demonstrations
 
@@ -54,6 +56,7 @@ def test_ou_noise_is_correlated_with_the_requested_std() -> None:
     assert max(abs(clipped()) for _ in range(2000)) <= sigma + 1e-12
 
 
+@pytest.mark.slow
 def test_record_demos_labels_are_clean_while_the_car_followed_the_noisy_actions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -120,6 +123,7 @@ def test_record_demos_labels_are_clean_while_the_car_followed_the_noisy_actions(
 _SPEC_FIELDS = set(demos.DemoSpec.__dataclass_fields__)
 
 
+@pytest.mark.slow
 def test_record_demos_parallel_and_trim_aware_labels(tmp_path: Path) -> None:
     specs = demos.plan_demos(
         ["oval"], 2, steps=20, width=64, height=48, steering_offset_max=0.3,
@@ -163,6 +167,7 @@ POLICY_KEYS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluate_cli_untrained_policy_and_expert(tmp_path: Path) -> None:
     run = _run_dir(tmp_path)
     out = tmp_path / "eval"
@@ -190,6 +195,7 @@ def test_evaluate_cli_untrained_policy_and_expert(tmp_path: Path) -> None:
     assert result["conditions"]["step_budget"] == {"oval": 40, "random-101": 40}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("track", ["chicane", "random-101"])
 def test_expert_baseline_laps_without_leaving_the_road(tmp_path: Path, track: str) -> None:
     out = tmp_path / "eval"

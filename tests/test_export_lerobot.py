@@ -448,6 +448,7 @@ def _lerobot_python() -> str | None:
     return os.environ.get("LEROBOT_PYTHON") or None
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(
     _lerobot_python() is None,

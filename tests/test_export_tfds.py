@@ -23,6 +23,8 @@ from rlds.tfrecord import OVERHEAD  # noqa: E402
 from rlds.types import StepData, StepInput  # noqa: E402
 from rlds.writer import EpisodeWriter  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 H, W = 48, 64
 
 

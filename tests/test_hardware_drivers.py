@@ -39,13 +39,8 @@ from brain.hardware.protocols import (
     HardwareUnavailable,
 )
 from brain.hardware.realsense_camera import RealSenseCamera, list_devices
-
-try:
-    from fakes.fake_hw_libs import FakePicamera2Lib
-    from pca9685_bus import PRE_SCALE, BlinkaStandIn, EmulatedPCA9685, prescale_for
-except ImportError:  # tests/ collected as a package
-    from tests.fakes.fake_hw_libs import FakePicamera2Lib
-    from tests.pca9685_bus import PRE_SCALE, BlinkaStandIn, EmulatedPCA9685, prescale_for
+from tests.fakes.fake_hw_libs import FakePicamera2Lib
+from tests.pca9685_bus import PRE_SCALE, BlinkaStandIn, EmulatedPCA9685, prescale_for
 
 REPO = Path(__file__).resolve().parent.parent
 HW_LIBS = (

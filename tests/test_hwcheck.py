@@ -41,11 +41,7 @@ from brain.hwcheck.checks import (
     run_checks,
 )
 from brain.hwcheck.system import classify_disk, classify_memory, classify_temperature
-
-try:
-    from pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
-except ImportError:  # tests/ collected as a package
-    from tests.pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
+from tests.pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,6 +196,7 @@ def test_camera_library_failing_at_import_fails_with_the_fix(
         assert "KeyError" in res.summary and "apt install python3-picamera2" in res.summary
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "continuon"
     if not exe.exists():
@@ -233,6 +230,7 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- --sim
 
 
+@pytest.mark.slow
 def test_sim_camera_depth_and_actuators_via_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -263,6 +261,7 @@ def test_sim_camera_depth_and_actuators_via_cli(
     assert rc == (1 if data["summary"][FAIL] else 0)
 
 
+@pytest.mark.slow
 def test_sim_colour_depth_skew_within_5ms() -> None:
     ctx = CheckContext(small_sim_config(), sim=True, skew_seconds=0.7)
     res = run_check(ctx, "sync", check_sync)
@@ -270,6 +269,7 @@ def test_sim_colour_depth_skew_within_5ms() -> None:
     assert res.details["skew"]["p99_ms"] <= 5.0
 
 
+@pytest.mark.slow
 def test_sim_skew_pairs_frames_taken_together() -> None:
     """Whatever the scheduling jitter, most pairs are the frames triggered together."""
     ctx = CheckContext(small_sim_config(), sim=True, skew_seconds=0.7)
@@ -332,6 +332,7 @@ def test_sim_without_move_never_writes_the_actuators() -> None:
     assert rc in (0, 1)
 
 
+@pytest.mark.slow
 def test_sim_move_car_reacts_and_ends_neutral() -> None:
     cfg = small_sim_config()
     robot = make_sim(cfg)
@@ -428,6 +429,7 @@ def test_sync_gate_on_p99_skew(offset_ms: float, status: str) -> None:
     assert res.details["unpaired"] == 0
 
 
+@pytest.mark.slow
 def test_sync_frames_dropped_by_a_reader_are_not_skew() -> None:
     epoch = time.monotonic()
     robot = types.SimpleNamespace(

@@ -18,8 +18,10 @@ from brain.interface import CommandError
 from brain.localtrain.job import TrainJob
 from brain.modes import Mode
 from rlds.fsutil import sha256_file
+from tests.daemon_helpers import make_daemon, start_daemon, stop_daemon
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
-from tests.test_daemon import _start, _stop, make_daemon
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +57,7 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
                 "ota.max_deadline_misses": 50,
             },
         )
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         brain = daemon.brain
         try:
             brain.set_mode("manual")
@@ -104,7 +106,7 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
             else:
                 assert promo is None
         finally:
-            await _stop(daemon, task)
+            await stop_daemon(daemon, task)
 
     asyncio.run(body())
 

@@ -20,6 +20,9 @@ from brain.localtrain.guard import Readings
 from brain.localtrain.manager import LocalTrainManager, StartRefused
 from brain.modes import ModeManager
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
 
 class Dial:
@@ -120,15 +123,6 @@ def test_disabled_and_too_few_episodes(world, tmp_path):
     assert "at least 100 are needed" in problems[1]
 
 
-def wait_for(pred, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def proc_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
@@ -142,20 +136,24 @@ def test_worker_runs_is_paused_by_the_guard_stops_and_resumes(world, tmp_path):
     st = mgr.start({})
     assert modes.mode.value == "training"
     pid = st["pid"]
-    wait_for(lambda: (mgr.status()["step"] or 0) >= 3, what="training progress")
+    wait_until(lambda: (mgr.status()["step"] or 0) >= 3, timeout=60, what="training progress")
     assert mgr.status()["state"] == "running"
 
     dial.mem = 87.0  # CRITICAL: the worker is frozen
-    wait_for(lambda: mgr.status()["paused"], what="pause")
-    wait_for(lambda: proc_state(pid) == "T", timeout=5, what="SIGSTOP")
+    wait_until(lambda: mgr.status()["paused"], timeout=60, what="pause")
+    wait_until(lambda: proc_state(pid) == "T", timeout=5, what="SIGSTOP")
     st = mgr.status()
     assert st["state"] == "paused" and st["resource"]["level"] == "CRITICAL"
     frozen_at = st["step"]
     time.sleep(0.5)
     assert mgr.status()["step"] == frozen_at  # no progress while stopped
     dial.mem = 80.0  # WARNING: it runs again
-    wait_for(lambda: not mgr.status()["paused"], what="resume")
-    wait_for(lambda: (mgr.status()["step"] or 0) > frozen_at + 2, what="progress after resume")
+    wait_until(lambda: not mgr.status()["paused"], timeout=60, what="resume")
+    wait_until(
+        lambda: (mgr.status()["step"] or 0) > frozen_at + 2,
+        timeout=60,
+        what="progress after resume",
+    )
     assert mgr.status()["pauses"] == 1
 
     mgr.stop()

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_helpers import make_config, running_api
 from pydantic import ValidationError
 
 from brain.config import Config
@@ -32,7 +31,10 @@ from brain.localtrain.promote import Promoter
 from brain.localtrain.worker import check_torch, read_pinned_base
 from brain.modes import Mode
 from rlds.fsutil import sha256_file
+from tests.api_helpers import make_config, running_api
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
 ROOT = Path(__file__).resolve().parent.parent
 

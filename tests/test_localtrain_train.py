@@ -25,6 +25,8 @@ from brain.localtrain.worker import Trainer, _Events  # noqa: E402
 from rlds.fsutil import sha256_file  # noqa: E402
 from tests.localtrain_helpers import tiny_base, write_episodes  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
 
 def pin_committed(job: TrainJob, manifest_sha256: str) -> None:
     """The run was started on the bundle whose manifest has this sha256 (as the manager pins)."""

@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -30,6 +30,8 @@ from brain.model import (  # noqa: E402
 from brain.policy import load_model  # noqa: E402
 from brain.policy.model import LoadedModel  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 H, W = IMAGE_HW
 
 
@@ -469,6 +471,7 @@ def test_preprocess_frame_matches_runner() -> None:
     assert np.array_equal(preprocess_frame(same), same)
 
 
+@pytest.mark.slow
 def test_onnx_step_latency_pi5(tmp_path: Path) -> None:
     path = tmp_path / "pi5.onnx"
     export_onnx(_policy(), path)

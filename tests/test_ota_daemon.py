@@ -23,10 +23,13 @@ from brain.config import parse_config
 from brain.daemon import tune_process
 from brain.hardware.devices import open_devices
 from brain.ota.state import StateStore
+from tests.daemon_helpers import RecordingActuators, sim_config, start_daemon, stop_daemon
 from tests.ota_helpers import make_bundle
-from tests.test_daemon import RecordingActuators, _start, _stop, sim_config
+from tests.waiting import wait_until, wait_until_async
 
 pytest.importorskip("tuf")
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -84,14 +87,7 @@ async def served(daemon, n):
     """Wait for ``n`` more inferences (a fixed sleep may see none when a loaded CI machine
     starves the sim camera and every frame is stale)."""
     c0 = daemon.policy.stats()["count"]
-    await _until(lambda: daemon.policy.stats()["count"] >= c0 + n, timeout=30.0)
-
-
-async def _until(pred, timeout=15.0):
-    t_end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < t_end, "timed out"
-        await asyncio.sleep(0.02)
+    await wait_until_async(lambda: daemon.policy.stats()["count"] >= c0 + n, timeout=30.0)
 
 
 def test_unhealthy_update_rolls_back_while_the_car_keeps_driving(tmp_path, repo):
@@ -102,9 +98,11 @@ def test_unhealthy_update_rolls_back_while_the_car_keeps_driving(tmp_path, repo)
     async def body():
         over = ota_overrides(tmp_path, repo[0], **{"ota.health_window_s": 2.0})
         daemon, act = make_daemon(tmp_path, **over)
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         # the periodic check runs at start: 1.0.0 is downloaded, verified, tried, committed
-        await _until(lambda: daemon.brain.update_status()["phase"] == "committed")
+        await wait_until_async(
+            lambda: daemon.brain.update_status()["phase"] == "committed", timeout=15.0
+        )
         assert daemon.policy.model.version == "1.0.0"
         daemon.brain.set_mode("autonomous")
         await asyncio.sleep(0.5)
@@ -117,7 +115,7 @@ def test_unhealthy_update_rolls_back_while_the_car_keeps_driving(tmp_path, repo)
         await served(daemon, 10)  # 1.0.0 drives again
         marks.append(snap(daemon))
         again = await daemon.brain.check_update()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return daemon, act.snapshot(), result, again, marks
 
     switch = sys.getswitchinterval()
@@ -184,18 +182,20 @@ def test_daemon_boots_on_the_committed_slot_and_cli_talks_to_it(tmp_path, repo, 
 
         cfg = parse_config(raw)
         daemon = Daemon(cfg, services=[make_service])
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         # the staged bundle's trial runs at start and commits
-        await _until(lambda: daemon.brain.update_status()["phase"] == "committed")
+        await wait_until_async(
+            lambda: daemon.brain.update_status()["phase"] == "committed", timeout=15.0
+        )
         out = await asyncio.to_thread(
             cli_main, ["ota", "status", "--json", "--config", str(cfg_path)]
         )
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         # a second start boots straight on the committed slot
         daemon2 = Daemon(cfg, services=[])
-        task2 = await _start(daemon2)
+        task2 = await start_daemon(daemon2)
         version = daemon2.policy.model.version
-        await _stop(daemon2, task2)
+        await stop_daemon(daemon2, task2)
         return out, version
 
     rc, version = asyncio.run(body())
@@ -229,10 +229,10 @@ def test_ota_install_of_a_version_that_failed_before_is_refused_with_exit_1(tmp_
         from edge_agent.control_socket import make_service
 
         daemon = Daemon(parse_config(raw), services=[make_service])
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         rc = await asyncio.to_thread(cli_main, install)
         status = daemon.brain.update_status()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return rc, status
 
     rc, status = asyncio.run(body())
@@ -251,10 +251,10 @@ def test_policy_model_in_config_overrides_the_slot(tmp_path, repo):
 
     async def body():
         daemon, _ = make_daemon(tmp_path, **over, **{"policy.model": str(explicit)})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         version = daemon.policy.model.version
         status = daemon.brain.update_status()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return version, status
 
     version, status = asyncio.run(body())
@@ -264,15 +264,16 @@ def test_policy_model_in_config_overrides_the_slot(tmp_path, repo):
 def test_ota_disabled_means_no_updater(tmp_path):
     async def body():
         daemon, _ = make_daemon(tmp_path, **{"ota.enabled": False})
-        task = await _start(daemon)
+        task = await start_daemon(daemon)
         status = daemon.brain.update_status()
-        await _stop(daemon, task)
+        await stop_daemon(daemon, task)
         return status
 
     assert asyncio.run(body()) == {"available": False}
     assert not Path(tmp_path / "state" / "ota").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # two daemon processes (~10 s)
 def test_sigkill_of_the_daemon_during_a_trial_boots_on_the_committed_slot(tmp_path, repo):
     """The real `continuon run`, killed -9 while a new model is on trial, then restarted."""
@@ -315,15 +316,11 @@ def test_sigkill_of_the_daemon_during_a_trial_boots_on_the_committed_slot(tmp_pa
     def ota_status():
         return request(sock, {"cmd": "ota", "action": "status"}, timeout=5)["result"]
 
-    def wait(pred, timeout=30):
-        t_end = time.monotonic() + timeout
-        while not pred():
-            assert time.monotonic() < t_end, "timed out"
-            time.sleep(0.05)
-
     proc = start()
     try:
-        wait(lambda: ota_status()["phase"] == "committed")  # 1.0.0 from the start-up check
+        wait_until(
+            lambda: ota_status()["phase"] == "committed", timeout=30
+        )  # 1.0.0 from the start-up check
         slow = make_bundle(bundles / "v2.tar", "2.0.0", 2, safety=fast_safety(health_window_s=60))
         publish(repo, slow)
 
@@ -332,7 +329,7 @@ def test_sigkill_of_the_daemon_during_a_trial_boots_on_the_committed_slot(tmp_pa
                 request(sock, {"cmd": "ota", "action": "check"}, timeout=90)
 
         threading.Thread(target=check_until_killed, daemon=True).start()
-        wait(lambda: json.loads(state_file.read_text())["phase"] == "trial")
+        wait_until(lambda: json.loads(state_file.read_text())["phase"] == "trial", timeout=30)
         assert request(sock, {"cmd": "stats"})["result"]["policy"]["model_version"] == "2.0.0"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -25,6 +25,8 @@ import pytest
 from brain.ota.updater import STEPS
 from tests.ota_helpers import make_bundle, seed_committed
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS_PER_STEP = 8  # 7 steps -> 56 trials
 # Random delay after the step begins, up to about how long that step takes here.

@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from api_helpers import running_api
 
 from brain.bundle.manifest import BundleError, manifest_sha256
 from brain.bundle.onnx_check import check_onnx_bytes
 from brain.ota.slots import Slots
 from brain.ota.state import StateStore
 from brain.ota.updater import Updater
+from tests.api_helpers import running_api
 from tests.ota_craft import external_data_model, hostile_uploads, make_external
 from tests.ota_helpers import ACTIONS, HW, fast_safety, make_bundle, make_export, ota_config
+from tests.waiting import wait_until_async
 
 pytest.importorskip("tuf")
 
@@ -92,13 +93,6 @@ def local_bundle(out: Path, base_dir: Path, version: str, sign) -> Path:
         },
         sign=sign,
     )
-
-
-async def until(pred, timeout=30.0):
-    t_end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < t_end, "timed out"
-        await asyncio.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------- self-contained ONNX
@@ -285,6 +279,7 @@ def _ota_overrides(repo_dir: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -296,7 +291,7 @@ def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
     async def driven_by(api, version: str, n: int = 10) -> np.ndarray:
         daemon = api.daemon
         c0, t0 = daemon.policy.stats()["count"], time.monotonic()
-        await until(lambda: daemon.policy.stats()["count"] >= c0 + n)
+        await wait_until_async(lambda: daemon.policy.stats()["count"] >= c0 + n, timeout=30.0)
         assert daemon.policy.stats()["model_version"] == version
         writes = [a for t, kind, a in api.actuators.snapshot() if kind == "write" and t > t0]
         return np.array(writes)
@@ -306,7 +301,9 @@ def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
             daemon, c = api.daemon, api.client
             h = api.bearer(await api.token())
             oct_h = dict(h, **{"Content-Type": "application/octet-stream"})
-            await until(lambda: daemon.brain.update_status()["phase"] == "committed")
+            await wait_until_async(
+                lambda: daemon.brain.update_status()["phase"] == "committed", timeout=30.0
+            )
             await asyncio.to_thread(publish, repo, bundles["v2"])
             res = await daemon.brain.check_update()
             assert res["result"] == "committed 2.0.0", res

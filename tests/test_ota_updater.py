@@ -128,6 +128,7 @@ def test_refused_bundles_leave_the_robot_alone(tmp_path, robot, bundles, name, n
     up.close()
 
 
+@pytest.mark.slow
 def test_unhealthy_model_rolls_back_and_is_never_retried(tmp_path, robot, bundles):
     up = boot(tmp_path, robot, health_window_s=5.0)
     asyncio.run(up.install(bundles["v1"]))

@@ -139,6 +139,7 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(SYSTEM_CONFIG.exists(), reason="this machine has an installed robot config")
 def test_wheel_install_has_its_default_config(installed: Path, tmp_path: Path) -> None:
@@ -161,6 +162,7 @@ def test_wheel_install_has_its_default_config(installed: Path, tmp_path: Path) -
     assert r.stdout.strip().splitlines()[-1].startswith("hw-check: ")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_wheel_install_runs_the_daemon(installed: Path, tmp_path: Path) -> None:
     """`continuon run` from the wheel: READY, then SIGTERM → exit 0 (loopback-only config)."""

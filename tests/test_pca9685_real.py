@@ -26,19 +26,15 @@ from brain.config import (
 )
 from brain.hardware.pca9685 import PCA9685Arm, PCA9685Car, PwmBoard, safe_stop
 from brain.hardware.protocols import HardwareUnavailable
-
-try:
-    from pca9685_bus import AI, MODE1, PRE_SCALE, SLEEP, EmulatedI2C, EmulatedPCA9685, prescale_for
-except ImportError:  # tests/ collected as a package
-    from tests.pca9685_bus import (
-        AI,
-        MODE1,
-        PRE_SCALE,
-        SLEEP,
-        EmulatedI2C,
-        EmulatedPCA9685,
-        prescale_for,
-    )
+from tests.pca9685_bus import (
+    AI,
+    MODE1,
+    PRE_SCALE,
+    SLEEP,
+    EmulatedI2C,
+    EmulatedPCA9685,
+    prescale_for,
+)
 
 pytest.importorskip("adafruit_pca9685")
 

@@ -20,21 +20,9 @@ from brain.model import build_policy, export_onnx  # noqa: E402
 from brain.model.quantize import quantize_int8  # noqa: E402
 from cloud_jobs import bench, cli  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "image_hw": (24, 32),
-    "enc_channels": (8, 8),
-    "enc_kernels": (3, 3),
-    "enc_strides": (2, 2),
-    "enc_groups": 4,
-    "keypoints": 4,
-    "feature_dim": 16,
-    "mem_key_dim": 4,
-    "mem_value_dim": 8,
-    "cms_levels": 1,
-    "cms_periods": (1,),
-    "head_hidden": 16,
-}
 FAST = ["--rounds", "3", "--per-round", "4", "--warmup", "2", "--quiet"]
 
 
@@ -42,7 +30,7 @@ FAST = ["--rounds", "3", "--per-round", "4", "--warmup", "2", "--quiet"]
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("exp")
     torch.manual_seed(0)
-    policy = build_policy("pi5", **TINY)
+    policy = build_policy("tiny", image_hw=(24, 32), enc_groups=4)
     export_onnx(policy, d / "model_fp32.onnx", version="t1")
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(4)]
@@ -59,6 +47,7 @@ def _thresholds(tmp_path: Path, **profile: object) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_bench_reports_every_config_and_passes_generous_thresholds(
     export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -100,6 +89,7 @@ def test_bench_reports_every_config_and_passes_generous_thresholds(
     assert "int8 speed-up" in captured.out
 
 
+@pytest.mark.slow
 def test_bench_fails_on_a_regression(
     export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -29,11 +29,7 @@ from brain.hwcheck.checks import (
     run_check,
     run_checks,
 )
-
-try:
-    from realsense_helpers import SERIAL, color_with_index, depth_near_and_far, record
-except ImportError:  # tests/ collected as a package
-    from tests.realsense_helpers import SERIAL, color_with_index, depth_near_and_far, record
+from tests.realsense_helpers import SERIAL, color_with_index, depth_near_and_far, record
 
 pytest.importorskip("pyrealsense2", exc_type=ImportError)
 
@@ -121,6 +117,7 @@ def test_colour_only_does_not_align_and_has_no_depth(recording) -> None:
         cam.close()
 
 
+@pytest.mark.slow
 def test_wall_clock_timestamps_become_monotonic(tmp_path: Path) -> None:
     # Stamped so that they are a few hundred ms old when played back: well inside the
     # driver's 1 s plausibility window, and always before the frame's arrival.
@@ -152,6 +149,7 @@ def test_wall_clock_timestamps_become_monotonic(tmp_path: Path) -> None:
     assert matched >= reads - 1, (matched, reads)  # at most one outlier on a loaded runner
 
 
+@pytest.mark.slow
 def test_hardware_clock_uses_the_arrival_time(tmp_path: Path) -> None:
     rec = record(
         tmp_path / "hw",
@@ -212,6 +210,7 @@ def test_factory_serves_colour_and_depth_from_one_object(recording) -> None:
         played.close()  # idempotent: camera and depth owners both close it
 
 
+@pytest.mark.slow
 def test_hw_check_cameras_depth_and_sync_through_the_real_library(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

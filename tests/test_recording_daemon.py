@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_daemon import sim_config
 
 from brain.cli import main
 from brain.config import parse_config
 from brain.daemon import Daemon
 from brain.interface import CommandError
 from rlds.reader import list_episodes, list_interrupted
+from tests.daemon_helpers import sim_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +54,7 @@ async def drive(daemon, seconds, action=(0.2, 0.4)):
         await asyncio.sleep(0.04)
 
 
+@pytest.mark.slow
 def test_manual_records_and_a_mode_change_ends_the_episode(tmp_path):
     async def script(d):
         d.brain.start_recording(["test-run"])
@@ -112,6 +113,7 @@ def test_recording_refused_below_free_space_floor(tmp_path):
     assert armed is False
 
 
+@pytest.mark.integration
 def test_sigkill_while_recording_is_recovered_on_restart(tmp_path):
     raw = sim_config(tmp_path)
     cfg_path = tmp_path / "robot.yaml"

@@ -23,9 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rlds_helpers import make_step
-from test_daemon import sim_config
-from test_recording_daemon import run_session
 
 from brain.cli import main
 from brain.config import parse_config
@@ -36,6 +33,12 @@ from rlds.layout import DISCARDED_DIR, RESERVE_FILE
 from rlds.reader import list_episodes, list_interrupted
 from rlds.validate import validate_episode
 from rlds.writer import EpisodeWriter
+from tests.daemon_helpers import sim_config
+from tests.rlds_helpers import make_step
+from tests.test_recording_daemon import run_session
+from tests.waiting import wait_until, wait_until_async
+
+pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 
@@ -74,15 +77,6 @@ def fill(mnt: Path, leave: int) -> Path:
     return filler
 
 
-async def until(pred, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        await asyncio.sleep(step)
-    return pred()
-
-
 class ErrorCounter(logging.Handler):
     """Counts ERROR records of the recorder (the daemon's own handlers keep running)."""
 
@@ -113,7 +107,9 @@ def test_disk_full_commits_truncated_disarms_once_and_the_car_keeps_driving(tmp_
         fill(small_fs, 400 * 1024)
         d.brain.start_recording(["diskfull"])
         d.brain.set_mode("autonomous")  # the expert drives; the sim-donkey records it
-        assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 30)
+        await wait_until_async(
+            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=30, every=0.05
+        )
         ticks_at_fault = d.control.timing.ticks
         t_fault = time.monotonic()
         await asyncio.sleep(2.0)  # what an armed recorder did here: a new episode every tick
@@ -125,10 +121,12 @@ def test_disk_full_commits_truncated_disarms_once_and_the_car_keeps_driving(tmp_
 
         filler = small_fs / "filler"
         filler.unlink()  # space is back
-        assert await until(lambda: d.brain.status()["recording"]["fault"] is None, 5)
+        await wait_until_async(
+            lambda: d.brain.status()["recording"]["fault"] is None, timeout=5, every=0.05
+        )
         after_space = d.brain.status()["recording"]
         d.brain.start_recording()
-        assert await until(lambda: rec.stats.last_error is None, 10)
+        await wait_until_async(lambda: rec.stats.last_error is None, timeout=10, every=0.05)
         await asyncio.sleep(1.0)
         d.brain.set_mode("idle")  # ends (commits) the second episode
         await asyncio.sleep(0.5)
@@ -207,7 +205,9 @@ def test_auto_record_below_the_floor_makes_no_directory_and_says_so_once(tmp_pat
 
     async def script(d):
         d.brain.set_mode("autonomous")
-        assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 10)
+        await wait_until_async(
+            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=10, every=0.05
+        )
         await asyncio.sleep(1.0)
         return d.brain.status()["recording"]
 
@@ -233,7 +233,9 @@ def test_falling_below_the_floor_mid_episode_ends_it_cleanly(tmp_path, small_fs)
         fill(small_fs, int(1.6 * MiB))
         d.brain.start_recording()
         d.brain.set_mode("autonomous")
-        assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 30)
+        await wait_until_async(
+            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=30, every=0.05
+        )
         return d.brain.status()["recording"], free(small_fs)
 
     with recorder_errors() as errors:
@@ -290,6 +292,7 @@ def test_commit_succeeds_when_another_process_took_the_last_byte(small_fs, reser
     assert validate_episode(ep.path).ok
 
 
+@pytest.mark.integration
 def test_real_daemon_process_disk_full_once_then_resumes(tmp_path, small_fs):
     """`continuon run` as systemd starts it: one log line, status says why, driving goes on."""
     episodes = small_fs / "episodes"
@@ -314,14 +317,6 @@ def test_real_daemon_process_disk_full_once_then_resumes(tmp_path, small_fs):
         assert resp["ok"], resp
         return resp["result"]
 
-    def wait_for(pred, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.1)
-        return pred()
-
     fill(small_fs, 400 * 1024)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -330,19 +325,19 @@ def test_real_daemon_process_disk_full_once_then_resumes(tmp_path, small_fs):
             stderr=log,
         )
     try:
-        assert wait_for(ctl.exists, 20)
+        wait_until(ctl.exists, timeout=20, every=0.1)
         assert main(["record", "start", "--config", str(cfg_path)]) == 0
         assert main(["mode", "autonomous", "--config", str(cfg_path)]) == 0
-        assert wait_for(lambda: ask("status")["recording"]["fault"] is not None, 30)
+        wait_until(lambda: ask("status")["recording"]["fault"] is not None, timeout=30, every=0.1)
         before = ask("stats")
         time.sleep(3.0)  # an armed recorder opened ~20 episodes a second here
         after = ask("stats")
         status = ask("status")
 
         (small_fs / "filler").unlink()
-        assert wait_for(lambda: ask("status")["recording"]["fault"] is None, 5)
+        wait_until(lambda: ask("status")["recording"]["fault"] is None, timeout=5, every=0.1)
         assert main(["record", "start", "--config", str(cfg_path)]) == 0
-        assert wait_for(lambda: ask("status")["recording"]["last_error"] is None, 10)
+        wait_until(lambda: ask("status")["recording"]["last_error"] is None, timeout=10, every=0.1)
         time.sleep(1.0)
         assert main(["mode", "idle", "--config", str(cfg_path)]) == 0
         time.sleep(0.5)
@@ -388,17 +383,21 @@ def test_read_only_filesystem_stops_recording_until_restarted(tmp_path, small_fs
         d.brain.set_mode("autonomous")
         await asyncio.sleep(1.0)
         d.brain.set_mode("idle")  # commits the first episode; no file is open any more
-        assert await until(lambda: d.brain.status()["recording"]["episodes_committed"] == 1, 5)
+        await wait_until_async(
+            lambda: d.brain.status()["recording"]["episodes_committed"] == 1, timeout=5, every=0.05
+        )
         remount("ro")
         try:
             d.brain.set_mode("autonomous")
-            assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 10)
+            await wait_until_async(
+                lambda: d.brain.status()["recording"]["fault"] is not None, timeout=10, every=0.05
+            )
             await asyncio.sleep(2.5)  # plenty of free space: the fault must not clear by itself
             during = d.brain.status()["recording"]
         finally:
             remount("rw")
         d.brain.start_recording()
-        assert await until(lambda: d.recorder.stats.last_error is None, 10)
+        await wait_until_async(lambda: d.recorder.stats.last_error is None, timeout=10, every=0.05)
         d.brain.set_mode("idle")
         await asyncio.sleep(0.5)
         return during, d.brain.status()["recording"]
@@ -453,7 +452,9 @@ def test_an_episode_that_cannot_start_leaves_no_directory(tmp_path, small_fs):
         left = free(small_fs)
         d.brain.start_recording()
         d.brain.set_mode("autonomous")
-        assert await until(lambda: d.brain.status()["recording"]["fault"] is not None, 10)
+        await wait_until_async(
+            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=10, every=0.05
+        )
         await asyncio.sleep(1.0)
         return d.brain.status()["recording"], left, free(small_fs)
 

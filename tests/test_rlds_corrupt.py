@@ -6,12 +6,12 @@ import json
 import struct
 
 import pytest
-from rlds_helpers import write_episode
 
 from rlds import tfrecord
 from rlds.errors import EpisodeError
 from rlds.reader import open_episode
 from rlds.validate import validate_episode
+from tests.rlds_helpers import write_episode
 
 N = 8
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rlds_helpers import make_step
 
 from rlds import images
 from rlds.reader import list_episodes, list_interrupted
 from rlds.recovery import recover
 from rlds.validate import validate_episode
+from tests.rlds_helpers import make_step
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS = 24
@@ -41,7 +41,7 @@ MIN_STEPS = 5
 CHILD = r"""
 import os, random, sys
 sys.path.insert(0, sys.argv[4])
-from rlds_helpers import make_step
+from tests.rlds_helpers import make_step
 from rlds.writer import EpisodeWriter
 
 root, seed, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -92,7 +92,7 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
 
     for trial in range(TRIALS):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(root), str(trial), str(log), str(ROOT / "tests")],
+            [sys.executable, "-c", CHILD, str(root), str(trial), str(log), str(ROOT)],
             stdout=subprocess.PIPE,
             env=env,
             cwd=ROOT,

@@ -6,8 +6,6 @@ import os
 import time
 
 import yaml
-from rlds_helpers import make_step
-from test_daemon import sim_config
 
 from brain.cli import main
 from brain.config import parse_config
@@ -17,6 +15,8 @@ from rlds.reader import list_episodes
 from rlds.recovery import recover
 from rlds.storage import dir_size, purge_discarded
 from rlds.writer import EpisodeWriter
+from tests.daemon_helpers import sim_config
+from tests.rlds_helpers import make_step
 
 DAY = 86400.0
 

@@ -67,7 +67,7 @@ def _independent_read(blob: bytes) -> list[bytes]:
 
 
 def test_written_records_parse_with_independent_reader(tmp_path):
-    from rlds_helpers import write_episode
+    from tests.rlds_helpers import write_episode
 
     _, info = write_episode(tmp_path, 6, seed=3)
     blob = (info.path / "steps.tfrecord").read_bytes()

@@ -6,13 +6,13 @@ import json
 import os
 
 import numpy as np
-from rlds_helpers import make_step, write_episode
 
 from rlds import tfrecord
 from rlds.reader import list_episodes, list_interrupted, open_episode
 from rlds.recovery import recover
 from rlds.validate import validate_episode
 from rlds.writer import EpisodeWriter
+from tests.rlds_helpers import make_step, write_episode
 
 
 def _interrupted(root, n, seed=9, tail=b""):

@@ -9,7 +9,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from rlds_helpers import depth, frame, make_step, write_episode
 
 from rlds import images, jsonvalues
 from rlds.errors import EpisodeError
@@ -17,6 +16,7 @@ from rlds.reader import list_episodes, list_interrupted, open_episode
 from rlds.types import StepInput
 from rlds.validate import validate_episode
 from rlds.writer import EpisodeWriter
+from tests.rlds_helpers import depth, frame, make_step, write_episode
 
 
 def _bits(x: float) -> bytes:
@@ -298,6 +298,7 @@ def test_stats_report_encode_times_and_bytes(tmp_path):
     assert s["encodes_reused"] == 10
 
 
+@pytest.mark.slow
 def test_writer_memory_does_not_grow_per_step(tmp_path):
     w = EpisodeWriter(tmp_path, {}, fsync_interval_s=3600.0)
 

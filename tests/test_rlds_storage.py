@@ -7,13 +7,13 @@ import shutil
 from collections import namedtuple
 
 import pytest
-from rlds_helpers import make_step, write_episode
 
 from rlds import storage
 from rlds.errors import EpisodeError
 from rlds.reader import list_episodes
 from rlds.storage import StorageBudget, delete_episode, is_exported, mark_exported
 from rlds.writer import EpisodeWriter
+from tests.rlds_helpers import make_step, write_episode
 
 DU = namedtuple("DU", "total used free")
 

@@ -20,6 +20,7 @@ import pytest
 
 from brain.config import SupervisorConfig
 from brain.supervisor import RestartPolicy, Supervisor
+from tests.waiting import wait_until_async
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,12 +55,6 @@ def restart_delays(caplog: pytest.LogCaptureFixture, name: str) -> list[float]:
         and getattr(r, "fields", {}).get("task") == name
         and "restart_in_s" in r.fields
     ]
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.002)
 
 
 # ----------------------------------------------------------------------------- policy
@@ -106,7 +101,7 @@ def test_crashing_task_restarts_with_growing_capped_delays(caplog) -> None:
 
         sup.add("flaky", flaky)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: len(starts) >= 6)
+        await wait_until_async(lambda: len(starts) >= 6, every=0.002)
         sup.stop()
         async with asyncio.timeout(2):
             await run
@@ -147,7 +142,7 @@ def test_backoff_resets_after_a_long_healthy_run(caplog) -> None:
 
         sup.add("t", task)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: runs >= 6)
+        await wait_until_async(lambda: runs >= 6, every=0.002)
         sup.stop()
         await run
 
@@ -233,7 +228,7 @@ def test_crashes_older_than_the_window_do_not_count() -> None:
 
         sup.add("t", task)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: bool(calls))
+        await wait_until_async(lambda: bool(calls), every=0.002)
         await asyncio.sleep(0.1)
         sup.stop()
         await run
@@ -255,7 +250,7 @@ def test_on_crash_loop_error_does_not_break_the_supervisor() -> None:
 
         sup.add("bad", bad)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: sup.status()["bad"].state == "failed")
+        await wait_until_async(lambda: sup.status()["bad"].state == "failed", every=0.002)
         sup.stop()
         await run
         return sup
@@ -279,7 +274,7 @@ def test_returning_task_is_finished_not_restarted() -> None:
 
         sup.add("once", once)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: sup.status()["once"].state == "finished")
+        await wait_until_async(lambda: sup.status()["once"].state == "finished", every=0.002)
         await asyncio.sleep(0.1)
         sup.stop()
         await run
@@ -306,7 +301,7 @@ def test_restart_false_fails_on_first_crash() -> None:
 
         sup.add("fragile", fragile, restart=False)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: bool(calls))
+        await wait_until_async(lambda: bool(calls), every=0.002)
         await asyncio.sleep(0.1)
         sup.stop()
         await run
@@ -335,7 +330,7 @@ def test_cancelled_error_raised_by_the_task_itself_is_a_crash() -> None:
 
         sup.add("confused", confused)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: starts >= 2)
+        await wait_until_async(lambda: starts >= 2, every=0.002)
         sup.stop()
         await run
         return sup
@@ -402,7 +397,7 @@ def test_stop_cancels_everything_and_run_returns() -> None:
         sup.add("w2", lambda: worker("w2"))
         sup.add("crasher", crasher)
         run = asyncio.create_task(sup.run())
-        await wait_for(lambda: sup.status()["crasher"].state == "backoff")
+        await wait_until_async(lambda: sup.status()["crasher"].state == "backoff", every=0.002)
         assert hooks == ["started"]
         t0 = time.monotonic()
         sup.stop()

@@ -39,6 +39,8 @@ from rlds.reader import list_episodes  # noqa: E402
 from rlds.types import StepInput  # noqa: E402
 from rlds.writer import EpisodeWriter  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "train" / "tiny.yaml"
 H, W = 120, 160
@@ -316,6 +318,7 @@ def test_optimizer_groups_and_schedule() -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow
 def test_run_writes_everything_and_is_seeded(
     episodes: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -351,6 +354,7 @@ def test_run_writes_everything_and_is_seeded(
     assert action.shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
     cfg = tiny(episodes, cache_dir, augment={"enabled": True})
     straight = run_training(cfg, run_dir=tmp_path / "straight")
@@ -365,6 +369,7 @@ def test_resume_is_exact(episodes: Path, cache_dir: Path, tmp_path: Path) -> Non
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_wall_budget_stops_cleanly_then_resumes(
     episodes: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -376,6 +381,7 @@ def test_wall_budget_stops_cleanly_then_resumes(
     assert done["status"] == "complete" and done["step"] == 6
 
 
+@pytest.mark.slow
 def test_muon_bf16_and_tfds_source(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
     eps = list_episodes(episodes)
     out = tmp_path / "tfds"
@@ -402,6 +408,7 @@ def test_muon_bf16_and_tfds_source(episodes: Path, cache_dir: Path, tmp_path: Pa
     assert set(head["optimizers"]) == {"adamw", "muon"}
 
 
+@pytest.mark.slow
 def test_compile_failure_falls_back_to_eager(
     episodes: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -428,6 +435,7 @@ def _write_cfg(cfg: TrainConfig, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntrain: {steps: 1}\n")
@@ -445,6 +453,7 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
     assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
     cfg = tiny(episodes, cache_dir, train={"steps": 6, "eval_every": 3})
     path = _write_cfg(cfg, tmp_path / "ddp.yaml")
@@ -490,6 +499,8 @@ def _xla_python() -> tuple[str | None, str]:
 XLA_PYTHON, XLA_SKIP = _xla_python()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.skipif(XLA_PYTHON is None, reason=XLA_SKIP)
 @pytest.mark.timeout(600)  # XLA compiles the unrolled BPTT graph: ~1-2 min on 2 busy cores
 def test_xla_device_on_pjrt_cpu(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:

@@ -381,6 +381,7 @@ def _slow_fetcher() -> ResumableFetcher:
     return ResumableFetcher(socket_timeout=2.0, min_bytes_per_s=2000, grace_s=0.3, chunk_size=1024)
 
 
+@pytest.mark.slow
 def test_slow_bundle_download_is_aborted(tmp_path, published):
     _, repo = published
     with serve(repo.dir) as srv:

@@ -18,12 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from network_helpers import FakeBrain, config_for, record_episodes
 
 from brain.config import UploaderConfig
 from cloud_jobs.ingest import COMPLETE_NAME, INGEST_KEY, make_app
 from edge_agent.uploader import UploadError, upload_directory, write_manifest
 from rlds.export.manifest import MANIFEST_NAME, verify_manifest
+from tests.network_helpers import FakeBrain, config_for, record_episodes
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +325,7 @@ def test_ingest_token_and_protocol_errors(tmp_path, export_dir):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_cloud_jobs_ingest_and_continuon_upload_commands(tmp_path, export_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,26 +13,25 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from browser_helpers import DESKTOP, LANDSCAPE_PHONE, PHONE, SMALL_PHONE, Browser, missing_browser
+
+from tests.browser_helpers import (
+    DESKTOP,
+    LANDSCAPE_PHONE,
+    PHONE,
+    SMALL_PHONE,
+    Browser,
+    missing_browser,
+)
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 WEBAPP = Path(__file__).resolve().parent.parent / "edge_agent" / "webapp"
-
-
-def wait_until(fn: Callable[[], Any], what: str, timeout: float = 5.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 class RobotUnderTest:
@@ -44,10 +43,9 @@ class RobotUnderTest:
     """
 
     def __init__(self) -> None:
-        from test_daemon import make_daemon
-
         from edge_agent.api.service import make_service as api_service
         from edge_agent.control_socket import make_service as socket_service
+        from tests.daemon_helpers import make_daemon
 
         # A short directory: the control socket's path must fit in sockaddr_un.
         self.tmp = Path(tempfile.mkdtemp(prefix="cwa-"))

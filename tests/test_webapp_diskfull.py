@@ -11,16 +11,19 @@ import shutil
 import subprocess
 
 import pytest
-from test_recording_diskfull import fill
-from test_webapp_browser import (  # noqa: F401 - fixtures used by name
+
+from tests.test_recording_diskfull import fill
+from tests.test_webapp_browser import (  # noqa: F401 - fixtures used by name
     browser,
     by_id,
     js_problems,
     main_screen,
     no_js_errors,
     robot,
-    wait_until,
 )
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 
 def test_recording_fault_shown_until_space_is_back(main_screen, robot):  # noqa: F811

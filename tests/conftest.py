@@ -1,0 +1,122 @@
+"""Suite-wide checks that keep the test lanes honest (see "Test lanes" in docs/testing.md).
+
+Shared helpers are plain modules imported as ``tests.<module>``: ``tests.waiting`` (polling),
+``tests.daemon_helpers`` (the in-process daemon on the sim), ``tests.rlds_helpers`` and the
+others beside this file. Two rules are checked after collection, because breaking either
+fails quietly otherwise:
+
+* a module of ``tests/`` imported under a second name (``rlds_helpers`` beside
+  ``tests.rlds_helpers``) is a second copy with its own state;
+* a test module holding torch at module level must carry the ``torch`` marker, or the
+  torch-free lanes (``-m "not torch"``, the robot's own environment) would import it.
+
+A module whose own ``pytestmark`` already rules it out of the ``-m`` expression is not imported
+at all: deselecting its tests after import would still pay for TensorFlow, peft or litert-torch
+(tens of seconds of the fast lane's minute).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from _pytest.mark.expression import Expression
+
+TESTS = Path(__file__).resolve().parent
+# Stand-ins for third-party libraries, imported under those libraries' names on purpose.
+FAKE_LIBS = TESTS / "fakes" / "site"
+
+
+def _module_marks(path: Path) -> set[str]:
+    """Names in a module's ``pytestmark = pytest.mark.x`` or ``[pytest.mark.x, ...]``."""
+    tree = ast.parse(path.read_bytes(), str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
+        ):
+            value = node.value
+            elts = value.elts if isinstance(value, ast.List | ast.Tuple) else [value]
+            marks = set()
+            for elt in elts:
+                if isinstance(elt, ast.Call):
+                    elt = elt.func
+                mark = isinstance(elt, ast.Attribute) and isinstance(elt.value, ast.Attribute)
+                if mark and elt.value.attr == "mark":
+                    marks.add(elt.attr)
+            return marks
+    return set()
+
+
+def _ruled_out(expr: str, marks: set[str]) -> bool:
+    """True if ``expr`` is false for every test that carries at least ``marks``."""
+    if "(" in expr and "=" in expr:
+        return False  # keyword matching on marker arguments: leave it to pytest
+    names = set(re.findall(r"[\w:+\-.\[\]\\/]+", expr)) - {"and", "or", "not"}
+    free = sorted(names - marks)
+    if len(free) > 8:
+        return False
+    compiled = Expression.compile(expr)
+    for values in itertools.product((False, True), repeat=len(free)):
+        present = frozenset(marks | {name for name, on in zip(free, values, strict=True) if on})
+        if compiled.evaluate(present.__contains__):
+            return False
+    return True
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    expr = config.getoption("markexpr")
+    name = collection_path.name
+    if not expr or not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    marks = _module_marks(collection_path)
+    return True if marks and _ruled_out(expr, marks) else None
+
+
+def _stray_test_modules() -> list[str]:
+    strays = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file or name == "tests" or name.startswith("tests."):
+            continue
+        path = Path(file).resolve()
+        if path.is_relative_to(TESTS) and not path.is_relative_to(FAKE_LIBS):
+            strays.append(f"{name} ({path.relative_to(TESTS.parent)})")
+    return sorted(strays)
+
+
+def _holds_torch(module: types.ModuleType | None) -> bool:
+    if module is None:
+        return False
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, types.ModuleType) else ""
+        if name == "torch" or name.startswith("torch."):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    strays = _stray_test_modules()
+    if strays:
+        raise pytest.UsageError(
+            "test helpers imported outside the tests package (import them as "
+            f"`from tests.<module> import ...`): {', '.join(strays)}"
+        )
+    unmarked = sorted(
+        {
+            item.path.name
+            for item in items
+            if isinstance(item, pytest.Function)
+            and item.get_closest_marker("torch") is None
+            and _holds_torch(item.module)
+        }
+    )
+    if unmarked:
+        raise pytest.UsageError(
+            f"these test modules import torch but are not marked `torch`: {', '.join(unmarked)}"
+            " (add `pytestmark = pytest.mark.torch`)"
+        )

@@ -1,0 +1,84 @@
+"""The real daemon on the simulated robot, in process: its config, a recording actuator wrapper,
+and starting/stopping it on the test's event loop (shared by every test that drives the daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from brain.config import parse_config
+from brain.daemon import Daemon
+from brain.hardware.devices import open_devices
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_SITE = Path(__file__).resolve().parent / "fakes" / "site"
+
+
+def sim_config(tmp_path: Path, **overrides) -> dict:
+    raw = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
+    raw["paths"] = {"state_dir": str(tmp_path / "state")}
+    raw["logging"] = {"level": "WARNING", "format": "text"}
+    raw["hardware"]["camera"].update(width=160, height=120)  # fast renders for tests
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+class RecordingActuators:
+    """Wraps the sim's real actuators and records every call with its time."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.action_spec = inner.action_spec
+        self.calls: list[tuple[float, str, np.ndarray | None]] = []
+        self._lock = threading.Lock()
+
+    def start(self):
+        self.inner.start()
+
+    def write(self, action):
+        with self._lock:
+            self.calls.append((time.monotonic(), "write", np.array(action)))
+        self.inner.write(action)
+
+    def neutral(self):
+        with self._lock:
+            self.calls.append((time.monotonic(), "neutral", None))
+        self.inner.neutral()
+
+    def close(self):
+        self.inner.close()
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.calls)
+
+
+def make_daemon(tmp_path, services=(), **overrides):
+    cfg = parse_config(sim_config(tmp_path, **overrides))
+    devices = open_devices(cfg)
+    devices.actuators = RecordingActuators(devices.actuators)
+    daemon = Daemon(cfg, devices=devices, services=list(services))
+    return daemon, devices.actuators
+
+
+async def start_daemon(daemon):
+    """Run the daemon as a task on the current loop and return it once it is ready."""
+    task = asyncio.create_task(daemon.run())
+    await daemon.wait_ready(10)
+    return task
+
+
+async def stop_daemon(daemon, task):
+    """Stop the daemon the way SIGTERM does and wait for its task to finish."""
+    daemon.request_stop("test")
+    await asyncio.wait_for(task, 5)
