@@ -41,7 +41,8 @@ def sim_config(tmp: Path, name: str, **sections: dict[str, Any]) -> Path:
 
 
 class Daemon:
-    def __init__(self, config: Path, tmp: Path, name: str) -> None:
+    def __init__(self, config: Path, tmp: Path, name: str, root: Path = ROOT) -> None:
+        """``root``: the source tree to run (another revision, for a before/after in one run)."""
         self.config = config
         self.state = yaml.safe_load(config.read_text())["paths"]["state_dir"]
         self.notify_path = tmp / f"{name}.notify"
@@ -49,11 +50,12 @@ class Daemon:
         self.sock.bind(str(self.notify_path))
         self.sock.settimeout(30)
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "brain.cli", "run", "--config", str(config)],
             env=env,
-            cwd=ROOT,
+            cwd=root,
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -32,6 +32,7 @@ from brain.modes import ModeManager
 from brain.ota.wiring import PolicyInterventions, create_updater
 from brain.policy import PolicyRunner, load_model
 from brain.policy.runner import default_deadline_s
+from brain.procinfo import return_large_buffers_to_the_os
 from brain.recorder import Recorder
 from brain.sdnotify import SdNotifier
 from brain.supervisor import RestartPolicy, Supervisor
@@ -317,6 +318,7 @@ def tune_process() -> None:
     image work (sim rendering, resizing) leaves the other cores to the loop.
     """
     sys.setswitchinterval(0.001)
+    return_large_buffers_to_the_os()
     try:
         import cv2
 
