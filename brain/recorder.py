@@ -224,7 +224,10 @@ class Recorder:
             self._epoch += 1
             if tags is not None:
                 self._tags = list(self.rc.tags) + list(tags)
-            self._command({"k": "arm", "epoch": self._epoch, "meta": self._dynamic_meta()})
+            # The writer checks space with the daemon's budget as it stands at each start.
+            budget = {"quota": self.budget.quota_bytes, "min_free": self.budget.min_free_bytes}
+            msg = {"k": "arm", "epoch": self._epoch, "meta": self._dynamic_meta(), "budget": budget}
+            self._command(msg)
         return self.status()
 
     def stop_recording(self) -> dict[str, Any]:
@@ -399,9 +402,8 @@ class Recorder:
             "queue_size": rc.queue_size,
             "jpeg_quality": rc.jpeg_quality,
             "fsync_interval_s": rc.fsync_interval_s,
-            "quota_bytes": int(rc.quota_gb * 1e9) if rc.quota_gb else None,
-            "min_free_bytes": int(rc.min_free_mb * 1e6),
-            "min_free_mb": rc.min_free_mb,
+            "quota_bytes": self.budget.quota_bytes,
+            "min_free_bytes": self.budget.min_free_bytes,
             "nice": _WRITER_NICE,
             "armed": self._armed,
             "epoch": self._epoch,

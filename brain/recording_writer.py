@@ -205,8 +205,10 @@ class WriterCore:
         """Arm/disarm, in order with the steps (the daemon decides; faults disarm here first)."""
         kind = item[0]
         if kind == "arm":
-            _, self.epoch, meta = item
+            _, self.epoch, meta, budget = item
             self.meta.update(meta)
+            self.budget.quota_bytes = budget["quota"]
+            self.budget.min_free_bytes = int(budget["min_free"])
             self.armed = True
             self._fault = None  # restarting acknowledges it; a new error reports itself
         elif kind == "meta":
@@ -303,7 +305,8 @@ class WriterCore:
         self._finish()
         self._stop(
             LOW_SPACE,
-            f"free space on {self.root} fell below the floor of {self.cfg['min_free_mb']:g} MB; "
+            f"free space on {self.root} fell below the floor of "
+            f"{self.budget.min_free_bytes / 1e6:g} MB; "
             f"episode {episode} was committed",
             episode,
         )
@@ -516,7 +519,7 @@ def serve(cfg: dict[str, Any]) -> int:
             with contextlib.suppress(queue.Full):
                 core.queue.put_nowait(_END)  # lost: the generation change ends it anyway
         elif kind == "arm":
-            core.queue.put(("arm", m["epoch"], m["meta"]))
+            core.queue.put(("arm", m["epoch"], m["meta"], m["budget"]))
         elif kind == "meta":
             core.queue.put(("meta", m["meta"]))
         elif kind == "disarm":
