@@ -84,6 +84,11 @@ class BrainHandle:
             "policy": self._policy_stats() if self._policy_stats else None,
             "process": process_info(),
         }
+        if self._recorder is not None:
+            r = self._recorder.status()
+            out["recording"] = {
+                k: r[k] for k in ("steps_written", "steps_dropped", "queue_depth", "writer_process")
+            }
         if self._sim_metrics is not None:
             out["sim"] = self._sim_metrics()
         return out
