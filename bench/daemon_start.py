@@ -16,28 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, Daemon, print_table, sim_config
+from harness import ROOT, Daemon, export_revision, print_table, sim_config
 
 TARGETS = {"ready_s": 1.0, "rss_mb": 150.0}
-
-
-def export_revision(rev: str, dest: Path) -> Path:
-    """The tree of ``rev`` under ``dest`` (git archive; the working tree is not touched)."""
-    archive = dest / "rev.tar"
-    with archive.open("wb") as out:
-        subprocess.run(["git", "archive", rev], cwd=ROOT, stdout=out, check=True)
-    tree = dest / "tree"
-    with tarfile.open(archive) as tar:
-        tar.extractall(tree, filter="data")
-    return tree
 
 
 def one_start(root: Path, tmp: Path, name: str, settle_s: float) -> dict[str, Any]:

@@ -309,11 +309,27 @@ class Recorder:
             link, ring = self._link, self._ring
             if link is None or ring is None or not self._send_step(link, ring, step):
                 self._drop()
+        except Exception:  # a step the hand-over cannot take is lost, never the tick
+            self._drop()
+            raise
         finally:
             self._send_lock.release()
 
     def _send_step(self, link: _Link, ring: SlotRing, step: Step) -> bool:
         claimed: list[int] = []
+        try:
+            if self._hand_over(link, ring, step, claimed):
+                return True
+        except BaseException:
+            for c in claimed:
+                ring.release(c)
+            raise
+        for c in claimed:
+            ring.release(c)
+        return False
+
+    def _hand_over(self, link: _Link, ring: SlotRing, step: Step, claimed: list[int]) -> bool:
+        """Frames into slots (``claimed``), then the message; False if either has no room."""
         refs = {}
         for name, frame in (("image", step.frame), ("depth", step.depth)):
             if frame is None:
@@ -323,8 +339,6 @@ class Recorder:
             if link.sent.get(name) != frame.seq:
                 slot = ring.put(frame.data)
                 if slot is None:
-                    for c in claimed:
-                        ring.release(c)
                     self._log_too_big(frame.data)
                     return False
                 claimed.append(slot)
@@ -353,8 +367,6 @@ class Recorder:
             "depth": refs.get("depth"),
         }
         if not send_nowait(link.step_fd, pack(msg)):
-            for c in claimed:
-                ring.release(c)
             return False
         for name in ("image", "depth"):
             ref = refs.get(name)

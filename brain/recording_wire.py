@@ -59,7 +59,7 @@ class SlotRing:
         for i in range(self.n):
             slot = (self._next + i) % self.n
             if self._state[slot] == FREE:
-                dst = self.view(slot, arr.nbytes).reshape(arr.shape).view(arr.dtype)
+                dst = self.view(slot, arr.nbytes).view(arr.dtype).reshape(arr.shape)
                 np.copyto(dst, arr, casting="no")
                 self._state[slot] = BUSY
                 self._next = (slot + 1) % self.n

@@ -64,7 +64,10 @@ def test_sigkill_of_the_writer_alone_is_recovered_and_the_writer_restarted(tmp_p
         assert await until(lambda: not rec()["recording"], 10)
         return first, victim, status, stats, ticks, elapsed
 
-    _, (first, victim, status, stats, ticks, elapsed) = run_session(tmp_path, script)
+    depth = {"driver": "sim", "width": 160, "height": 120, "fps": 30}
+    _, (first, victim, status, stats, ticks, elapsed) = run_session(
+        tmp_path, script, **{"hardware.depth": depth}
+    )
     rec = status["recording"]
     wp = rec["writer_process"]
     assert wp["restarts"] == 1 and wp["last_exit"] == "was killed by SIGKILL"
@@ -82,6 +85,9 @@ def test_sigkill_of_the_writer_alone_is_recovered_and_the_writer_restarted(tmp_p
     eps = {e.episode_id: e for e in list_episodes(episodes)}
     killed = eps.pop(first["episode_id"])
     assert killed.truncated and killed.num_steps >= 10  # recovered, not lost
+    last = list(killed.steps())[-1]
+    assert last.observation["depth"].shape == (120, 160)
+    assert last.observation["depth"].dtype == np.uint16 and last.observation["depth"].any()
     assert validate_episode(killed.path).ok, validate_episode(killed.path).render()
     (after,) = eps.values()
     assert not after.truncated and after.num_steps >= 30
