@@ -433,6 +433,9 @@ class Recorder:
         }
 
     def _spawn(self) -> _Link:
+        """Start a writer.  Its PR_SET_PDEATHSIG fires when the *thread* that spawned it
+        ends, so it is spawned only from long-lived threads: the daemon's main thread
+        (``start``) and the monitor (restarts), which both outlive it."""
         assert self._ring is not None
         step_r, step_w = os.pipe()
         event_r, event_w = os.pipe()

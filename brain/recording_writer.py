@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from brain.procinfo import return_large_buffers_to_the_os
 from brain.recording_fault import (
     ERROR,
     LOW_SPACE,
@@ -535,6 +536,7 @@ def serve(cfg: dict[str, Any]) -> int:
 
 def main() -> int:
     cfg = json.loads(sys.argv[1])
+    return_large_buffers_to_the_os()  # frames copied out and encoded: ~50 MB less RSS
     with contextlib.suppress(OSError):  # encoding yields the CPU to the control loop
         os.setpriority(os.PRIO_PROCESS, 0, int(cfg.get("nice", 0)))
     return serve(cfg)
