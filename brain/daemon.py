@@ -182,7 +182,6 @@ class Daemon:
                 _log.error("policy %s not loaded: %s", cfg.policy.model, exc)
         self.policy.start()
         await asyncio.to_thread(self.recorder.recover)
-        self.recorder.start()
 
         sup = self.supervisor
         sup.add("control", self.control.run)
@@ -223,6 +222,9 @@ class Daemon:
         self.ready_at = time.monotonic()
         self._ready.set()
         self.notifier.ready()
+        # The episode writer is a process of its own (numpy, OpenCV): started once the robot
+        # is up so that its imports do not delay READY; nothing records before (IDLE).
+        self.recorder.start()
         self.notifier.status(f"mode={self.modes.mode.value}")
         since_exec = time.time() - psutil.Process().create_time()
         _log.info(
