@@ -170,3 +170,66 @@ def test_the_control_process_runs_no_encoder(tmp_path):
 
     _, names = run_session(tmp_path, script)
     assert not [n for n in names if "encode" in n], names
+
+
+def test_sigkill_of_the_daemon_takes_the_writer_with_it(tmp_path):
+    """The whole daemon SIGKILLed while recording: no orphan writer, the episode is recovered."""
+    import subprocess
+    import sys
+
+    import yaml
+    from test_daemon import _notify_socket, _recv_until
+
+    from edge_agent.control_socket import request
+    from rlds.recovery import recover
+
+    cfg_path = tmp_path / "robot.yaml"
+    cfg_path.write_text(yaml.safe_dump(sim_config(tmp_path)))
+    sock, notify = _notify_socket(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg_path)],
+        env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
+        stderr=subprocess.DEVNULL,
+    )
+    ctl = tmp_path / "state" / "run" / "control.sock"
+    try:
+        _recv_until(sock, "READY=1")
+        for _ in range(100):
+            if ctl.exists():
+                break
+            time.sleep(0.05)
+        assert request(ctl, {"cmd": "record", "action": "start"})["ok"]
+        assert request(ctl, {"cmd": "mode", "mode": "autonomous"})["ok"]
+        deadline = time.monotonic() + 20
+        rec = {}
+        while time.monotonic() < deadline:
+            rec = request(ctl, {"cmd": "status"})["result"]["recording"]
+            if rec["steps_written"] >= 60:
+                break
+            time.sleep(0.1)
+        writer = rec["writer_process"]["pid"]
+        assert writer and rec["steps_written"] >= 60, rec
+        time.sleep(1.2)  # past one fsync interval
+        proc.kill()
+        proc.wait(5)
+        gone = False
+        for _ in range(100):
+            try:  # gone, or a zombie waiting for whoever adopted it to reap it
+                stat = open(f"/proc/{writer}/stat").read()  # noqa: SIM115
+                gone = stat.rpartition(")")[2].split()[0] == "Z"
+            except FileNotFoundError:
+                gone = True
+            if gone:
+                break
+            time.sleep(0.02)
+        assert gone, "the writer outlived the daemon"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    episodes = tmp_path / "state" / "episodes"
+    assert len(list_interrupted(episodes)) == 1 and list_episodes(episodes) == []
+    recover(episodes)
+    (ep,) = list_episodes(episodes)
+    assert ep.truncated and ep.num_steps >= 30
+    assert validate_episode(ep.path).ok
