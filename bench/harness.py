@@ -7,11 +7,13 @@ driven through its own control socket, exactly as a person would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ def sim_config(tmp: Path, name: str, **sections: dict[str, Any]) -> Path:
     cfg = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
     cfg["paths"] = {"state_dir": str(tmp / name / "state")}
     cfg["logging"] = {"level": "WARNING", "format": "json"}
+    cfg["api"] = {"port": 0}  # any free port: other daemons on this machine may hold 8080
     for key, value in sections.items():
         if isinstance(value, dict):
             cfg.setdefault(key, {}).update(value)
@@ -41,7 +44,8 @@ def sim_config(tmp: Path, name: str, **sections: dict[str, Any]) -> Path:
 
 
 class Daemon:
-    def __init__(self, config: Path, tmp: Path, name: str) -> None:
+    def __init__(self, config: Path, tmp: Path, name: str, root: Path = ROOT) -> None:
+        """``root``: the source tree to run (another revision, for a before/after in one run)."""
         self.config = config
         self.state = yaml.safe_load(config.read_text())["paths"]["state_dir"]
         self.notify_path = tmp / f"{name}.notify"
@@ -49,11 +53,12 @@ class Daemon:
         self.sock.bind(str(self.notify_path))
         self.sock.settimeout(30)
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "brain.cli", "run", "--config", str(config)],
             env=env,
-            cwd=ROOT,
+            cwd=root,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -103,15 +108,59 @@ class Daemon:
         self.sock.close()
 
 
+def export_revision(rev: str, dest: Path) -> Path:
+    """The tree of ``rev`` under ``dest`` (git archive; the working tree is not touched)."""
+    archive = dest / "rev.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "archive", rev], cwd=ROOT, stdout=out, check=True)
+    tree = dest / "tree"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def busy_load() -> subprocess.Popen[bytes]:
+    """A process spinning one core at normal priority beside the daemon (``--load``)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def _tree_cpu_s(ps: psutil.Process) -> float:
+    """CPU seconds of a process and its live children (the episode writer)."""
+    total = 0.0
+    for p in [ps, *ps.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def measure(d: Daemon, seconds: float) -> dict[str, float]:
-    """CPU % and peak RSS of the daemon over a window of ``seconds``."""
+    """CPU % and peak RSS of the daemon over a window of ``seconds``.
+
+    ``cpu_percent`` is the daemon process alone; ``cpu_percent_tree`` adds its
+    children (the episode writer), ``children_rss_mb`` their peak RSS.
+    """
     d.ps.cpu_percent(None)
-    rss = 0.0
+    tree0, t0 = _tree_cpu_s(d.ps), time.monotonic()
+    rss = child_rss = 0.0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         time.sleep(0.25)
         rss = max(rss, d.ps.memory_info().rss / 2**20)
-    return {"cpu_percent": round(d.ps.cpu_percent(None), 1), "rss_mb": round(rss, 1)}
+        kids = 0.0
+        for c in d.ps.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kids += c.memory_info().rss / 2**20
+        child_rss = max(child_rss, kids)
+    tree = (_tree_cpu_s(d.ps) - tree0) / (time.monotonic() - t0) * 100
+    return {
+        "cpu_percent": round(d.ps.cpu_percent(None), 1),
+        "cpu_percent_tree": round(tree, 1),
+        "rss_mb": round(rss, 1),
+        "children_rss_mb": round(child_rss, 1),
+    }
 
 
 def sleep_floor(hz: float, seconds: float = 5.0) -> dict[str, float]:

@@ -4,9 +4,14 @@ The real daemon (bench/harness.py) runs the sim at 50 Hz with a 640x480 RGB
 camera and a 640x480 depth camera at 30 fps; the expert drives in AUTONOMOUS.
 In one run: a window without recording, then a window recording, so the two
 jitter figures are comparable.  After the run the recorded episode is read
-back to count frames that never made it into a step.
+back to count frames that never made it into a step.  ``--load`` starts a
+process spinning one core beside the daemon for the whole run; ``--baseline
+REV`` runs the same windows on that git revision too (exported with ``git
+archive``), so both trees are measured in one run on the same machine load.
+Recording CPU counts the daemon and its children (the episode writer).
 
     python bench/recording.py --seconds 60 --json bench/results/recording.json
+    python bench/recording.py --seconds 300 --idle-seconds 30 --load --baseline main
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import Daemon, measure, print_table, sim_config
+from harness import ROOT, Daemon, busy_load, export_revision, measure, print_table, sim_config
 
 from rlds.reader import list_episodes
 
@@ -34,10 +39,17 @@ def frame_gaps(seqs: list[int]) -> int:
     return sum(max(0, b - a - 1) for a, b in itertools.pairwise(uniq))
 
 
-def run(seconds: float, hz: float, tmp: Path, idle_seconds: float | None = None) -> dict:
+def run(
+    seconds: float,
+    hz: float,
+    tmp: Path,
+    idle_seconds: float | None = None,
+    root: Path = ROOT,
+    name: str = "rec",
+) -> dict:
     cfg = sim_config(
         tmp,
-        "rec",
+        name,
         control={"rate_hz": hz, "autopilot": "expert", "stats_window": 200_000},
         hardware={
             "camera": {"driver": "sim", "width": 640, "height": 480, "fps": 30},
@@ -45,7 +57,7 @@ def run(seconds: float, hz: float, tmp: Path, idle_seconds: float | None = None)
             "actuators": {"driver": "sim"},
         },
     )
-    d = Daemon(cfg, tmp, "rec")
+    d = Daemon(cfg, tmp, name, root=root)
     episodes = Path(d.state) / "episodes"
     try:
         d.wait_ready()
@@ -97,12 +109,14 @@ def run(seconds: float, hz: float, tmp: Path, idle_seconds: float | None = None)
         "depth_frames_dropped": frame_gaps(dseqs),
         "episodes": len(eps),
         "mb_per_s": round((b1 - b0) / elapsed / 1e6, 2),
-        "cpu_percent": rec_usage["cpu_percent"],
-        "cpu_percent_idle": idle_usage["cpu_percent"],
+        "cpu_percent": rec_usage["cpu_percent_tree"],
+        "cpu_percent_idle": idle_usage["cpu_percent_tree"],
         "recording_cpu_cores": round(
-            (rec_usage["cpu_percent"] - idle_usage["cpu_percent"]) / 100, 2
+            (rec_usage["cpu_percent_tree"] - idle_usage["cpu_percent_tree"]) / 100, 2
         ),
         "rss_mb": rec_usage["rss_mb"],
+        "writer_rss_mb": rec_usage["children_rss_mb"],
+        "writer_restarts": (after.get("writer_process") or {}).get("restarts"),
         "fsync_p99_ms": writer.get("fsync_ms_p99"),
         "jitter_p99_ms_idle": idle["jitter_ms"]["p99"],
         "jitter_p99_ms_recording": rec["jitter_ms"]["p99"],
@@ -117,14 +131,35 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each window")
     ap.add_argument("--idle-seconds", type=float, help="window without recording (default: same)")
     ap.add_argument("--hz", type=float, default=50.0)
+    ap.add_argument("--load", action="store_true", help="a busy process beside the daemon")
+    ap.add_argument("--baseline", help="git revision to measure beside the working tree")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cb-bench-rec-") as d:
-        r = run(args.seconds, args.hz, Path(d), args.idle_seconds)
+    rows = []
+    load = busy_load() if args.load else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="cb-bench-rec-") as d:
+            tmp = Path(d)
+            trees = {"this tree": ROOT}
+            if args.baseline:
+                trees = {args.baseline: export_revision(args.baseline, tmp), **trees}
+            for i, (label, root) in enumerate(trees.items()):
+                r = run(args.seconds, args.hz, tmp, args.idle_seconds, root, f"rec{i}")
+                rows.append({"tree": label, "load": args.load, **r})
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+    for r in rows:
+        r["jitter_p99_increase_ms"] = round(
+            r["jitter_p99_ms_recording"] - r["jitter_p99_ms_idle"], 3
+        )
     print_table(
-        f"recording in the daemon: sim at {args.hz:g} Hz, RGB + depth 640x480 at 30 fps",
-        [r],
+        f"recording in the daemon: sim at {args.hz:g} Hz, RGB + depth 640x480 at 30 fps"
+        + (", one busy core beside it" if args.load else ""),
+        rows,
         [
+            ("tree", "tree"),
             ("steps_written", "steps"),
             ("steps_dropped", "dropped"),
             ("frames_dropped", "frames lost"),
@@ -133,11 +168,14 @@ def main() -> int:
             ("fsync_p99_ms", "fsync p99"),
             ("jitter_p99_ms_idle", "jit idle"),
             ("jitter_p99_ms_recording", "jit rec"),
+            ("jitter_p99_increase_ms", "jit +"),
+            ("rss_mb", "rss MB"),
+            ("writer_rss_mb", "writer MB"),
         ],
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=2))
+        args.json.write_text(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
     return 0
 
 

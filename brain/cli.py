@@ -2,7 +2,10 @@
 
 Subcommands of other packages (the edge agent's `status`, `mode`, ...) plug in
 through the ``continuon.cli`` entry-point group, so the brain stays unaware of
-them.  Exit codes: 0 ok, 1 the thing checked failed, 2 usage/config errors.
+them.  Loading a plug-in imports its module, so a built-in command (above all
+`run`, the daemon) is parsed without them: the daemon's process then holds
+only what the robot needs, never ``cloud_jobs`` (README, "A lean daemon").
+Exit codes: 0 ok, 1 the thing checked failed, 2 usage/config errors.
 """
 
 from __future__ import annotations
@@ -106,7 +109,17 @@ def cmd_hw_check(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands this module and brain's own sub-modules register; parsed without plug-ins.
+BUILTIN_COMMANDS = frozenset({"run", "config", "safe-stop", "hw-check"})
+
+
+def _wants_plugins(argv: list[str]) -> bool:
+    """False when the first positional argument names a built-in command."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command not in BUILTIN_COMMANDS
+
+
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="continuon", description="Continuon Brain: robot runtime and tools."
     )
@@ -155,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_train_local(sub, _add_config)
 
+    if not plugins:
+        return parser
     for ep in entry_points(group="continuon.cli"):
         try:
             ep.load()(sub, _add_config)
@@ -188,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return fast
     from brain.config import ConfigError
 
-    parser = build_parser()
+    parser = build_parser(plugins=_wants_plugins(argv))
     args = parser.parse_args(argv)
     args.load_config = functools.partial(_load, args)
     try:

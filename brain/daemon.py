@@ -34,6 +34,7 @@ from brain.modes import ModeManager
 from brain.ota.wiring import PolicyInterventions, create_updater
 from brain.policy import PolicyRunner, load_model
 from brain.policy.runner import default_deadline_s
+from brain.procinfo import return_large_buffers_to_the_os
 from brain.recorder import Recorder
 from brain.sdnotify import SdNotifier
 from brain.supervisor import RestartPolicy, Supervisor
@@ -191,7 +192,6 @@ class Daemon:
                 _log.error("policy %s not loaded: %s", cfg.policy.model, exc)
         self.policy.start()
         await asyncio.to_thread(self.recorder.recover)
-        self.recorder.start()
 
         sup = self.supervisor
         sup.add("control", self.control.run)
@@ -232,6 +232,9 @@ class Daemon:
         self.ready_at = time.monotonic()
         self._ready.set()
         self.notifier.ready()
+        # The episode writer is a process of its own (numpy, OpenCV): started once the robot
+        # is up so that its imports do not delay READY; nothing records before (IDLE).
+        self.recorder.start()
         self.notifier.status(f"mode={self.modes.mode.value}")
         since_exec = time.time() - psutil.Process().create_time()
         _log.info(
@@ -330,6 +333,7 @@ def tune_process() -> None:
     # Before any thread exists, so that every thread inherits it: only the e-stop line's
     # thread takes SIGUSR1 (brain/control/estop_line.py).
     estop_line.block()
+    return_large_buffers_to_the_os()
     try:
         import cv2
 

@@ -14,6 +14,7 @@ from brain.control.loop import ControlLoop
 from brain.episodes import EpisodeStore
 from brain.interface import CameraFrame, CommandError, TrainerInterface, UpdaterInterface
 from brain.modes import FLAGS, ModeError, ModeManager
+from brain.procinfo import process_info
 from brain.recorder import Recorder, RecordingRefused
 
 
@@ -82,7 +83,13 @@ class BrainHandle:
             "control": self._control.stats(),
             "sensors": self._sensors.summary(),
             "policy": self._policy_stats() if self._policy_stats else None,
+            "process": process_info(),
         }
+        if self._recorder is not None:
+            r = self._recorder.status()
+            out["recording"] = {
+                k: r[k] for k in ("steps_written", "steps_dropped", "queue_depth", "writer_process")
+            }
         if self._sim_metrics is not None:
             out["sim"] = self._sim_metrics()
         return out

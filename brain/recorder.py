@@ -1,29 +1,40 @@
-"""The recorder: control-loop steps into RLDS episode files, off the control thread.
+"""The recorder: control-loop steps into RLDS episode files, off the control process.
 
-The control loop calls ``hook`` once per tick; it must never wait on a disk.
-So the hook only decides (is recording armed, does the mode record, did the
-mode change) and puts a reference to the step on a bounded queue; a full
-queue drops the step and counts it.  A writer thread encodes images and
-appends records.  A mode change ends the episode: one episode is one mode.
+The control loop calls ``hook`` once per tick; it must never wait on a disk, on
+the GIL behind an encoder, or on another process.  So the hook only decides (is
+recording armed, does the mode record, did the mode change), copies a new frame
+into a free shared-memory slot and writes one small message to a non-blocking
+pipe; no free slot, a full pipe or a writer being restarted drops the step and
+counts it.  The episode-writer process (``brain.recording_writer``) encodes the
+images and appends the records.  A mode change ends the episode: one episode is
+one mode.
 
-A write error (disk full, quota, I/O error) stops recording once: the episode
-is committed as truncated with what reached the disk, recording disarms, one
-error is logged, and ``status()["fault"]`` says why until space is back or
-recording is started again.  No episode starts while free space is below the
-floor, so a full disk never collects empty episode directories.
+A write error (disk full, quota, I/O error) stops recording once: the writer
+commits the episode as truncated with what reached the disk, recording disarms,
+the writer reports the fault back, one error is logged here, and
+``status()["fault"]`` says why until space is back or recording is started
+again.  No episode starts while free space is below the floor, so a full disk
+never collects empty episode directories.
+
+If the writer process dies (killed, out of memory), the daemon keeps driving:
+the interrupted episode is recovered (``rlds.recovery``), a new writer is
+started (with a growing delay if it keeps dying), and ``status()`` and
+``stats()`` report the restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import queue
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,50 +43,48 @@ from brain import __version__
 from brain.config import Config
 from brain.control.loop import Step
 from brain.logs import log_fields
-from brain.recording_fault import (
-    ERROR,
-    LOW_SPACE,
-    RecordingFault,
-    describe,
-    kind_of,
-    new_fault,
-)
-from rlds.images import encode_jpeg, encode_png16
+from brain.recording_fault import RecordingFault
+from brain.recording_wire import SlotRing, pack, read_message, send_nowait, send_within
 from rlds.recovery import recover
 from rlds.storage import StorageBudget, purge_discarded
-from rlds.types import StepInput
-from rlds.writer import EpisodeWriter
 
 _log = logging.getLogger(__name__)
 
-_END = "end"
-_IDLE = "idle"
-_PIPELINE_DEPTH = 4  # steps whose images may be in the encoder pool at once
-_SPACE_CHECK_S = 1.0  # how often free space is looked at while recording or after a fault
-# "Space is back" after ENOSPC needs at least this much even when the floor is 0,
-# or the few KiB the truncated commit frees would count.
-_SPACE_BACK_MIN_BYTES = 1 << 20
+_SLOTS = 8  # frames between the control thread and the writer (it copies them out at once)
+_META_CHECK_S = 0.5  # how often the model version is looked at for new episodes' metadata
+_RESTART_DELAY_S = (0.2, 30.0)  # first and largest delay before starting a dead writer again
+_STABLE_S = 30.0  # a writer that lived this long resets the restart delay
+_WRITER_NICE = 5  # the writer yields the CPU to the daemon's control thread
 
 
 class RecordingRefused(RuntimeError):
     """Recording cannot start; the message says why (e.g. the disk is nearly full)."""
 
 
-class _NoRoom(RuntimeError):
-    """An episode may not start: below the free-space floor or over the quota."""
-
-
 @dataclass
 class RecorderStats:
     steps_queued: int = 0
     steps_written: int = 0
-    steps_dropped: int = 0
+    steps_dropped: int = 0  # here (no slot, pipe full, no writer) plus in the writer
     episodes_committed: int = 0
     episodes_failed: int = 0  # left interrupted for recovery (the commit itself failed)
     episodes_truncated: int = 0  # committed as truncated after a write error
     last_error: str | None = None
     last_episode: str | None = None
     writer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Link:
+    """One writer process and the pipes to it."""
+
+    proc: subprocess.Popen[bytes]
+    step_fd: int  # ours, non-blocking
+    event_fd: int
+    started: float
+    sent: dict[str, int] = field(default_factory=dict)  # sensor -> last frame seq sent
+    steps_sent: int = 0
+    status: dict[str, Any] = field(default_factory=dict)  # the writer's last report
 
 
 class Recorder:
@@ -100,19 +109,34 @@ class Recorder:
         self._has_camera = "image" in sensor_specs
         self._has_depth = "depth" in sensor_specs
         self._model_version = model_version
-        self._queue: queue.Queue[Step | str | None] = queue.Queue(self.rc.queue_size)
         self._armed = self.rc.auto_record
+        self._epoch = 0  # bumped by every start: a fault from before it is acknowledged
         self._tags: list[str] = list(self.rc.tags)
         self._active_gen: int | None = None  # mode generation of the episode being fed
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # commands vs the writer's reports
+        self._send_lock = threading.Lock()  # the pipe and the ring vs a writer restart
         self.stats = RecorderStats()
-        self._thread: threading.Thread | None = None
-        self._writer: EpisodeWriter | None = None
-        self._writer_gen: int | None = None
-        self._encodes: OrderedDict[tuple[str, int], Future[bytes]] = OrderedDict()
-        self._drain_deadline: float | None = None
         self._fault: RecordingFault | None = None
-        self._next_space_check = 0.0
+        self._ring: SlotRing | None = None
+        self._link: _Link | None = None
+        self._monitor: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._dropped_here = 0
+        # what the writers before the current one did (their counters start at 0)
+        self._bases = dict.fromkeys(
+            (
+                "steps_written",
+                "steps_dropped",
+                "episodes_committed",
+                "episodes_failed",
+                "episodes_truncated",
+            ),
+            0,
+        )
+        self._restarts = 0
+        self._last_exit: str | None = None
+        self._meta_sent: dict[str, Any] = {}
+        self._too_big_logged = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -147,29 +171,46 @@ class Recorder:
             )
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
-            self._thread.start()
+        if self._monitor is not None:
+            return
+        self._ring = SlotRing.create(_SLOTS, self._slot_bytes())
+        self._link = self._spawn()
+        self._monitor = threading.Thread(target=self._watch, name="recorder", daemon=True)
+        self._monitor.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Commit the open episode and stop the writer thread, within ``timeout``.
+        """Commit the open episode and stop the writer process, within ``timeout``.
 
         Steps still queued when 60 % of the time is used up are dropped (and
         counted) so that what was written is committed in time, rather than
         the whole episode being left to recovery by a slow drain.
         """
-        thread = self._thread
-        if thread is None:
+        monitor = self._monitor
+        if monitor is None:
             return
-        self._drain_deadline = time.monotonic() + 0.6 * timeout
-        self._put_blocking(_END)
-        self._put_blocking(None)
-        thread.join(timeout)
-        if thread.is_alive():
-            _log.error(
-                "recorder did not finish within %.1f s; the episode will be recovered", timeout
-            )
-        self._thread = None
+        self._closing.set()
+        with self._lock:
+            link = self._link
+        if link is not None:
+            send_within(link.step_fd, pack({"k": "close", "drain_s": 0.6 * timeout}), 1.0)
+            try:
+                link.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _log.error(
+                    "episode writer did not finish within %.1f s; the episode will be recovered",
+                    timeout,
+                )
+                link.proc.kill()
+                link.proc.wait()
+        monitor.join(2.0)
+        with self._send_lock:
+            if link is not None:
+                os.close(link.step_fd)
+                self._link = None
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+        self._monitor = None
 
     # ------------------------------------------------------------------ commands (any thread)
 
@@ -180,24 +221,31 @@ class Recorder:
         with self._lock:
             self._armed = True
             self._fault = None  # restarting acknowledges it; a new error reports itself
+            self._epoch += 1
             if tags is not None:
                 self._tags = list(self.rc.tags) + list(tags)
+            # The writer checks space with the daemon's budget as it stands at each start.
+            budget = {"quota": self.budget.quota_bytes, "min_free": self.budget.min_free_bytes}
+            msg = {"k": "arm", "epoch": self._epoch, "meta": self._dynamic_meta(), "budget": budget}
+            self._command(msg)
         return self.status()
 
     def stop_recording(self) -> dict[str, Any]:
         with self._lock:
             self._armed = False
+            self._command({"k": "disarm"})
         return self.status()
 
     def status(self) -> dict[str, Any]:
         s = self.stats
-        writer = self._writer
         fault = self._fault
+        link = self._link
+        w = link.status if link is not None else {}
         return {
             "armed": self._armed,
             "fault": fault.as_dict() if fault is not None else None,
-            "recording": writer is not None,
-            "episode_id": writer.episode_id if writer is not None else None,
+            "recording": bool(w.get("recording")),
+            "episode_id": w.get("episode_id"),
             "root": str(self.root),
             "steps_written": s.steps_written,
             "steps_dropped": s.steps_dropped,
@@ -206,14 +254,27 @@ class Recorder:
             "episodes_truncated": s.episodes_truncated,
             "last_episode": s.last_episode,
             "last_error": s.last_error,
-            "queue_depth": self._queue.qsize(),
+            "queue_depth": self._queue_depth(link),
             "writer": s.writer,
+            "writer_process": self.writer_process(),
+        }
+
+    def writer_process(self) -> dict[str, Any]:
+        """The episode-writer process, for `continuon stats` and the app."""
+        link = self._link
+        alive = link is not None and link.proc.poll() is None
+        return {
+            "pid": link.proc.pid if alive and link is not None else None,
+            "alive": alive,
+            "restarts": self._restarts,
+            "last_exit": self._last_exit,
+            "slots_busy": self._ring.busy() if self._ring is not None else 0,
         }
 
     # ------------------------------------------------------------------ the control thread
 
     def hook(self, step: Step) -> None:
-        """Called once per tick on the control thread: decide, enqueue, never block."""
+        """Called once per tick on the control thread: decide, hand over, never block."""
         gen = step.mode_generation
         # Every recorded step carries the same observations: a tick before the
         # first camera frame (or depth frame) has arrived is not recorded.
@@ -222,316 +283,319 @@ class Recorder:
         )
         if step.recordable and self._armed and complete:
             if self._active_gen is not None and gen != self._active_gen:
-                self._offer(_END)  # the mode changed: that episode is over
+                self._offer_end()  # the mode changed: that episode is over
             self._active_gen = gen
             self._offer(step)
         elif self._active_gen is not None:
             self._active_gen = None
-            self._offer(_END)
+            self._offer_end()
 
-    def _offer(self, item: Step | str) -> None:
+    def _offer_end(self) -> None:
+        # A lost end marker is harmless: the writer ends the episode itself when the
+        # generation changes (and a stopped recording opens no new one).
+        if self._send_lock.acquire(blocking=False):
+            try:
+                if self._link is not None:
+                    send_nowait(self._link.step_fd, pack({"k": "end"}))
+            finally:
+                self._send_lock.release()
+
+    def _offer(self, step: Step) -> None:
+        self.stats.steps_queued += 1
+        if not self._send_lock.acquire(blocking=False):  # a writer restart is under way
+            self._drop()
+            return
         try:
-            self._queue.put_nowait(item)
-            if item is not _END:
-                self.stats.steps_queued += 1
-        except queue.Full:
-            if item is _END:
-                # An end marker must not be lost, or two modes would share an episode;
-                # the writer ends the episode itself when the generation changes.
-                return
-            self.stats.steps_dropped += 1
+            link, ring = self._link, self._ring
+            if link is None or ring is None or not self._send_step(link, ring, step):
+                self._drop()
+        except Exception:  # a step the hand-over cannot take is lost, never the tick
+            self._drop()
+            raise
+        finally:
+            self._send_lock.release()
 
-    def _put_blocking(self, item: Step | str | None) -> None:
+    def _send_step(self, link: _Link, ring: SlotRing, step: Step) -> bool:
+        claimed: list[int] = []
         try:
-            self._queue.put(item, timeout=5.0)
-        except queue.Full:
-            _log.error("recorder queue stayed full for 5 s")
+            if self._hand_over(link, ring, step, claimed):
+                return True
+        except BaseException:
+            for c in claimed:
+                ring.release(c)
+            raise
+        for c in claimed:
+            ring.release(c)
+        return False
 
-    # ------------------------------------------------------------------ the writer thread
-
-    def _run(self) -> None:
-        """Writer thread: images are encoded on a small pool, records appended in order.
-
-        Encoding (JPEG ~3 ms, 16-bit PNG ~15 ms at 640x480) dominates; the pool
-        encodes the next frames while this thread appends the previous step, so
-        depth at 30 fps keeps up.  A frame shared by consecutive ticks is
-        encoded once (keyed by its sequence number).
-        """
-        pending: deque[tuple[Step, dict[str, Future[bytes]]]] = deque()
-        with ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="recorder-encode", initializer=_lower_priority
-        ) as pool:
-            while True:
-                if pending:
-                    wait: float | None = 0.005
-                else:  # a fault that space can clear is re-checked while idle
-                    wait = _SPACE_CHECK_S if self._fault is not None else None
-                try:
-                    item = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    item = _IDLE
-                if self._fault is not None:
-                    self._check_fault_cleared()
-                if isinstance(item, Step):
-                    deadline = self._drain_deadline
-                    if deadline is not None and time.monotonic() > deadline:
-                        self.stats.steps_dropped += 1  # shutting down: commit what we have
-                    else:
-                        pending.append((item, self._encode_async(pool, item)))
-                flush_all = item is None or item == _END
-                while pending and (
-                    flush_all
-                    or len(pending) > _PIPELINE_DEPTH
-                    or all(f.done() for f in pending[0][1].values())
-                ):
-                    step, futures = pending.popleft()
-                    self._write_guarded(step, futures)
-                if item is None:
-                    self._finish()
-                    return
-                if item == _END:
-                    self._finish()
-
-    def _encode_async(self, pool: ThreadPoolExecutor, step: Step) -> dict[str, Future[bytes]]:
-        jobs: dict[str, Future[bytes]] = {}
+    def _hand_over(self, link: _Link, ring: SlotRing, step: Step, claimed: list[int]) -> bool:
+        """Frames into slots (``claimed``), then the message; False if either has no room."""
+        # name -> (seq, t_capture, slot or None if already sent, shape, dtype, depth scale)
+        refs: dict[str, tuple[int, float, int | None, tuple[int, ...], str, float] | None] = {}
         for name, frame in (("image", step.frame), ("depth", step.depth)):
             if frame is None:
+                refs[name] = None
                 continue
-            key = (name, frame.seq)
-            fut = self._encodes.get(key)
-            if fut is None:
-                if name == "image":
-                    fut = pool.submit(encode_jpeg, frame.data, self.rc.jpeg_quality)
-                else:
-                    fut = pool.submit(encode_png16, frame.data)
-                self._encodes[key] = fut
-                while len(self._encodes) > 8:
-                    self._encodes.popitem(last=False)
-            jobs[name] = fut
-        return jobs
-
-    def _write_guarded(self, step: Step, futures: dict[str, Future[bytes]]) -> None:
-        try:
-            encoded = {name: f.result() for name, f in futures.items()}
-            self._write(step, encoded)
-        except _NoRoom as exc:
-            self._stop(LOW_SPACE, f"no new episode: {exc}", None)
-        except Exception as exc:  # a disk error ends recording, never the daemon
-            self._stop_on_error(exc)
-
-    def _write(self, step: Step, encoded: dict[str, bytes]) -> None:
-        w = self._writer
-        gen = step.mode_generation
-        if w is not None and self._writer_gen != gen:
-            self._finish()  # a lost end marker: the generation tells us anyway
-            w = None
-        if w is None:
-            if not self._armed:  # queued before a fault (or stop) disarmed recording
-                self.stats.steps_dropped += 1
-                return
-            w = self._open(step)
-            self._writer_gen = gen
-        obs: dict[str, Any] = {}
-        ts: dict[str, float] = {}
-        extra: dict[str, Any] = {
+            slot = None
+            if link.sent.get(name) != frame.seq:
+                slot = ring.put(frame.data)
+                if slot is None:
+                    self._log_too_big(frame.data)
+                    return False
+                claimed.append(slot)
+            scale = getattr(frame, "depth_scale", 0.001)
+            refs[name] = (
+                frame.seq,
+                frame.t_capture,
+                slot,
+                frame.data.shape,
+                frame.data.dtype.str,
+                scale,
+            )
+        shadow = step.extra.get("shadow_action")
+        msg = {
+            "k": "step",
+            "t": step.t,
+            "action": [float(v) for v in step.action],
             "mode": step.mode.value,
+            "gen": step.mode_generation,
             "source": step.source,
             "neutral": step.neutral,
             "safety_reason": step.safety_reason,
+            "command": None if step.command is None else [float(v) for v in step.command],
+            "shadow": None if shadow is None else [float(v) for v in shadow],
+            "frame": refs.get("image"),
+            "depth": refs.get("depth"),
         }
-        if step.frame is not None:
-            obs["image"] = step.frame.data
-            ts["image"] = step.frame.t_capture
-            extra["frame_seq"] = step.frame.seq
-        if step.depth is not None:
-            obs["depth"] = step.depth.data
-            ts["depth"] = step.depth.t_capture
-            extra["depth_seq"] = step.depth.seq
-        if step.command is not None:
-            extra["command"] = [float(v) for v in step.command]
-        if "shadow_action" in step.extra and step.extra["shadow_action"] is not None:
-            extra["shadow_action"] = [float(v) for v in step.extra["shadow_action"]]
-        w.append(
-            StepInput(
-                t=step.t,
-                action=step.action,
-                observation=obs,
-                timestamps=ts,
-                extra=extra,
-                encoded=encoded,
+        if not send_nowait(link.step_fd, pack(msg)):
+            return False
+        for name in ("image", "depth"):
+            ref = refs.get(name)
+            if ref is not None:
+                link.sent[name] = ref[0]
+        link.steps_sent += 1
+        return True
+
+    def _drop(self) -> None:
+        self._dropped_here += 1
+        self.stats.steps_dropped += 1
+
+    def _log_too_big(self, data: Any) -> None:
+        if data.nbytes > (self._ring.slot_bytes if self._ring else 0) and not self._too_big_logged:
+            self._too_big_logged = True
+            _log.error(
+                "a %s %s frame does not fit the recorder's %d-byte slots (sized from the "
+                "config); such steps are dropped",
+                data.shape,
+                data.dtype,
+                self._ring.slot_bytes if self._ring else 0,
             )
-        )
-        self.stats.steps_written += 1
-        if self.stats.last_error is not None and w.steps_written > 0:
-            self.stats.last_error = None  # recording has resumed: steps reach the disk again
-        self._check_space_while_recording()
 
-    def _check_space_while_recording(self) -> None:
-        """Below the floor mid-episode: end it cleanly before the disk (and the OS) fills."""
-        now = time.monotonic()
-        if now < self._next_space_check:
-            return
-        self._next_space_check = now + _SPACE_CHECK_S
-        if self.budget.free_ok():
-            return
-        w = self._writer
-        episode = w.episode_id if w is not None else None
-        self._finish()
-        self._stop(
-            LOW_SPACE,
-            f"free space on {self.root} fell below the floor of {self.rc.min_free_mb:g} MB; "
-            f"episode {episode} was committed",
-            episode,
-        )
+    # ------------------------------------------------------------------ the writer process
 
-    def _open(self, step: Step) -> EpisodeWriter:
-        problem = self.budget.check_room()  # before any directory is made
-        if problem is not None:
-            raise _NoRoom(problem)
-        self._next_space_check = time.monotonic() + _SPACE_CHECK_S
-        cfg = self.cfg
-        meta = {
-            "robot_id": cfg.robot.id,
-            "robot_kind": cfg.robot.kind,
-            "config_hash": cfg.config_hash(),
-            "software_version": __version__,
-            "model_version": self._model_version(),
-            "mode": step.mode.value,
-            "source": step.source,
-            "rate_hz": cfg.control.rate_hz,
-            "action_names": list(cfg.action_names),
-            "sensors": self._sensor_specs,
-            "tags": list(self._tags),
-            "sim": cfg.sim.model_dump(mode="json") if cfg.uses_sim else None,
-            "started_wall": time.time(),
+    def _slot_bytes(self) -> int:
+        sizes = [1]
+        for name, per_px in (("image", 3), ("depth", 2)):
+            spec = self._sensor_specs.get(name) or {}
+            if "width" in spec and "height" in spec:
+                sizes.append(int(spec["width"]) * int(spec["height"]) * per_px)
+        return max(sizes)
+
+    def _dynamic_meta(self) -> dict[str, Any]:
+        try:
+            version = self._model_version()
+        except Exception:  # a policy being swapped must not stop recording
+            version = None
+        return {"model_version": version, "tags": list(self._tags)}
+
+    def _writer_config(self) -> dict[str, Any]:
+        cfg, rc = self.cfg, self.rc
+        return {
+            "root": str(self.root),
+            "queue_size": rc.queue_size,
+            "jpeg_quality": rc.jpeg_quality,
+            "fsync_interval_s": rc.fsync_interval_s,
+            "quota_bytes": self.budget.quota_bytes,
+            "min_free_bytes": self.budget.min_free_bytes,
+            "nice": _WRITER_NICE,
+            "armed": self._armed,
+            "epoch": self._epoch,
+            "episode_meta": {
+                "robot_id": cfg.robot.id,
+                "robot_kind": cfg.robot.kind,
+                "config_hash": cfg.config_hash(),
+                "software_version": __version__,
+                "rate_hz": cfg.control.rate_hz,
+                "action_names": list(cfg.action_names),
+                "sensors": self._sensor_specs,
+                "sim": cfg.sim.model_dump(mode="json") if cfg.uses_sim else None,
+                **self._dynamic_meta(),
+            },
         }
-        if step.depth is not None:
-            meta["depth_scale"] = step.depth.depth_scale
-        self._writer = EpisodeWriter(
-            self.root,
-            meta,
-            jpeg_quality=self.rc.jpeg_quality,
-            fsync_interval_s=self.rc.fsync_interval_s,
-        )
-        _log.info(
-            "recording episode %s (%s)",
-            self._writer.episode_id,
-            step.mode.value,
-            extra=log_fields(episode_id=self._writer.episode_id),
-        )
-        return self._writer
 
-    def _finish(self) -> None:
-        w = self._writer
-        if w is None:
-            return
-        self._writer = None
+    def _spawn(self) -> _Link:
+        """Start a writer.  Its PR_SET_PDEATHSIG fires when the *thread* that spawned it
+        ends, so it is spawned only from long-lived threads: the daemon's main thread
+        (``start``) and the monitor (restarts), which both outlive it."""
+        assert self._ring is not None
+        step_r, step_w = os.pipe()
+        event_r, event_w = os.pipe()
+        os.set_blocking(step_w, False)  # the pipe (64 KiB: ~200 steps) is the bounded queue
+        cfg = self._writer_config()
+        self._meta_sent = cfg["episode_meta"]
+        cfg.update(
+            step_fd=step_r,
+            event_fd=event_w,
+            ring_fd=self._ring.fd,
+            slots=self._ring.n,
+            slot_bytes=self._ring.slot_bytes,
+        )
+        here = str(Path(__file__).resolve().parent.parent)  # the tree this daemon runs from
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         try:
-            info = w.close()
-        except Exception as exc:
-            self.stats.writer = w.stats()
-            self._after_failed_write(w, exc)
-            return
-        self.stats.writer = w.stats()
-        if w.failed is not None:  # the held last step hit the error inside close()
-            self._after_failed_write(w, None, info)
-            return
-        if info is not None:
-            self.stats.episodes_committed += 1
-            self.stats.last_episode = w.episode_id
-            _log.info(
-                "episode %s committed",
-                w.episode_id,
-                extra=log_fields(episode_id=w.episode_id),
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "brain.recording_writer", json.dumps(cfg)],
+                pass_fds=(step_r, event_w, self._ring.fd),
+                env=env,
+                stdin=subprocess.DEVNULL,
             )
-        try:
-            evicted = self.budget.evict()
-            if evicted:
-                _log.info("storage quota: evicted exported episodes %s", evicted)
-        except Exception:
-            _log.exception("eviction failed")
+        finally:
+            os.close(step_r)
+            os.close(event_w)
+        return _Link(proc, step_w, event_r, time.monotonic())
 
-    # ------------------------------------------------------------------ faults (writer thread)
+    def _command(self, msg: dict[str, Any]) -> None:
+        """An arm/disarm/metadata message, in order with the steps (caller holds ``_lock``)."""
+        with self._send_lock:
+            link = self._link
+            if link is not None and not send_within(link.step_fd, pack(msg), 1.0):
+                _log.warning("episode writer did not take a %s command", msg["k"])
+        if "meta" in msg:
+            self._meta_sent = {**self._meta_sent, **msg["meta"]}
 
-    def _stop_on_error(self, exc: BaseException) -> None:
-        """A step could not be written: commit what is on disk, then stop recording."""
-        w, self._writer = self._writer, None
-        if w is None:  # the episode could not even start; the writer removed its directory
-            self._stop(kind_of(exc), f"could not start an episode: {describe(exc)}", None, exc)
-            return
-        try:
-            info = w.close()  # after a write error: committed as truncated
-        except Exception as commit_exc:
-            self.stats.writer = w.stats()
-            self._after_failed_write(w, commit_exc, cause=exc)
-            return
-        self.stats.writer = w.stats()
-        self._after_failed_write(w, None, info, cause=exc)
+    def _queue_depth(self, link: _Link | None) -> int:
+        if link is None:
+            return 0
+        w = link.status
+        in_pipe = max(0, link.steps_sent - int(w.get("steps_received", 0)))
+        return in_pipe + int(w.get("queue_depth", 0))
 
-    def _after_failed_write(
-        self,
-        w: EpisodeWriter,
-        commit_exc: BaseException | None,
-        info: Any = None,
-        cause: BaseException | None = None,
-    ) -> None:
-        exc = cause or commit_exc or w.error
-        what = describe(exc) if exc is not None else "write error"
-        where = (w.failed or "").partition(" while ")[2]  # e.g. "writing step 44"
-        if where:
-            what += f" while {where}"
-        if commit_exc is not None:
-            self.stats.episodes_failed += 1
-            outcome = f"episode {w.episode_id} is left for recovery ({describe(commit_exc)})"
-        elif info is None:
-            outcome = f"episode {w.episode_id} had no step on disk and was removed"
-        else:
-            truncated = bool(info.metadata.get("truncated"))
-            self.stats.episodes_committed += 1
-            self.stats.episodes_truncated += truncated
-            self.stats.last_episode = w.episode_id
-            how = "committed as truncated" if truncated else "committed"
-            outcome = f"episode {w.episode_id} {how} ({info.num_steps} steps)"
-        self._stop(kind_of(exc) if exc else ERROR, f"{what}; {outcome}", w.episode_id, exc)
+    def _watch(self) -> None:
+        """The monitor thread: the writer's reports in, its death noticed and handled."""
+        delay = _RESTART_DELAY_S[0]
+        next_meta = time.monotonic() + _META_CHECK_S
+        while not self._closing.is_set():
+            link = self._link
+            if link is None:  # dead, or a start failed: try again after a growing delay
+                if self._closing.wait(delay):
+                    return
+                delay = min(_RESTART_DELAY_S[1], delay * 2)
+                self._respawn()
+                continue
+            try:
+                self._pump(link, until=next_meta)
+            except (EOFError, OSError):
+                rc = link.proc.wait()
+                os.close(link.event_fd)
+                if self._closing.is_set():
+                    return
+                self._writer_died(link, rc)
+                if time.monotonic() - link.started > _STABLE_S:
+                    delay = _RESTART_DELAY_S[0]
+                continue
+            next_meta = time.monotonic() + _META_CHECK_S
+            meta = self._dynamic_meta()
+            if any(self._meta_sent.get(k) != v for k, v in meta.items()):
+                with self._lock:
+                    self._command({"k": "meta", "meta": meta})
 
-    def _stop(
-        self, kind: str, message: str, episode_id: str | None, exc: BaseException | None = None
-    ) -> None:
-        """Disarm, remember why, and log it once (a traceback only for what is not a disk error)."""
-        fault = new_fault(kind, f"recording stopped: {message}", episode_id)
-        with self._lock:
-            self._armed = False
-            self._fault = fault
-        self.stats.last_error = fault.message
-        _log.error(
-            "%s",
-            fault.message,
-            exc_info=exc if kind == ERROR and exc is not None else None,
-            extra=log_fields(episode_id=episode_id, fault=kind),
-        )
+    def _pump(self, link: _Link, until: float) -> None:
+        """Apply the writer's events until ``until`` (EOFError when it is gone)."""
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            ready, _, _ = select.select([link.event_fd], [], [], left)
+            if ready:
+                self._apply(link, read_message(link.event_fd))
 
-    def _check_fault_cleared(self) -> None:
-        """Space is back: the fault is over (recording stays off until someone starts it)."""
-        fault = self._fault
-        now = time.monotonic()
-        if fault is None or not fault.clears_with_space or now < self._next_space_check:
-            return
-        self._next_space_check = now + _SPACE_CHECK_S
-        try:
-            back = self.budget.check_room() is None and (
-                fault.kind == LOW_SPACE or self.budget.free_bytes() >= _SPACE_BACK_MIN_BYTES
-            )
-        except OSError:
-            return
-        if back:
+    def _apply(self, link: _Link, event: dict[str, Any]) -> None:
+        if "status" in event:
+            w = event["status"]
+            link.status = w
+            s = self.stats
+            b = self._bases
+            s.steps_written = b["steps_written"] + w["steps_written"]
+            s.episodes_committed = b["episodes_committed"] + w["episodes_committed"]
+            s.episodes_failed = b["episodes_failed"] + w["episodes_failed"]
+            s.episodes_truncated = b["episodes_truncated"] + w["episodes_truncated"]
+            s.steps_dropped = self._dropped_here + b["steps_dropped"] + w["steps_dropped"]
+            s.last_error = w["last_error"]
+            if w["last_episode"] is not None:
+                s.last_episode = w["last_episode"]
+            if w["writer"]:
+                s.writer = w["writer"]
+        elif "fault" in event:
+            fault = RecordingFault(**event["fault"])
             with self._lock:
-                if self._fault is fault:
-                    self._fault = None
+                if event["epoch"] != self._epoch:
+                    return  # recording was started again since: that fault is acknowledged
+                self._armed = False
+                self._fault = fault
+            self.stats.last_error = fault.message
+            text = fault.message
+            if event.get("traceback"):
+                text += "\n" + event["traceback"].rstrip()
+            _log.error("%s", text, extra=log_fields(episode_id=fault.episode_id, fault=fault.kind))
+        elif "fault_cleared" in event:
+            with self._lock:
+                current = self._fault
+                if current is None or current.as_dict() != event["fault_cleared"]:
+                    return
+                self._fault = None
             _log.info("recording: free space is back on %s; recording can be started", self.root)
+        elif "log" in event:
+            level, message, fields = event["log"]
+            _log.log(logging.getLevelName(level.upper()), "%s", message, extra=log_fields(**fields))
+
+    def _writer_died(self, link: _Link, rc: int) -> None:
+        w = link.status
+        for key in self._bases:
+            self._bases[key] += int(w.get(key, 0))
+        self._restarts += 1
+        self._last_exit = _describe_exit(rc)
+        _log.error(
+            "episode writer process %s; the daemon keeps driving, its episode is recovered "
+            "and a new writer started (restart %d)",
+            self._last_exit,
+            self._restarts,
+            extra=log_fields(writer_exit=self._last_exit),
+        )
+        with self._lock, self._send_lock:
+            os.close(link.step_fd)
+            link.step_fd = -1
+            self._link = None  # the hook drops (and counts) until the next writer runs
+            if self._ring is not None:
+                self._ring.reset()
+        try:
+            self.recover()
+        except Exception:
+            _log.exception("recovery after the writer died failed")
+
+    def _respawn(self) -> None:
+        with self._lock, self._send_lock:
+            if self._closing.is_set():
+                return
+            try:
+                self._link = self._spawn()
+            except OSError as exc:
+                _log.error("cannot start the episode writer: %s", exc)
 
 
-def _lower_priority() -> None:
-    """Encoder threads yield the CPU to the control loop (nice +10 for this thread only)."""
-    # Not Linux, or not permitted: run at normal priority.
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-rc).name}"
+        return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"

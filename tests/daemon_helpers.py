@@ -4,6 +4,7 @@ and starting/stopping it on the test's event loop (shared by every test that dri
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from pathlib import Path
@@ -82,3 +83,22 @@ async def stop_daemon(daemon, task):
     """Stop the daemon the way SIGTERM does and wait for its task to finish."""
     daemon.request_stop("test")
     await asyncio.wait_for(task, 5)
+
+
+def notify_socket(tmp_path):
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    return sock, path
+
+
+def recv_until(sock, token):
+    """Every sd_notify message up to the one containing ``token``."""
+    got = []
+    while True:
+        msg = sock.recv(4096).decode()
+        got.append(msg)
+        if token in msg:
+            return got

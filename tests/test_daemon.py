@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from tests.daemon_helpers import (
     FAKE_SITE,
     ROOT,
     make_daemon,
+    notify_socket,
+    recv_until,
     sim_config,
     start_daemon,
     stop_daemon,
@@ -265,23 +266,6 @@ def test_control_socket_round_trip(tmp_path):
     asyncio.run(body())
 
 
-def _notify_socket(tmp_path):
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(20)
-    return sock, path
-
-
-def _recv_until(sock, token):
-    got = []
-    while True:
-        msg = sock.recv(4096).decode()
-        got.append(msg)
-        if token in msg:
-            return got
-
-
 @pytest.mark.integration
 def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     """The real daemon process, PCA9685 driver and Adafruit library, on an emulated I2C bus."""
@@ -294,7 +278,7 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
     cfg_path = tmp_path / "robot.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     log = tmp_path / "pwm.jsonl"
-    sock, notify = _notify_socket(tmp_path)
+    sock, notify = notify_socket(tmp_path)
     env = dict(
         os.environ,
         NOTIFY_SOCKET=str(notify),
@@ -308,7 +292,7 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
         text=True,
     )
     try:
-        _recv_until(sock, "READY=1")
+        recv_until(sock, "READY=1")
         ctl = tmp_path / "state" / "run" / "control.sock"
         for _ in range(100):
             if ctl.exists():
@@ -327,7 +311,7 @@ def test_sigterm_writes_neutral_to_the_pwm_board_and_sends_stopping(tmp_path):
         assert moving, ctrl
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
-        msgs = _recv_until(sock, "STOPPING=1")
+        msgs = recv_until(sock, "STOPPING=1")
         rc = proc.wait(timeout=5)
         elapsed = time.monotonic() - t0
     finally:

@@ -49,12 +49,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from brain.imaging import resize_rgb
+
+if TYPE_CHECKING:
+    # onnxruntime costs ~30 MB and ~0.1 s at import: the daemon loads it with
+    # the first model, not at start (a robot without a policy never needs it).
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +180,8 @@ def _static_shape(path: Path, what: str, shape: Sequence[Any]) -> tuple[int, ...
 
 
 def _make_session(path: Path, data: bytes, threads: int) -> ort.InferenceSession:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

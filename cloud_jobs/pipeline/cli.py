@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloud_jobs.pipeline.run import PipelineOptions, run_pipeline
-from cloud_jobs.pipeline.stages import StageFailed
+if TYPE_CHECKING:
+    from cloud_jobs.pipeline.run import PipelineOptions
+
+# The pipeline itself is imported by the handler, not here: `continuon` loads
+# this module to list the subcommand, and that must stay cheap.
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +35,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> PipelineOptions:
+    from cloud_jobs.pipeline.run import PipelineOptions
+
     return PipelineOptions(
         budget_minutes=args.budget_minutes,
         skip_train=args.skip_train,
@@ -49,6 +54,9 @@ def _options(args: argparse.Namespace) -> PipelineOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cloud_jobs.pipeline.run import run_pipeline
+    from cloud_jobs.pipeline.stages import StageFailed
+
     try:
         run_dir = run_pipeline(_options(args), args.run_dir)
     except StageFailed as exc:

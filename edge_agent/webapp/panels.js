@@ -33,6 +33,10 @@ export function renderRecording(rec) {
   else if (rec.armed) info.textContent = "armed: episodes are written while the robot drives";
   else info.textContent = `off · ${rec.episodes_committed ?? 0} episodes this session`;
   if (rec.last_error && !rec.fault) info.textContent += ` · last error: ${rec.last_error}`;
+  // The episode-writer process died and was restarted (its episode was recovered).
+  const wp = rec.writer_process;
+  if (wp && !wp.alive) info.textContent += " · episode writer down, restarting";
+  else if (wp && wp.restarts) info.textContent += ` · episode writer restarted ${wp.restarts} time(s) (${wp.last_exit})`;
   // Recording stopped by itself (disk full, I/O error): shown until space is back or it restarts.
   const fault = $("record-fault");
   fault.hidden = !rec.fault;
