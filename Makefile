@@ -17,12 +17,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # broker for the MQTT link, headless Chromium + chromedriver for the companion app.
 APT_PACKAGES := systemd mosquitto chromium chromium-driver
 
-.PHONY: help venv xla-venv run demo test bench hw-check lint format install-service system-deps clean
+.PHONY: help venv xla-venv run demo test pi-check bench hw-check lint format install-service system-deps clean
 
 help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
 	@echo "make demo             end-to-end pipeline on the simulated robot (BUDGET=minutes, ARGS=--skip-train)"
 	@echo "make test             install everything needed and run the test suite"
+	@echo "make pi-check         install and run on an emulated Pi OS root (Debian 12 arm64, qemu; root)"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
 	@echo "make lint             ruff check + format check"
@@ -65,6 +66,12 @@ system-deps:
 
 test: venv xla-venv system-deps
 	CONTINUON_XLA_PYTHON=$(abspath $(XLA_VENV))/bin/python $(BIN)/python -m pytest -q
+
+# The robot's platform, emulated: a Debian 12 arm64 root (cached under /var/cache/continuon-pi-check)
+# under qemu-user-static, the real installer, daemon, hw-check, policy backends and the torch-free
+# tests in it (docs/install-pi.md).  The host venv makes the policy models (torch).
+pi-check: venv
+	$(SUDO) env HOST_PYTHON=$(abspath $(BIN))/python tools/pi-check/pi-check.sh
 
 bench: venv
 	@mkdir -p bench/results
