@@ -53,6 +53,7 @@ abi_check() {
     "$PY" - <<'PY'
 import numpy, pywt, cv2, onnxruntime, ai_edge_litert.interpreter, gpiod, pyarrow, av
 import picamera2
+from adafruit_blinka.microcontroller.generic_linux.libgpiod_pin import Pin  # Pi 5 GPIO backend
 assert numpy.__version__.startswith("1."), numpy.__version__
 print(f"numpy {numpy.__version__} from {numpy.__file__}")
 print(f"pywt {pywt.__version__} (Debian, built for numpy 1.x) from {pywt.__file__}")

@@ -80,7 +80,7 @@ root_tarball() {
         log "root: building $SUITE arm64 with mmdebstrap (emulated maintainer scripts)"
         local t0=$SECONDS
         mkdir -p "$CACHE"
-        nice -n 10 mmdebstrap --quiet "${MMDEBSTRAP_OPTS[@]}" \
+        nice -n 10 mmdebstrap --quiet --format=tar "${MMDEBSTRAP_OPTS[@]}" \
             --include="$(
                 IFS=,
                 echo "${PACKAGES[*]}"
