@@ -22,6 +22,7 @@ from brain.daemon import Daemon
 from brain.hardware.devices import open_devices
 from brain.modes import Mode
 from edge_agent.control_socket import make_service, request
+from tests.emulation import wall
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SITE = Path(__file__).resolve().parent / "fakes" / "site"
@@ -81,13 +82,13 @@ def make_daemon(tmp_path, services=(), **overrides):
 
 async def _start(daemon):
     task = asyncio.create_task(daemon.run())
-    await daemon.wait_ready(10)
+    await daemon.wait_ready(wall(10))
     return task
 
 
 async def _stop(daemon, task):
     daemon.request_stop("test")
-    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(task, wall(5))
 
 
 def test_boots_idle_and_never_moves(tmp_path):

@@ -39,6 +39,10 @@ def write_config(src: Path, work: Path, width: int, height: int, rate_hz: int) -
     # one frame period plus the emulated render time; the default assumes a 30 fps camera
     raw["control"]["max_frame_age_ms"] = max(raw["control"].get("max_frame_age_ms", 150), 400)
     raw.setdefault("logging", {})["format"] = "text"
+    # The check shares the host's network: the Robot API on loopback and a free port.  mDNS is
+    # off: qemu-user lacks the multicast socket options it needs (ENOPROTOOPT).
+    raw["api"] = {**raw.get("api", {}), "host": "127.0.0.1", "port": 0}
+    raw["discovery"] = {**raw.get("discovery", {}), "enabled": False}
     out = work / "robot-sim.yaml"
     out.write_text(yaml.safe_dump(raw))
     return out
