@@ -106,6 +106,12 @@ cleanup() {
             [[ $(readlink "/proc/$pid/root" 2>/dev/null) == "$WORK/root" ]] && kill -KILL "$pid"
         done
     fi
+    # the figures and logs, also (above all) from a failed run
+    if [[ -n $WORK && -d $WORK/root/opt/pi-check/out ]]; then
+        mkdir -p "$REPO/var/pi-check"
+        cp -r "$WORK/root/opt/pi-check/out/." "$REPO/var/pi-check/"
+        log "figures and logs in var/pi-check/"
+    fi
     local i
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
         umount "${MOUNTS[i]}" || umount -l "${MOUNTS[i]}"
@@ -194,7 +200,5 @@ nice -n 10 chroot "$ROOT" /usr/bin/env -i \
     HOME=/root LANG=C.UTF-8 TERM=dumb \
     CONTINUON_EMULATED=1 PI_CHECK_TESTS="${PI_CHECK_TESTS:-1}" \
     bash /opt/src/continuon-brain/tools/pi-check/inside.sh
-mkdir -p "$REPO/var/pi-check"
-cp -r "$ROOT/opt/pi-check/out/." "$REPO/var/pi-check/"
-log "PASS: figures in var/pi-check/ (summary.txt)"
-cat "$REPO/var/pi-check/summary.txt"
+log "PASS"
+cat "$ROOT/opt/pi-check/out/summary.txt"
