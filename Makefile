@@ -25,7 +25,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # those, under one name on every Debian/Ubuntu release.
 APT_PACKAGES := systemd mosquitto chromium chromium-driver libusb-1.0-0 ffmpeg
 
-.PHONY: help venv xla-venv lerobot-venv run demo test test-fast test-random bench hw-check lint format install-service system-deps clean
+.PHONY: help venv xla-venv lerobot-venv run demo test test-fast test-random pi-check bench hw-check lint format install-service system-deps clean
 
 help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
@@ -33,9 +33,10 @@ help:
 	@echo "make test             install everything needed and run the test suite"
 	@echo "make test-fast        the fast lane: no slow or integration tests, no apt, about a minute"
 	@echo "make test-random      the fast lane in random order (SEED=n replays an order)"
+	@echo "make pi-check         install and run on an emulated Pi OS root (Debian 12 arm64, qemu; root)"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
 	@echo "make hw-check         check the robot's hardware (CONFIG=..., ARGS=--sim/--move)"
-	@echo "make lint             ruff check + format check"
+	@echo "make lint             ruff check + format check, mypy, import contracts"
 	@echo "make install-service  install the systemd unit on the robot (root)"
 
 $(STAMP): pyproject.toml
@@ -97,6 +98,12 @@ test-fast: venv
 # Order dependence shows up here: pytest-randomly shuffles modules and tests and prints the seed.
 test-random: venv
 	$(BIN)/python -m pytest -q -m "$(FAST_LANE)" -p randomly $(if $(SEED),--randomly-seed=$(SEED))
+
+# The robot's platform, emulated: a Debian 12 arm64 root (cached under /var/cache/continuon-pi-check)
+# under qemu-user-static, the real installer, daemon, hw-check, policy backends and the torch-free
+# tests in it (docs/install-pi.md).  The host venv makes the policy models (torch).
+pi-check: venv
+	$(SUDO) env HOST_PYTHON=$(abspath $(BIN))/python tools/pi-check/pi-check.sh
 
 bench: venv
 	@mkdir -p bench/results

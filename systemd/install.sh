@@ -2,7 +2,7 @@
 # Install Continuon Brain as a systemd service on a Raspberry Pi (Pi OS Bookworm).
 # This is what `make install-service` runs, as root.
 #
-#   sudo systemd/install.sh [--dry-run] [--prefix DIR] [CONFIG]
+#   sudo systemd/install.sh [--dry-run] [--prefix DIR] [--extras LIST] [--no-start] [CONFIG]
 #
 # CONFIG     robot config to install as /etc/continuon/robot.yaml when that file
 #            does not exist yet (default: configs/pi5-donkey.yaml).  An existing
@@ -17,6 +17,11 @@
 #            is touched.  For tests and for preparing an SD-card image; note that
 #            the venv's scripts point into DIR/opt/..., so for an image build
 #            run this inside the image (chroot) rather than with --prefix.
+# --extras LIST
+#            the project's extras to install, comma-separated (default: pi;
+#            e.g. pi,train for local fine-tuning).  See docs/install-pi.md.
+# --no-start leave the service manager alone: no daemon-reload and no enable, so
+#            nothing starts now or at boot (image builds, chroots, make pi-check).
 #
 # What it does, in order:
 #   1. groups gpio, i2c, video (created if missing; Pi OS ships them) and the
@@ -44,7 +49,7 @@ REPO=$(cd -- "$SCRIPT_DIR/.." && pwd)
 PYTHON=${PYTHON:-python3}
 
 usage() {
-    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,/^# What it does/{/^# What it does/d;s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -57,11 +62,20 @@ note() {
 }
 
 DRY_RUN=0
+NO_START=0
+EXTRAS=pi
 PREFIX=${DESTDIR:-}
 CONFIG_SRC=""
 while (($#)); do
     case $1 in
         --dry-run) DRY_RUN=1 ;;
+        --no-start) NO_START=1 ;;
+        --extras)
+            (($# >= 2)) || die "--extras needs a comma-separated list (e.g. pi,train)"
+            EXTRAS=$2
+            shift
+            ;;
+        --extras=*) EXTRAS=${1#--extras=} ;;
         --prefix)
             (($# >= 2)) || die "--prefix needs a directory"
             PREFIX=$2
@@ -86,6 +100,10 @@ if ((!DRY_RUN)) && ((EUID != 0)); then
 systemd's configuration.  Run: sudo make install-service
 (or: systemd/install.sh --dry-run  to only print what it would do)"
 fi
+
+# Extras are names from pyproject.toml, never a path or a pip option.
+[[ $EXTRAS =~ ^[a-z0-9]+([,_-][a-z0-9]+)*$ ]] ||
+    die "--extras: expected comma-separated extra names such as pi,train, got: $EXTRAS"
 
 # Normalise the prefix: "" means the live system, otherwise an absolute path
 # without a trailing slash.
@@ -192,13 +210,13 @@ fi
 # --system-site-packages: picamera2/libcamera are Debian packages
 # (python3-picamera2), not installable from PyPI on a Pi; the venv sees them, and
 # pip treats them as already satisfying the `pi` extra's picamera2 requirement.
-note "virtual environment $VENV and continuon-brain[pi] from $REPO"
+note "virtual environment $VENV and continuon-brain[$EXTRAS] from $REPO"
 if [[ -x $PREFIX$VENV/bin/python ]]; then
     note "venv exists; upgrading the project in it"
 else
     run "$PYTHON" -m venv --system-site-packages "$PREFIX$VENV"
 fi
-run "$PREFIX$VENV/bin/python" -m pip install --upgrade "$REPO[pi]"
+run "$PREFIX$VENV/bin/python" -m pip install --upgrade "$REPO[$EXTRAS]"
 
 # --- 3. configuration (never overwrite a calibrated one) ----------------------------
 note "configuration $CONFIG_DST"
@@ -218,15 +236,22 @@ note "unit $UNIT_DIR/$SERVICE"
 run install -D -m 0644 "$REPO/systemd/$SERVICE" "$PREFIX$UNIT_DIR/$SERVICE"
 if [[ -n $PREFIX ]]; then
     run systemd-analyze verify --root="$PREFIX" "$SERVICE"
-    note "no daemon-reload: no service manager runs $PREFIX"
+    ((NO_START)) || note "no daemon-reload: no service manager runs $PREFIX"
 else
     run systemd-analyze verify "$UNIT_DIR/$SERVICE"
-    run systemctl daemon-reload
+    ((NO_START)) || run systemctl daemon-reload
 fi
-run systemctl "${SYSTEMCTL_ROOT[@]}" enable "$SERVICE"
+if ((NO_START)); then
+    note "--no-start: the unit is installed but not enabled; to start it at boot:" \
+        "systemctl daemon-reload && systemctl enable $SERVICE"
+else
+    run systemctl "${SYSTEMCTL_ROOT[@]}" enable "$SERVICE"
+fi
 
 if ((DRY_RUN)); then
     note "dry run finished: nothing was changed.  After a real run:"
+elif ((NO_START)); then
+    note "done: Continuon Brain is installed (not enabled: --no-start)."
 else
     note "done: Continuon Brain is installed and enabled; it starts at the next boot."
 fi

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from _pytest.mark.expression import Expression
 
+from tests.emulation import EMULATED, SLOWDOWN
+
 TESTS = Path(__file__).resolve().parent
 # Stand-ins for third-party libraries, imported under those libraries' names on purpose.
 FAKE_LIBS = TESTS / "fakes" / "site"
@@ -120,3 +122,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"these test modules import torch but are not marked `torch`: {', '.join(unmarked)}"
             " (add `pytestmark = pytest.mark.torch`)"
         )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if EMULATED:
+        return f"CONTINUON_EMULATED=1: @pytest.mark.timing bounds scaled x{SLOWDOWN:g}"
+    return None

@@ -15,6 +15,7 @@ import yaml
 from brain.config import parse_config
 from brain.daemon import Daemon
 from brain.hardware.devices import open_devices
+from tests.emulation import wall
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SITE = Path(__file__).resolve().parent / "fakes" / "site"
@@ -75,14 +76,14 @@ def make_daemon(tmp_path, services=(), **overrides):
 async def start_daemon(daemon):
     """Run the daemon as a task on the current loop and return it once it is ready."""
     task = asyncio.create_task(daemon.run())
-    await daemon.wait_ready(10)
+    await daemon.wait_ready(wall(10))
     return task
 
 
 async def stop_daemon(daemon, task):
     """Stop the daemon the way SIGTERM does and wait for its task to finish."""
     daemon.request_stop("test")
-    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(task, wall(5))
 
 
 def notify_socket(tmp_path):

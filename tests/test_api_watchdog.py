@@ -24,6 +24,7 @@ from edge_agent.api.auth import auth_for
 from edge_agent.api.service import ENDPOINT_FILE, make_service
 from tests.api_helpers import make_config, ws_protocols
 from tests.daemon_helpers import RecordingActuators
+from tests.emulation import wall
 
 BOUND_S = 0.250 + 0.050  # teleop_timeout_ms + one tick at 20 Hz
 
@@ -46,7 +47,7 @@ async def _drive_then_drop(tmp_path, how: str):
     daemon = Daemon(cfg, devices=devices, services=[make_service])
     task = asyncio.create_task(daemon.run())
     try:
-        await daemon.wait_ready(10)
+        await daemon.wait_ready(wall(10))
         endpoint = cfg.runtime_dir() / ENDPOINT_FILE
         for _ in range(500):  # the API is listening and the sim has its first camera frame
             if endpoint.exists() and daemon.sensors.latest()[0] is not None:
@@ -83,7 +84,7 @@ async def _drive_then_drop(tmp_path, how: str):
                 await ws.close()
     finally:
         daemon.request_stop("test")
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, wall(5))
     return act.snapshot(), last_send, mode
 
 
@@ -107,7 +108,7 @@ def test_daemon_stops_promptly_with_open_streams(tmp_path):
         cfg = make_config(tmp_path, **{"api.host": "127.0.0.1", "api.port": _free_port()})
         daemon = Daemon(cfg, services=[make_service])
         task = asyncio.create_task(daemon.run())
-        await daemon.wait_ready(10)
+        await daemon.wait_ready(wall(10))
         endpoint = cfg.runtime_dir() / ENDPOINT_FILE
         for _ in range(200):
             if endpoint.exists():
@@ -124,7 +125,7 @@ def test_daemon_stops_promptly_with_open_streams(tmp_path):
             await cam.receive(timeout=5)
             t0 = time.monotonic()
             daemon.request_stop("test")
-            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(task, wall(10))
             took = time.monotonic() - t0
             while (msg := await ws.receive(timeout=2)).type == aiohttp.WSMsgType.TEXT:
                 pass  # telemetry sent before the stop

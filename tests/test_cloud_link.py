@@ -26,6 +26,7 @@ import pytest
 from edge_agent.cloud.commands import ALLOWED, MOTION
 from edge_agent.cloud.link import CloudLink, make_service
 from edge_agent.cloud.queue import LOG_NAME, EventQueue
+from tests.emulation import wall
 from tests.mosquitto_helpers import Broker, make_certs, password_file, require_mosquitto
 from tests.network_helpers import FakeBrain, config_for, record_episodes
 from tests.waiting import wait_until_async
@@ -547,7 +548,7 @@ def test_in_the_real_daemon_events_status_and_no_motion_from_the_cloud(tmp_path,
     async def body():
         daemon = Daemon(cfg, services=[make_service])
         task = asyncio.create_task(daemon.run())
-        await daemon.wait_ready(10)
+        await daemon.wait_ready(wall(10))
         try:
             async with Watcher(broker.port) as w:
                 st = await w.wait(lambda: [s for s in w.on("status") if s["online"]])
@@ -572,13 +573,13 @@ def test_in_the_real_daemon_events_status_and_no_motion_from_the_cloud(tmp_path,
                 await w.wait(lambda: replies(w, "d5"))
                 assert daemon.brain.status()["estop_reason"] == "bumper hit"
                 daemon.request_stop("test")
-                await asyncio.wait_for(task, 10)
+                await asyncio.wait_for(task, wall(10))
                 last = await w.wait(lambda: not w.on("status")[-1]["online"] and w.on("status"))
                 assert last[-1]["reason"] == "stop"
         finally:
             if not task.done():
                 daemon.request_stop("test")
-                await asyncio.wait_for(task, 10)
+                await asyncio.wait_for(task, wall(10))
 
     asyncio.run(body())
 

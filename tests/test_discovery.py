@@ -28,6 +28,7 @@ from edge_agent.discovery import (
     lan_addresses,
     make_service,
 )
+from tests.emulation import EMULATED
 from tests.network_helpers import FakeBrain, config_for
 from tests.waiting import wait_until_async
 
@@ -55,6 +56,7 @@ def multicast_ok():
         pytest.skip(f"multicast DNS sockets unavailable on this machine: {exc}")
 
 
+@pytest.mark.skipif(EMULATED, reason="qemu-user: psutil's interface listing is ENOSYS")
 def test_lan_addresses_are_the_up_interfaces_non_loopback_addresses():
     stats = psutil.net_if_stats()
     expected = set()

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
+    pytest.importorskip("torch")  # the base checkpoint and the worker need the train extra
     write_episodes(tmp_path / "episodes", 16, steps=20)
     subprocess.run(
         [

@@ -37,6 +37,7 @@ class Dial:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    pytest.importorskip("torch")  # the base checkpoint is made with torch (the train extra)
     root = tmp_path_factory.mktemp("ltm")
     write_episodes(root / "episodes", 17, steps=24)
     subprocess.run(  # the base model, written without importing torch here

@@ -33,6 +33,7 @@ def _pipeline(runs: Path, run_dir: Path, *extra: str) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
+    pytest.importorskip("torch")  # the train stage needs the train extra
     runs = tmp_path_factory.mktemp("runs")
     run_dir = runs / "first"
     proc = _pipeline(runs, run_dir)

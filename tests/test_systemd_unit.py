@@ -418,9 +418,36 @@ def test_dry_run_on_the_live_system_reloads_and_enables() -> None:
     i_reload = commands.index(["systemctl", "daemon-reload"])
     i_enable = commands.index(["systemctl", "enable", UNIT_NAME])
     assert i_reload < i_enable
-    venv_cmd = next(c for c in commands if c[1:3] == ["-m", "venv"])
-    assert venv_cmd[3:] == ["--system-site-packages", "/opt/continuon/venv"]
+    if Path("/opt/continuon/venv/bin/python").exists():  # installed here (make pi-check's root)
+        assert "venv exists; upgrading the project in it" in proc.stdout
+    else:
+        venv_cmd = next(c for c in commands if c[1:3] == ["-m", "venv"])
+        assert venv_cmd[3:] == ["--system-site-packages", "/opt/continuon/venv"]
     assert "journalctl -u continuon-brain -f" in proc.stdout
+
+
+def test_no_start_leaves_the_service_manager_alone() -> None:
+    """--no-start (chroots, image builds, make pi-check): the unit is installed and
+    verified, but nothing is reloaded or enabled, so nothing starts now or at boot."""
+    proc = run_install("--dry-run", "--no-start")
+    assert proc.returncode == 0, proc.stderr
+    commands = plan(proc)
+    assert ["systemd-analyze", "verify", f"/etc/systemd/system/{UNIT_NAME}"] in commands
+    assert not find(commands, "systemctl"), commands
+    assert "not enabled" in proc.stdout
+
+
+def test_extras_choose_what_pip_installs() -> None:
+    proc = run_install("--dry-run", "--extras", "pi,train")
+    assert proc.returncode == 0, proc.stderr
+    (pip,) = [c for c in plan(proc) if c[0].endswith("/bin/python") and "pip" in c]
+    assert pip[-1] == f"{REPO}[pi,train]"
+    # An extra is a name, never a path, a URL or a pip option.
+    for bad in ("../x", "pi --index-url=http://x", "pi]", "", "-e"):
+        proc = run_install("--dry-run", "--extras", bad)
+        assert proc.returncode != 0, bad
+        assert "--extras" in proc.stderr
+        assert not plan(proc)
 
 
 def test_existing_config_is_never_overwritten(tmp_path: Path) -> None:
