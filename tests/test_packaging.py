@@ -67,8 +67,10 @@ def test_config_check_without_files_checks_the_default(
 
 def _make_n_hw_check(*args: str) -> str:
     r = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed-dev", "hw-check", *args],
+        ["make", "-n", "--no-print-directory", "-o", ".venv/.installed-dev", "hw-check", *args],
         cwd=ROOT,
+        # run from inside `make test`: the outer make's level and flags must not leak in
+        env={k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")},
         capture_output=True,
         text=True,
         timeout=30,

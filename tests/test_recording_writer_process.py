@@ -26,7 +26,7 @@ from brain.modes import Mode
 from brain.recorder import Recorder
 from rlds.reader import list_episodes, list_interrupted
 from rlds.validate import validate_episode
-from tests.daemon_helpers import sim_config
+from tests.daemon_helpers import notify_socket, recv_until, sim_config
 from tests.test_recording_daemon import run_session
 
 
@@ -178,14 +178,13 @@ def test_sigkill_of_the_daemon_takes_the_writer_with_it(tmp_path):
     import sys
 
     import yaml
-    from test_daemon import _notify_socket, _recv_until
 
     from edge_agent.control_socket import request
     from rlds.recovery import recover
 
     cfg_path = tmp_path / "robot.yaml"
     cfg_path.write_text(yaml.safe_dump(sim_config(tmp_path)))
-    sock, notify = _notify_socket(tmp_path)
+    sock, notify = notify_socket(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg_path)],
         env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
@@ -193,7 +192,7 @@ def test_sigkill_of_the_daemon_takes_the_writer_with_it(tmp_path):
     )
     ctl = tmp_path / "state" / "run" / "control.sock"
     try:
-        _recv_until(sock, "READY=1")
+        recv_until(sock, "READY=1")
         for _ in range(100):
             if ctl.exists():
                 break
