@@ -21,6 +21,7 @@ from brain.daemon import Daemon
 from brain.hardware.devices import open_devices
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import Auth, auth_for
+from tests import emulation
 from tests.daemon_helpers import RecordingActuators, sim_config
 
 
@@ -62,7 +63,7 @@ async def running_api(
     daemon = Daemon(cfg, devices=devices, services=[])
     task = asyncio.create_task(daemon.run())
     try:
-        await daemon.wait_ready(wall(10))
+        await daemon.wait_ready(emulation.wall(10))
         for _ in range(500):  # the sim builds its textures before the first frame
             if daemon.sensors.latest()[0] is not None:
                 break
@@ -75,7 +76,7 @@ async def running_api(
             yield Api(client, daemon, auth, cfg, devices.actuators)
     finally:
         daemon.request_stop("test")
-        await asyncio.wait_for(task, wall(5))
+        await asyncio.wait_for(task, emulation.wall(5))
 
 
 def ws_protocols(token: str | None) -> tuple[str, ...]:

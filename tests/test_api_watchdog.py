@@ -89,6 +89,7 @@ async def _drive_then_drop(tmp_path, how: str):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 @pytest.mark.parametrize("how", ["abort", "close", "silent"])
 def test_dropped_teleop_link_stops_the_car_within_the_watchdog(tmp_path, how):
     calls, last_send, mode = asyncio.run(_drive_then_drop(tmp_path, how))
@@ -96,7 +97,7 @@ def test_dropped_teleop_link_stops_the_car_within_the_watchdog(tmp_path, how):
     assert writes and np.allclose(writes[-1][1], [0.3, 0.5]), "the car was never driven"
     after = [(t, k) for t, k, _ in calls if t > last_send]
     first_neutral = next(t for t, k in after if k == "neutral")
-    assert first_neutral - last_send <= BOUND_S, first_neutral - last_send
+    assert first_neutral - last_send <= wall(BOUND_S), first_neutral - last_send
     assert all(k == "neutral" for t, k in after if t >= first_neutral), "it moved again"
     assert mode == "manual"  # stopped by the watchdog, not by a mode change
 

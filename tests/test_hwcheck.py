@@ -191,7 +191,11 @@ def test_camera_library_failing_at_import_fails_with_the_fix(
     assert "'picamera2' cannot be imported" in res.summary
     assert not res.summary.startswith("the check itself failed")
     if numpy_fix:
-        assert "numpy ABI mismatch" in res.summary and "pip install 'numpy<2'" in res.summary
+        assert "numpy ABI mismatch" in res.summary
+        if np.__version__.startswith("1."):  # the robot's venv: the other side is the stray
+            assert "built against numpy 2.x" in res.summary
+        else:
+            assert "pip install 'numpy<2'" in res.summary
     else:
         assert "KeyError" in res.summary and "apt install python3-picamera2" in res.summary
 

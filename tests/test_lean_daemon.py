@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: DESIGN.md names for the robot, and what those import themselves.
 ALLOWED = frozenset(
     {
+        # Python's own site hook (Debian's python3 ships one; pi-check's root has it)
+        "sitecustomize",
         # ours
         "brain",
         "edge_agent",
