@@ -4,7 +4,10 @@ and starting/stopping it on the test's event loop (shared by every test that dri
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +106,35 @@ def recv_until(sock, token):
         got.append(msg)
         if token in msg:
             return got
+
+
+def spawn_daemon(
+    tmp_path: Path, raw: dict, *, stderr: int | None = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[str], socket.socket, Path]:
+    """``continuon run`` on ``raw`` as a subprocess, returned once READY with its control socket.
+
+    Returns the process, the notify socket (the caller closes it) and the control socket's path.
+    """
+    cfg = tmp_path / "robot.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    sock, notify = notify_socket(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg)],
+        env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
+        cwd=ROOT,
+        stderr=stderr,
+        text=True,
+    )
+    ctl = tmp_path / "state" / "run" / "control.sock"
+    try:
+        recv_until(sock, "READY=1")
+        for _ in range(100):
+            if ctl.exists():
+                break
+            time.sleep(0.05)
+    except BaseException:  # never leave a daemon behind a failed start
+        proc.kill()
+        proc.wait(5)
+        sock.close()
+        raise
+    return proc, sock, ctl

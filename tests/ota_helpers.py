@@ -157,3 +157,19 @@ def ota_config(**kw: Any) -> OtaConfig:
     base = {"health_window_s": 0.2, "max_deadline_misses": 50, "smoke_steps": 3}
     base.update(kw)
     return OtaConfig(**base)
+
+
+def ota_overrides(repo_dir: Path, **more: Any) -> dict[str, Any]:
+    """A daemon that installs from the TUF repository in ``repo_dir`` and drives its policy."""
+    return {
+        "ota.trusted_root": str(repo_dir / "metadata" / "1.root.json"),
+        "ota.repository_url": str(repo_dir),
+        "ota.health_window_s": 1.0,
+        "ota.max_deadline_misses": 20,
+        "control.autopilot": "policy",
+        # CI machines are loaded: keep deadline misses and stale frames (neutral ticks that
+        # have nothing to do with OTA) out of the picture.
+        "policy.deadline_ms": 200.0,
+        "control.max_frame_age_ms": 500.0,
+        **more,
+    }

@@ -9,17 +9,14 @@ pipeline) are installed in this environment.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from brain.cli import BUILTIN_COMMANDS, _wants_plugins, build_parser
 from edge_agent.control_socket import request
-from tests.daemon_helpers import notify_socket, recv_until, sim_config
+from tests.daemon_helpers import sim_config, spawn_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,30 +65,9 @@ ALLOWED = frozenset(
 FORBIDDEN = ("cloud_jobs", "torch", "peft", "onnx", "onnxruntime", "tensorflow", "transformers")
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], object, Path]:
-    raw = sim_config(tmp_path)
-    cfg = tmp_path / "robot.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    sock, notify = notify_socket(tmp_path)
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg)],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return proc, sock, tmp_path / "state" / "run" / "control.sock"
-
-
 def test_running_daemon_imports_only_allowlisted_packages(tmp_path):
-    proc, sock, ctl = _start(tmp_path)
+    proc, sock, ctl = spawn_daemon(tmp_path, sim_config(tmp_path), stderr=subprocess.PIPE)
     try:
-        recv_until(sock, "READY=1")
-        for _ in range(100):
-            if ctl.exists():
-                break
-            time.sleep(0.05)
         # drive a little so that lazily imported paths (recording, teleop) are loaded too
         assert request(ctl, {"cmd": "mode", "mode": "manual"})["ok"]
         assert request(ctl, {"cmd": "record", "action": "start"})["ok"]

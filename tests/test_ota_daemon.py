@@ -24,7 +24,7 @@ from brain.daemon import tune_process
 from brain.hardware.devices import open_devices
 from brain.ota.state import StateStore
 from tests.daemon_helpers import RecordingActuators, sim_config, start_daemon, stop_daemon
-from tests.ota_helpers import make_bundle
+from tests.ota_helpers import make_bundle, ota_overrides
 from tests.waiting import wait_until, wait_until_async
 
 pytest.importorskip("tuf")
@@ -47,21 +47,6 @@ def publish(repo, archive):
 
     repo_dir, keys = repo
     publish_bundle(Repository(repo_dir, keys), archive)
-
-
-def ota_overrides(tmp_path, repo_dir, **more):
-    return {
-        "ota.trusted_root": str(repo_dir / "metadata" / "1.root.json"),
-        "ota.repository_url": str(repo_dir),
-        "ota.health_window_s": 1.0,
-        "ota.max_deadline_misses": 20,
-        "control.autopilot": "policy",
-        # CI machines are loaded: keep deadline misses and stale frames (neutral ticks that
-        # have nothing to do with OTA) out of the picture.
-        "policy.deadline_ms": 200.0,
-        "control.max_frame_age_ms": 500.0,
-        **more,
-    }
 
 
 def make_daemon(tmp_path, **overrides):
@@ -96,7 +81,7 @@ def test_unhealthy_update_rolls_back_while_the_car_keeps_driving(tmp_path, repo)
     bad = make_bundle(bundles / "v2.tar", "2.0.0", 2, nan_on_texture=True)
 
     async def body():
-        over = ota_overrides(tmp_path, repo[0], **{"ota.health_window_s": 2.0})
+        over = ota_overrides(repo[0], **{"ota.health_window_s": 2.0})
         daemon, act = make_daemon(tmp_path, **over)
         task = await start_daemon(daemon)
         # the periodic check runs at start: 1.0.0 is downloaded, verified, tried, committed
@@ -160,7 +145,7 @@ def test_daemon_boots_on_the_committed_slot_and_cli_talks_to_it(tmp_path, repo, 
     bundles = tmp_path / "bundles"
     v1 = make_bundle(bundles / "v1.tar", "1.0.0", 1)
     publish(repo, v1)
-    raw = sim_config(tmp_path, **ota_overrides(tmp_path, repo[0]))
+    raw = sim_config(tmp_path, **ota_overrides(repo[0]))
     raw["ota"].pop("repository_url")  # side-loading only: nothing installs by itself
     cfg_path = tmp_path / "robot.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -210,7 +195,7 @@ def test_ota_install_of_a_version_that_failed_before_is_refused_with_exit_1(tmp_
     from brain.ota.state import FailedVersion, OtaState
 
     publish(repo, make_bundle(tmp_path / "bundles" / "v1.tar", "1.0.0", 1))
-    raw = sim_config(tmp_path, **ota_overrides(tmp_path, repo[0]))
+    raw = sim_config(tmp_path, **ota_overrides(repo[0]))
     raw["ota"].pop("repository_url")
     cfg_path = tmp_path / "robot.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -246,7 +231,7 @@ def test_policy_model_in_config_overrides_the_slot(tmp_path, repo):
 
     explicit = build_dummy_policy(tmp_path / "x.onnx", height=24, width=32, version="explicit")
     publish(repo, make_bundle(tmp_path / "b" / "v1.tar", "1.0.0", 1))
-    over = ota_overrides(tmp_path, repo[0])
+    over = ota_overrides(repo[0])
     over.pop("ota.repository_url")
 
     async def body():
@@ -289,7 +274,7 @@ def test_sigkill_of_the_daemon_during_a_trial_boots_on_the_committed_slot(tmp_pa
     root = Path(__file__).resolve().parent.parent
     bundles = tmp_path / "bundles"
     publish(repo, make_bundle(bundles / "v1.tar", "1.0.0", 1))
-    raw = sim_config(tmp_path, **ota_overrides(tmp_path, repo[0]))
+    raw = sim_config(tmp_path, **ota_overrides(repo[0]))
     cfg_path = tmp_path / "robot.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     sock = tmp_path / "state" / "run" / "control.sock"

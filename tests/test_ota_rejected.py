@@ -29,7 +29,15 @@ from brain.ota.state import StateStore
 from brain.ota.updater import Updater
 from tests.api_helpers import running_api
 from tests.ota_craft import external_data_model, hostile_uploads, make_external
-from tests.ota_helpers import ACTIONS, HW, fast_safety, make_bundle, make_export, ota_config
+from tests.ota_helpers import (
+    ACTIONS,
+    HW,
+    fast_safety,
+    make_bundle,
+    make_export,
+    ota_config,
+    ota_overrides,
+)
 from tests.waiting import wait_until_async
 
 pytest.importorskip("tuf")
@@ -267,18 +275,6 @@ def test_a_slot_holding_external_data_fails_verification(tmp_path, bundles):
 # ----------------------------------------------------------------------------- the real daemon
 
 
-def _ota_overrides(repo_dir: Path) -> dict:
-    return {
-        "ota.trusted_root": str(repo_dir / "metadata" / "1.root.json"),
-        "ota.repository_url": str(repo_dir),
-        "ota.health_window_s": 1.0,
-        "ota.max_deadline_misses": 20,
-        "control.autopilot": "policy",
-        "policy.deadline_ms": 200.0,
-        "control.max_frame_age_ms": 500.0,
-    }
-
-
 @pytest.mark.slow
 def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -297,7 +293,7 @@ def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
         return np.array(writes)
 
     async def body():
-        async with running_api(tmp_path, **_ota_overrides(repo[0])) as api:
+        async with running_api(tmp_path, **ota_overrides(repo[0])) as api:
             daemon, c = api.daemon, api.client
             h = api.bearer(await api.token())
             oct_h = dict(h, **{"Content-Type": "application/octet-stream"})

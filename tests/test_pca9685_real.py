@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 
 from brain.config import (
-    ArmActuatorsConfig,
     CarActuatorsConfig,
     Config,
-    JointConfig,
     PCA9685Config,
     SteeringConfig,
     ThrottleConfig,
@@ -35,6 +33,7 @@ from tests.pca9685_bus import (
     EmulatedPCA9685,
     prescale_for,
 )
+from tests.test_hardware_drivers import arm_cfg
 
 pytest.importorskip("adafruit_pca9685")
 
@@ -177,26 +176,6 @@ def test_safe_stop_writes_neutral_on_a_fresh_board_without_waiting() -> None:
     steer, throttle = rig.pulses()
     assert steer == approx_us(1520) and throttle == approx_us(1500)
     assert any("throttle channel 1" in line for line in lines)
-
-
-def arm_cfg(on_stop: str) -> ArmActuatorsConfig:
-    return ArmActuatorsConfig(
-        pca9685=PCA9685Config(frequency_hz=50),
-        on_stop=on_stop,
-        joints=[
-            JointConfig(
-                name="shoulder",
-                channel=4,
-                min_us=500,
-                max_us=2500,
-                min_deg=0,
-                max_deg=180,
-                limit_min_deg=20,
-                limit_max_deg=160,
-            ),
-            JointConfig(name="elbow", channel=5, min_us=600, max_us=2400, min_deg=-90, max_deg=90),
-        ],
-    )
 
 
 def test_arm_soft_limits_and_release_turns_the_outputs_fully_off() -> None:

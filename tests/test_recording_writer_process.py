@@ -26,7 +26,7 @@ from brain.modes import Mode
 from brain.recorder import Recorder
 from rlds.reader import list_episodes, list_interrupted
 from rlds.validate import validate_episode
-from tests.daemon_helpers import notify_socket, recv_until, sim_config
+from tests.daemon_helpers import sim_config, spawn_daemon
 from tests.test_recording_daemon import run_session
 
 
@@ -174,29 +174,11 @@ def test_the_control_process_runs_no_encoder(tmp_path):
 
 def test_sigkill_of_the_daemon_takes_the_writer_with_it(tmp_path):
     """The whole daemon SIGKILLed while recording: no orphan writer, the episode is recovered."""
-    import subprocess
-    import sys
-
-    import yaml
-
     from edge_agent.control_socket import request
     from rlds.recovery import recover
 
-    cfg_path = tmp_path / "robot.yaml"
-    cfg_path.write_text(yaml.safe_dump(sim_config(tmp_path)))
-    sock, notify = notify_socket(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "brain.cli", "run", "--config", str(cfg_path)],
-        env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
-        stderr=subprocess.DEVNULL,
-    )
-    ctl = tmp_path / "state" / "run" / "control.sock"
+    proc, sock, ctl = spawn_daemon(tmp_path, sim_config(tmp_path))
     try:
-        recv_until(sock, "READY=1")
-        for _ in range(100):
-            if ctl.exists():
-                break
-            time.sleep(0.05)
         assert request(ctl, {"cmd": "record", "action": "start"})["ok"]
         assert request(ctl, {"cmd": "mode", "mode": "autonomous"})["ok"]
         deadline = time.monotonic() + 20
