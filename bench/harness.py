@@ -27,9 +27,13 @@ sys.path.insert(0, str(ROOT))
 from edge_agent.control_socket import request  # noqa: E402
 
 
-def sim_config(tmp: Path, name: str, **sections: dict[str, Any]) -> Path:
-    """configs/sim-donkey.yaml with the given sections merged in, state under ``tmp``."""
-    cfg = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
+def sim_config(tmp: Path, name: str, root: Path = ROOT, **sections: dict[str, Any]) -> Path:
+    """configs/sim-donkey.yaml with the given sections merged in, state under ``tmp``.
+
+    ``root``: the tree whose config to start from — a baseline revision rejects keys it
+    does not know yet (the strict loader), so it runs with its own.
+    """
+    cfg = yaml.safe_load((root / "configs" / "sim-donkey.yaml").read_text())
     cfg["paths"] = {"state_dir": str(tmp / name / "state")}
     cfg["logging"] = {"level": "WARNING", "format": "json"}
     cfg["api"] = {"port": 0}  # any free port: other daemons on this machine may hold 8080

@@ -50,6 +50,7 @@ def run(
     cfg = sim_config(
         tmp,
         name,
+        root,
         control={"rate_hz": hz, "autopilot": "expert", "stats_window": 200_000},
         hardware={
             "camera": {"driver": "sim", "width": 640, "height": 480, "fps": 30},
