@@ -1,4 +1,4 @@
-"""Updates and local training: the A/B OTA updater (brain/ota), LoRA fine-tuning (brain/localtrain)."""
+"""Updates and local training: the A/B OTA updater (brain/ota), LoRA fine-tuning (localtrain)."""
 
 from __future__ import annotations
 
