@@ -11,7 +11,7 @@ model and a model trained from scratch on that condition.
    (``--lighting`` / ``--texture``, default dusk / carpet: only the light changes);
 2. train the BASE on A and a SCRATCH model on B with ``cloud_jobs train`` (same budget);
 3. fine-tune the base on the B episodes with the robot's own trainer
-   (``brain.localtrain.worker.Trainer``: LoRA via peft, batch 8, the on-robot defaults);
+   (``brain.localtrain.trainer.Trainer``: LoRA via peft, batch 8, the on-robot defaults);
 4. drive all three in closed loop under B (``brain.hardware.sim.closed_loop.run_drive``)
    and report recovery = (finetuned - base) / (scratch - base) on the driving score.
 
@@ -130,8 +130,9 @@ def finetune(
     trunk: bool = False,
 ) -> dict[str, Any]:
     """The robot's trainer (LoRA), then merged and saved as a plain policy checkpoint."""
+    from brain.localtrain.candidate import run_gate
     from brain.localtrain.job import CORE_TARGETS, GateSettings, TrainJob
-    from brain.localtrain.worker import Trainer, _Events
+    from brain.localtrain.trainer import Events, Trainer
     from brain.model import save_policy
 
     merged = run_dir / "merged.pt"
@@ -155,10 +156,10 @@ def finetune(
     )
     job.write()
     t0 = time.perf_counter()
-    tr = Trainer(job, _Events(job.path("progress")))
+    tr = Trainer(job, Events(job.path("progress")))
     losses = [tr.train_step() for _ in range(steps)]
     train_s = time.perf_counter() - t0
-    gate = tr.gate().to_dict()
+    gate = run_gate(tr).to_dict()
     policy = tr.model.merge_and_unload()
     save_policy(policy, merged)
     out = {

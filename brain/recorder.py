@@ -5,9 +5,9 @@ the GIL behind an encoder, or on another process.  So the hook only decides (is
 recording armed, does the mode record, did the mode change), copies a new frame
 into a free shared-memory slot and writes one small message to a non-blocking
 pipe; no free slot, a full pipe or a writer being restarted drops the step and
-counts it.  The episode-writer process (``brain.recording_writer``) encodes the
-images and appends the records.  A mode change ends the episode: one episode is
-one mode.
+counts it.  The episode-writer process (``brain.recording_writer``, started through
+``brain.recording_link``) encodes the images and appends the records.  A mode
+change ends the episode: one episode is one mode.
 
 A write error (disk full, quota, I/O error) stops recording once: the writer
 commits the episode as truncated with what reached the disk, recording disarms,
@@ -24,14 +24,10 @@ started (with a growing delay if it keeps dying), and ``status()`` and
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import select
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +40,7 @@ from brain.config import Config
 from brain.control.loop import Step
 from brain.logs import log_fields
 from brain.recording_fault import RecordingFault
+from brain.recording_link import WriterLink, describe_exit, spawn_writer
 from brain.recording_wire import SlotRing, pack, read_message, send_nowait, send_within
 from rlds.recovery import recover
 from rlds.storage import StorageBudget, purge_discarded
@@ -72,19 +69,6 @@ class RecorderStats:
     last_error: str | None = None
     last_episode: str | None = None
     writer: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Link:
-    """One writer process and the pipes to it."""
-
-    proc: subprocess.Popen[bytes]
-    step_fd: int  # ours, non-blocking
-    event_fd: int
-    started: float
-    sent: dict[str, int] = field(default_factory=dict)  # sensor -> last frame seq sent
-    steps_sent: int = 0
-    status: dict[str, Any] = field(default_factory=dict)  # the writer's last report
 
 
 class Recorder:
@@ -118,7 +102,7 @@ class Recorder:
         self.stats = RecorderStats()
         self._fault: RecordingFault | None = None
         self._ring: SlotRing | None = None
-        self._link: _Link | None = None
+        self._link: WriterLink | None = None
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
         self._dropped_here = 0
@@ -254,7 +238,7 @@ class Recorder:
             "episodes_truncated": s.episodes_truncated,
             "last_episode": s.last_episode,
             "last_error": s.last_error,
-            "queue_depth": self._queue_depth(link),
+            "queue_depth": link.queue_depth() if link is not None else 0,
             "writer": s.writer,
             "writer_process": self.writer_process(),
         }
@@ -315,7 +299,7 @@ class Recorder:
         finally:
             self._send_lock.release()
 
-    def _send_step(self, link: _Link, ring: SlotRing, step: Step) -> bool:
+    def _send_step(self, link: WriterLink, ring: SlotRing, step: Step) -> bool:
         claimed: list[int] = []
         try:
             if self._hand_over(link, ring, step, claimed):
@@ -328,7 +312,7 @@ class Recorder:
             ring.release(c)
         return False
 
-    def _hand_over(self, link: _Link, ring: SlotRing, step: Step, claimed: list[int]) -> bool:
+    def _hand_over(self, link: WriterLink, ring: SlotRing, step: Step, claimed: list[int]) -> bool:
         """Frames into slots (``claimed``), then the message; False if either has no room."""
         # name -> (seq, t_capture, slot or None if already sent, shape, dtype, depth scale)
         refs: dict[str, tuple[int, float, int | None, tuple[int, ...], str, float] | None] = {}
@@ -433,37 +417,12 @@ class Recorder:
             },
         }
 
-    def _spawn(self) -> _Link:
-        """Start a writer.  Its PR_SET_PDEATHSIG fires when the *thread* that spawned it
-        ends, so it is spawned only from long-lived threads: the daemon's main thread
-        (``start``) and the monitor (restarts), which both outlive it."""
+    def _spawn(self) -> WriterLink:
+        """Start a writer (only from long-lived threads: see :func:`spawn_writer`)."""
         assert self._ring is not None
-        step_r, step_w = os.pipe()
-        event_r, event_w = os.pipe()
-        os.set_blocking(step_w, False)  # the pipe (64 KiB: ~200 steps) is the bounded queue
         cfg = self._writer_config()
         self._meta_sent = cfg["episode_meta"]
-        cfg.update(
-            step_fd=step_r,
-            event_fd=event_w,
-            ring_fd=self._ring.fd,
-            slots=self._ring.n,
-            slot_bytes=self._ring.slot_bytes,
-        )
-        here = str(Path(__file__).resolve().parent.parent)  # the tree this daemon runs from
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "brain.recording_writer", json.dumps(cfg)],
-                pass_fds=(step_r, event_w, self._ring.fd),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(step_r)
-            os.close(event_w)
-        return _Link(proc, step_w, event_r, time.monotonic())
+        return spawn_writer(cfg, self._ring)
 
     def _command(self, msg: dict[str, Any]) -> None:
         """An arm/disarm/metadata message, in order with the steps (caller holds ``_lock``)."""
@@ -473,13 +432,6 @@ class Recorder:
                 _log.warning("episode writer did not take a %s command", msg["k"])
         if "meta" in msg:
             self._meta_sent = {**self._meta_sent, **msg["meta"]}
-
-    def _queue_depth(self, link: _Link | None) -> int:
-        if link is None:
-            return 0
-        w = link.status
-        in_pipe = max(0, link.steps_sent - int(w.get("steps_received", 0)))
-        return in_pipe + int(w.get("queue_depth", 0))
 
     def _watch(self) -> None:
         """The monitor thread: the writer's reports in, its death noticed and handled."""
@@ -510,7 +462,7 @@ class Recorder:
                 with self._lock:
                     self._command({"k": "meta", "meta": meta})
 
-    def _pump(self, link: _Link, until: float) -> None:
+    def _pump(self, link: WriterLink, until: float) -> None:
         """Apply the writer's events until ``until`` (EOFError when it is gone)."""
         while True:
             left = until - time.monotonic()
@@ -520,7 +472,7 @@ class Recorder:
             if ready:
                 self._apply(link, read_message(link.event_fd))
 
-    def _apply(self, link: _Link, event: dict[str, Any]) -> None:
+    def _apply(self, link: WriterLink, event: dict[str, Any]) -> None:
         if "status" in event:
             w = event["status"]
             link.status = w
@@ -559,12 +511,12 @@ class Recorder:
             level, message, fields = event["log"]
             _log.log(logging.getLevelName(level.upper()), "%s", message, extra=log_fields(**fields))
 
-    def _writer_died(self, link: _Link, rc: int) -> None:
+    def _writer_died(self, link: WriterLink, rc: int) -> None:
         w = link.status
         for key in self._bases:
             self._bases[key] += int(w.get(key, 0))
         self._restarts += 1
-        self._last_exit = _describe_exit(rc)
+        self._last_exit = describe_exit(rc)
         _log.error(
             "episode writer process %s; the daemon keeps driving, its episode is recovered "
             "and a new writer started (restart %d)",
@@ -591,11 +543,3 @@ class Recorder:
                 self._link = self._spawn()
             except OSError as exc:
                 _log.error("cannot start the episode writer: %s", exc)
-
-
-def _describe_exit(rc: int) -> str:
-    if rc < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-rc).name}"
-        return f"was killed by signal {-rc}"
-    return f"exited with status {rc}"

@@ -28,7 +28,7 @@ from brain.localtrain.job import TrainJob
 from brain.localtrain.manager import LocalTrainManager, StartRefused
 from brain.localtrain.options import StartOptions, parse_options
 from brain.localtrain.promote import Promoter
-from brain.localtrain.worker import check_torch, read_pinned_base
+from brain.localtrain.trainer import check_torch, read_pinned_base
 from brain.modes import Mode
 from rlds.fsutil import sha256_file
 from tests.api_helpers import make_config, running_api

@@ -20,8 +20,9 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
 from brain.localtrain import gate as G  # noqa: E402
+from brain.localtrain.candidate import export_candidate, run_gate  # noqa: E402
 from brain.localtrain.job import GateSettings, TrainJob  # noqa: E402
-from brain.localtrain.worker import Trainer, _Events  # noqa: E402
+from brain.localtrain.trainer import Events, Trainer  # noqa: E402
 from rlds.fsutil import sha256_file  # noqa: E402
 from tests.localtrain_helpers import tiny_base, write_episodes  # noqa: E402
 
@@ -62,7 +63,7 @@ def make_job(world: Path, run: str, **kw) -> TrainJob:
 
 
 def trainer(job: TrainJob) -> Trainer:
-    return Trainer(job, _Events(job.path("progress")))
+    return Trainer(job, Events(job.path("progress")))
 
 
 def lora_state(tr: Trainer) -> dict:
@@ -145,7 +146,7 @@ def test_checkpoint_of_another_base_is_refused(world, tmp_path):
 
 def test_gate_accepts_the_improved_candidate(trained):
     tr, _ = trained
-    d = tr.gate()
+    d = run_gate(tr)
     assert d.accepted, d.reasons
     m = d.metrics
     assert m.held_out_episodes == len(tr.held_eps) > 0
@@ -159,7 +160,7 @@ def test_gate_rejects_an_action_change_beyond_the_safety_bound(trained):
     old = tr.job.gate
     tr.job.gate = GateSettings(max_action_change=1e-4, closed_loop=False)
     try:
-        d = tr.gate()
+        d = run_gate(tr)
     finally:
         tr.job.gate = old
     assert not d.accepted
@@ -174,7 +175,7 @@ def test_gate_drives_both_policies_in_the_sim(trained):
         max_action_change=2.0, closed_loop=True, closed_loop_steps=40, sim=sim
     )
     try:
-        d = tr.gate()
+        d = run_gate(tr)
     finally:
         tr.job.gate = old
     cl = d.metrics.closed_loop
@@ -191,7 +192,7 @@ def test_gate_rejects_a_worse_candidate(world):
         for name, p in tr.model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 2.0)
-    d = tr.gate()
+    d = run_gate(tr)
     assert not d.accepted
     assert any(r.startswith("worse on held-out episodes") for r in d.reasons)
     assert d.metrics.candidate_mae > d.metrics.base_mae
@@ -225,7 +226,7 @@ def test_accepted_candidate_is_merged_exported_packed_and_signed(world, trained,
     from brain.policy import load_model
 
     tr, _ = trained
-    res = tr.export()
+    res = export_candidate(tr)
     assert res["onnx_parity_max_abs"] < 1e-3
     onnx_path = Path(res["onnx"])
     model = load_model(onnx_path, threads=1)
@@ -348,7 +349,7 @@ def test_promoted_bundle_installs_through_the_real_updater_on_a_committed_cloud_
 
         tr, _ = trained
         pin_committed(tr.job, committed.manifest_sha256)
-        res = tr.export()
+        res = export_candidate(tr)
         promo = Promoter(cfg, base_info=lambda: committed_base(cfg), install=install)(
             Path(tr.job.run_dir), {"adapter": str(tr.job.path("adapter")), "export": res}
         )

@@ -1,10 +1,15 @@
 """The robot's trust layer: a TUF client (python-tuf ``ngclient``) over HTTP or a local directory.
 
 TUF answers "are these the bytes the release keys signed, fresh, and not an old or mixed
-state?".  On top of it this module reads the targets' custom fields (``version``,
-``release_counter``, ``hardware_id``) so the updater can pick the newest bundle *for this
+state?".  On top of it the targets' custom fields (``version``, ``release_counter``,
+``hardware_id``, :mod:`brain.ota.targets`) let the updater pick the newest bundle *for this
 robot*; the never-decreasing release counter itself is persisted by the slots layer, which
 calls :func:`check_release_counter`.
+
+Split as python-tuf's ngclient is: the errors (:mod:`brain.ota.trust_errors`), the fetcher
+(:mod:`brain.ota.fetcher`), the targets, and here the trusted repository client that drives
+ngclient.  This module re-exports the others' public names: callers import the trust layer
+from one place.
 
 Repository layout (what ``cloud_jobs publish`` writes, any static web server can serve it)::
 
@@ -23,330 +28,78 @@ fails verification is deleted, so a poisoned prefix cannot be resumed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 from urllib import parse
 
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
-from tuf.ngclient.fetcher import FetcherInterface
 
+from brain.ota.fetcher import RangeNotHonoured, ResumableFetcher
+from brain.ota.targets import (
+    TargetInfo,
+    check_hardware,
+    check_manifest_matches,
+    check_release_counter,
+)
+from brain.ota.trust_errors import (
+    NO_SPACE,
+    BadSignatureError,
+    DownloadFailedError,
+    ExpiredMetadataError,
+    IncompatibleTargetError,
+    IncompleteDownloadError,
+    MetadataError,
+    MixAndMatchError,
+    ReplayError,
+    RollbackError,
+    SlowDownloadError,
+    TargetMismatchError,
+    TargetNotFoundError,
+    TrustError,
+    TrustNotInitialisedError,
+    map_tuf_error,
+)
 from rlds.fsutil import fsync_dir, replace_file
+
+# The trust layer's public face: callers import these from here, wherever they live.
+__all__ = [
+    "METADATA_SUBDIR",
+    "PART_SUFFIX",
+    "ROOT_NAME",
+    "TARGETS_SUBDIR",
+    "BadSignatureError",
+    "DownloadFailedError",
+    "ExpiredMetadataError",
+    "IncompatibleTargetError",
+    "IncompleteDownloadError",
+    "MetadataError",
+    "MixAndMatchError",
+    "ReplayError",
+    "ResumableFetcher",
+    "RollbackError",
+    "SlowDownloadError",
+    "TargetInfo",
+    "TargetMismatchError",
+    "TargetNotFoundError",
+    "TrustError",
+    "TrustNotInitialisedError",
+    "TrustedRepository",
+    "check_hardware",
+    "check_manifest_matches",
+    "check_release_counter",
+    "init_trust",
+    "is_local_source",
+]
 
 log = logging.getLogger(__name__)
 
 ROOT_NAME = "root.json"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 METADATA_SUBDIR = "metadata"
 TARGETS_SUBDIR = "targets"
 PART_SUFFIX = ".part"
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class TrustError(Exception):
-    """An update cannot be trusted or fetched; the subclass and message say why."""
-
-
-class TrustNotInitialisedError(TrustError):
-    """No trusted root in the metadata directory (provision one with ``init_trust``)."""
-
-
-class ExpiredMetadataError(TrustError):
-    """Signed metadata is past its expiry (a frozen or stale repository)."""
-
-
-class BadSignatureError(TrustError):
-    """Metadata is unsigned, signed by an unknown/revoked key, or below its role's threshold."""
-
-
-class RollbackError(TrustError):
-    """Metadata older than what the robot already trusts (a replayed repository state)."""
-
-
-class MixAndMatchError(TrustError):
-    """Metadata versions that do not belong together (e.g. targets not the one snapshot names)."""
-
-
-class MetadataError(TrustError):
-    """Metadata is malformed or inconsistent in some other way."""
-
-
-class TargetMismatchError(TrustError):
-    """A downloaded file does not have the signed length or hashes (truncated, oversize, bad)."""
-
-
-class SlowDownloadError(TrustError):
-    """A download was slower than the minimum rate (a slow-retrieval attack or a dead link)."""
-
-
-class DownloadFailedError(TrustError):
-    """The repository could not be reached or answered with an error."""
-
-
-class IncompleteDownloadError(DownloadFailedError):
-    """The connection ended early; the bytes so far are kept and the next download resumes."""
-
-
-class TargetNotFoundError(TrustError):
-    """No such target in the signed metadata."""
-
-
-class IncompatibleTargetError(TrustError):
-    """A target (or the bundle inside it) is for another hardware id or has bad custom fields."""
-
-
-class ReplayError(TrustError):
-    """A bundle whose release counter is not above the committed one (replay of an old release)."""
-
-
-def _map_tuf_error(exc: BaseException, *, during: str) -> TrustError:
-    """Translate python-tuf's exceptions into ours, keeping its message."""
-    msg = f"{during}: {exc}" if str(exc) else f"{during}: {type(exc).__name__}"
-    target_phase = during.startswith("download")
-    if isinstance(exc, tuf_exc.ExpiredMetadataError):
-        return ExpiredMetadataError(msg)
-    if isinstance(exc, tuf_exc.UnsignedMetadataError):
-        return BadSignatureError(msg)
-    if isinstance(exc, tuf_exc.BadVersionNumberError):
-        text = str(exc)
-        if isinstance(exc, tuf_exc.EqualVersionNumberError) or "must be >=" in text:
-            return RollbackError(msg)
-        return MixAndMatchError(msg)
-    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
-        return TargetMismatchError(msg) if target_phase else MixAndMatchError(msg)
-    if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
-        return TargetMismatchError(msg) if target_phase else MetadataError(msg)
-    if isinstance(exc, tuf_exc.SlowRetrievalError):
-        return SlowDownloadError(msg)
-    if isinstance(exc, tuf_exc.DownloadHTTPError | tuf_exc.DownloadError):
-        cause = exc.__cause__
-        return DownloadFailedError(f"{msg} ({cause})" if cause else msg)
-    if isinstance(exc, tuf_exc.RepositoryError):
-        return MetadataError(msg)
-    if isinstance(exc, OSError):
-        if exc.errno in _NO_SPACE:
-            return TrustError(f"{during}: no space left on device ({exc.strerror})")
-        return TrustError(f"{during}: {exc.strerror or exc}")
-    return TrustError(msg)
-
-
-# ----------------------------------------------------------------------------- targets
-
-
-@dataclass(frozen=True, slots=True)
-class TargetInfo:
-    """A signed target (a bundle) and the custom fields the release tooling put on it."""
-
-    name: str
-    length: int
-    hashes: MappingProxyType[str, str] = field(hash=False)
-    version: str
-    release_counter: int
-    hardware_id: str
-
-    @classmethod
-    def from_target_file(cls, tf: TargetFile) -> TargetInfo:
-        custom = tf.custom if isinstance(tf.custom, dict) else {}
-        version, counter, hw = (
-            custom.get("version"),
-            custom.get("release_counter"),
-            custom.get("hardware_id"),
-        )
-        if not isinstance(version, str) or not version:
-            raise IncompatibleTargetError(f"target {tf.path}: custom.version missing or not text")
-        if type(counter) is not int or counter < 0:
-            raise IncompatibleTargetError(
-                f"target {tf.path}: custom.release_counter must be an integer >= 0"
-            )
-        if not isinstance(hw, str) or not hw:
-            raise IncompatibleTargetError(f"target {tf.path}: custom.hardware_id missing")
-        return cls(
-            name=tf.path,
-            length=tf.length,
-            hashes=MappingProxyType(dict(tf.hashes)),
-            version=version,
-            release_counter=counter,
-            hardware_id=hw,
-        )
-
-
-def check_release_counter(target: TargetInfo | Any, committed_counter: int | None) -> None:
-    """Refuse anything not strictly newer than the committed release (a replayed old bundle).
-
-    ``target`` may be a :class:`TargetInfo` or an ``EdgeManifest`` (both have
-    ``release_counter``); ``committed_counter`` None means nothing was ever committed.
-    """
-    if committed_counter is not None and target.release_counter <= committed_counter:
-        raise ReplayError(
-            f"release counter {target.release_counter} (version {target.version}) is not above "
-            f"the committed {committed_counter}: refusing an old or replayed release"
-        )
-
-
-def check_hardware(target: TargetInfo | Any, hardware_id: str) -> None:
-    """Refuse a target or manifest made for other hardware."""
-    if target.hardware_id != hardware_id:
-        raise IncompatibleTargetError(
-            f"{target.version} is for hardware {target.hardware_id!r}, this robot is "
-            f"{hardware_id!r}"
-        )
-
-
-def check_manifest_matches(target: TargetInfo, manifest: Any) -> None:
-    """The unpacked bundle's manifest must say what the signed target's custom fields say.
-
-    TUF signs the archive and the custom fields separately from the manifest inside; a
-    mismatch means the release tooling (or an attacker with the targets key but not ...) mixed
-    things up, and the robot should not guess which one is right.
-    """
-    check_hardware(manifest, target.hardware_id)
-    if manifest.version != target.version or manifest.release_counter != target.release_counter:
-        raise MetadataError(
-            f"bundle manifest says version {manifest.version} / release {manifest.release_counter}"
-            f", the signed target {target.name} says {target.version} / {target.release_counter}"
-        )
-
-
-# ----------------------------------------------------------------------------- fetchers
-
-
-class _RangeNotHonoured(Exception):
-    pass
-
-
-class ResumableFetcher(FetcherInterface):
-    """HTTP(S) and local-directory fetcher with a minimum average rate and byte ranges.
-
-    ngclient only asks for whole files (``_fetch``); :meth:`fetch_from` adds an offset for
-    resuming bundle downloads.  The rate check defeats a server that trickles a byte just
-    often enough to keep a socket timeout from firing.
-    """
-
-    def __init__(
-        self,
-        *,
-        local_root: Path | None = None,
-        socket_timeout: float = 15.0,
-        min_bytes_per_s: float = 4096.0,
-        grace_s: float = 10.0,
-        chunk_size: int = 256 * 1024,
-        user_agent: str = "continuon-brain-ota",
-    ) -> None:
-        self.local_root = local_root.resolve() if local_root is not None else None
-        self.socket_timeout = socket_timeout
-        self.min_bytes_per_s = min_bytes_per_s
-        self.grace_s = grace_s
-        self.chunk_size = chunk_size
-        self._user_agent = user_agent
-        self._pool: Any = None
-
-    # -- ngclient interface
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        chunks, _ = self.fetch_from(url, 0)
-        return chunks
-
-    # -- ours
-    def fetch_from(self, url: str, offset: int) -> tuple[Iterator[bytes], int]:
-        """Chunks of ``url`` from ``offset``; returns (chunks, the offset actually honoured)."""
-        scheme = parse.urlsplit(url).scheme
-        if scheme == "file":
-            return self._rated(self._file_chunks(url, offset)), offset
-        if scheme in ("http", "https"):
-            return self._http(url, offset)
-        raise tuf_exc.DownloadError(f"unsupported URL scheme in {url!r}")
-
-    def _rated(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        start = time.monotonic()
-        got = 0
-        for chunk in chunks:
-            got += len(chunk)
-            elapsed = time.monotonic() - start
-            if elapsed > self.grace_s and got / elapsed < self.min_bytes_per_s:
-                raise tuf_exc.SlowRetrievalError(
-                    f"average {got / elapsed:.0f} B/s after {elapsed:.1f} s, below the "
-                    f"{self.min_bytes_per_s:.0f} B/s minimum"
-                )
-            yield chunk
-
-    def _file_chunks(self, url: str, offset: int) -> Iterator[bytes]:
-        path = Path(parse.unquote(parse.urlsplit(url).path)).resolve()
-        if self.local_root is not None and not path.is_relative_to(self.local_root):
-            raise tuf_exc.DownloadError(f"{path} is outside the side-load directory")
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-        except FileNotFoundError:
-            raise tuf_exc.DownloadHTTPError(f"{path}: not found", 404) from None
-        except IsADirectoryError:
-            raise tuf_exc.DownloadHTTPError(f"{path}: is a directory", 404) from None
-
-        def gen() -> Iterator[bytes]:
-            with f:
-                f.seek(offset)
-                while chunk := f.read(self.chunk_size):
-                    yield chunk
-
-        return gen()
-
-    def _http(self, url: str, offset: int) -> tuple[Iterator[bytes], int]:
-        import urllib3
-
-        if self._pool is None:
-            self._pool = urllib3.PoolManager(headers={"User-Agent": self._user_agent})
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            resp = self._pool.request(
-                "GET",
-                url,
-                headers=headers,
-                preload_content=False,
-                timeout=urllib3.Timeout(self.socket_timeout),
-                retries=urllib3.Retry(total=0, redirect=3, raise_on_redirect=True),
-            )
-        except urllib3.exceptions.MaxRetryError as e:
-            # NewConnectionError subclasses ConnectTimeoutError: a refused connection is not slow.
-            slow = isinstance(e.reason, urllib3.exceptions.TimeoutError) and not isinstance(
-                e.reason, urllib3.exceptions.NewConnectionError
-            )
-            if slow:
-                raise tuf_exc.SlowRetrievalError(f"{url}: timed out") from e
-            raise tuf_exc.DownloadError(f"{url}: {e.reason}") from e
-        except urllib3.exceptions.TimeoutError as e:
-            raise tuf_exc.SlowRetrievalError(f"{url}: timed out") from e
-        except urllib3.exceptions.HTTPError as e:
-            raise tuf_exc.DownloadError(f"{url}: {e}") from e
-        if offset and resp.status == 416:
-            resp.release_conn()
-            raise _RangeNotHonoured
-        if resp.status >= 400:
-            resp.release_conn()
-            raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {resp.status}", resp.status)
-        honoured = offset if (offset and resp.status == 206) else 0
-
-        def gen() -> Iterator[bytes]:
-            try:
-                while True:
-                    chunk = resp.read1(self.chunk_size)
-                    if not chunk:
-                        return
-                    yield chunk
-            except urllib3.exceptions.TimeoutError as e:
-                raise tuf_exc.SlowRetrievalError(f"{url}: stalled") from e
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise tuf_exc.DownloadError(f"{url}: connection broken ({e})") from e
-            finally:
-                resp.release_conn()
-
-        return self._rated(gen()), honoured
 
 
 # ----------------------------------------------------------------------------- trust store
@@ -460,7 +213,7 @@ class TrustedRepository:
                 bootstrap=None,
             )
         except Exception as exc:
-            raise _map_tuf_error(
+            raise map_tuf_error(
                 exc, during=f"loading trusted root from {self.metadata_dir}"
             ) from exc
 
@@ -471,7 +224,7 @@ class TrustedRepository:
             updater.refresh()
         except Exception as exc:
             self._updater = None
-            raise _map_tuf_error(exc, during=f"refreshing metadata from {self.source}") from exc
+            raise map_tuf_error(exc, during=f"refreshing metadata from {self.source}") from exc
         finally:
             _sync_metadata(self.metadata_dir)
         self._updater = updater
@@ -522,7 +275,7 @@ class TrustedRepository:
         try:
             tf = updater.get_targetinfo(name)
         except Exception as exc:
-            raise _map_tuf_error(exc, during=f"looking up target {name}") from exc
+            raise map_tuf_error(exc, during=f"looking up target {name}") from exc
         if tf is None:
             raise TargetNotFoundError(f"{name}: no such target in {self.source}")
         return tf
@@ -587,21 +340,21 @@ class TrustedRepository:
             raise TargetMismatchError(f"{during}: {exc}") from None
         except tuf_exc.LengthOrHashMismatchError as exc:
             part.unlink(missing_ok=True)
-            raise _map_tuf_error(exc, during=during) from exc
+            raise map_tuf_error(exc, during=during) from exc
         except _Incomplete as exc:
             if not resume:
                 part.unlink(missing_ok=True)
             raise IncompleteDownloadError(f"{during}: {exc}") from None
         except OSError as exc:
-            if not resume or exc.errno in _NO_SPACE:
+            if not resume or exc.errno in NO_SPACE:
                 # A full disk: give the space back (episodes and logs need it more).
                 part.unlink(missing_ok=True)
-            raise _map_tuf_error(exc, during=during) from exc
+            raise map_tuf_error(exc, during=during) from exc
         except tuf_exc.DownloadError as exc:
             # The part file stays (unless told otherwise): the next download resumes from it.
             if not resume:
                 part.unlink(missing_ok=True)
-            raise _map_tuf_error(exc, during=during) from exc
+            raise map_tuf_error(exc, during=during) from exc
         except BaseException:
             if not resume:
                 part.unlink(missing_ok=True)
@@ -628,7 +381,7 @@ class TrustedRepository:
             return
         try:
             chunks, honoured = self._fetcher.fetch_from(url, offset)
-        except _RangeNotHonoured:
+        except RangeNotHonoured:
             part.unlink(missing_ok=True)
             chunks, honoured = self._fetcher.fetch_from(url, 0)
         except tuf_exc.DownloadError:

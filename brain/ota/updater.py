@@ -8,7 +8,7 @@ before its work starts (so that boot recovery knows what was interrupted)::
 
 Verification happens in a staging directory beside the slots
 (:meth:`Updater._stage`): the archive is unpacked there with every file's
-size and hash checked, then :meth:`Updater.verify_candidate` checks what the
+size and hash checked, then :func:`brain.ota.admission.check_candidate` checks what the
 manifest claims (hardware, actions, release counter, failed before) and who
 vouches for it (a signed TUF target, or the device key for a local
 derivative).  Only a bundle that passed all of it is renamed into the
@@ -37,9 +37,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from brain.config import OtaConfig
+from brain.ota.admission import UpdateRefused, bundle_source, check_candidate
 from brain.ota.health import HealthMonitor, HealthReport, HealthThresholds
 from brain.ota.lock import UpdaterBusy, UpdaterLock
 from brain.ota.recovery import BootRecovery
@@ -59,10 +60,6 @@ _log = logging.getLogger(__name__)
 
 # The steps an install goes through, as named to ``on_step`` (fault injection, tests).
 STEPS = ("download", "verify", "unpack", "fsync", "switch", "trial", "commit")
-
-
-class UpdateRefused(RuntimeError):
-    """The bundle may not be installed (trust, compatibility, counter, failed before)."""
 
 
 # ----------------------------------------------------------------------------- the updater
@@ -400,7 +397,17 @@ class Updater:
         placed = False
         try:
             manifest = self.slots.unpack_staging(archive, staging)  # sizes, hashes, fsync
-            self.verify_candidate(manifest, staging, target)  # trust
+            check_candidate(  # trust
+                manifest,
+                staging,
+                target,
+                state=self.state,
+                hardware_id=self.hardware_id,
+                action_names=self.action_names,
+                verify_local=self._verify_local,
+                require_signature=self.require_signature,
+                repo_problem=self._repo_problem,
+            )
             sha = sha256_file(staging / MANIFEST_NAME)
             self._step("fsync")
             prev = self.state.previous
@@ -413,7 +420,7 @@ class Updater:
                 version=str(manifest.version),
                 release_counter=int(manifest.release_counter),
                 manifest_sha256=sha,
-                source=_source(manifest),
+                source=bundle_source(manifest),
             )
             self.slots.verify(slot, record.manifest_sha256)  # every file, after the rename
             self._save(phase="staged", candidate=record)
@@ -425,53 +432,6 @@ class Updater:
             raise
         finally:
             self.slots.discard(staging)
-
-    def verify_candidate(self, manifest: Any, bundle_dir: Path, target: Any | None) -> None:
-        """Everything a bundle must satisfy before it may replace the inactive slot.
-
-        ``bundle_dir`` is the staging copy, already checked file by file against
-        ``manifest``; raises UpdateRefused naming the first problem.
-        """
-        st = self.state
-        if manifest.hardware_id != self.hardware_id:
-            raise UpdateRefused(
-                f"bundle {manifest.version} is for hardware {manifest.hardware_id!r}, "
-                f"this robot is {self.hardware_id!r}"
-            )
-        names = getattr(getattr(manifest, "action", None), "names", None)
-        if (
-            self.action_names is not None
-            and names is not None
-            and tuple(names) != tuple(self.action_names)
-        ):
-            raise UpdateRefused(
-                f"bundle {manifest.version} drives actions {list(names)}, "
-                f"this robot has {list(self.action_names)}"
-            )
-        sha = sha256_file(bundle_dir / MANIFEST_NAME)
-        why = st.failed_reason(str(manifest.version), sha)
-        if why is not None:
-            raise UpdateRefused(f"bundle {manifest.version} failed before ({why}); not retried")
-        local = _source(manifest) == "local"
-        if not local and int(manifest.release_counter) <= st.release_counter:
-            raise UpdateRefused(
-                f"bundle {manifest.version} has release counter {manifest.release_counter}, "
-                f"not above the committed {st.release_counter} (replay or downgrade refused)"
-            )
-        if target is not None:
-            from brain.ota.trust import check_manifest_matches
-
-            check_manifest_matches(target, manifest)
-        elif local and self._verify_local is not None:
-            self._verify_local(bundle_dir, st)
-        elif self.require_signature:
-            what = "a device-signed local bundle" if local else "a signed target of the repository"
-            hint = f" ({self._repo_problem})" if self._repo_problem else ""
-            raise UpdateRefused(
-                f"bundle {manifest.version} is not {what}{hint}; side-load the repository "
-                "directory, or configure ota.repository_url"
-                + ("" if not local else " and ota.device_public_key")
-            )
 
     async def _switch_and_trial(self, cand: Candidate) -> dict[str, Any]:
         assert self.policy is not None and self.monitor is not None
@@ -581,12 +541,6 @@ class Updater:
 
 def _rec(rec: SlotRecord | None) -> dict[str, Any] | None:
     return None if rec is None else rec.model_dump(mode="json")
-
-
-def _source(manifest: Any) -> Literal["cloud", "local"]:
-    prov = getattr(manifest, "provenance", None)
-    src = getattr(prov, "source", None) if prov is not None else None
-    return "local" if src == "local" else "cloud"
 
 
 class _Context(Exception):
