@@ -232,7 +232,7 @@ def test_load_refuses_external_data_that_onnxruntime_would_load(tmp_path, bundle
     import onnxruntime as ort
 
     from brain.bundle.pack import check_artifact_file
-    from brain.policy.model import PolicyLoadError, load_model
+    from brain.policy import PolicyLoadError, load_model
     from tests.ota_craft import read_members
 
     _, model = read_members(bundles["v1"])
