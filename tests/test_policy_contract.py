@@ -16,7 +16,7 @@ import pytest
 
 from brain.policy import litert_model
 from brain.policy.contract import RULES, PolicyLoadError, TensorDecl, check_io
-from brain.policy.model import load_model
+from brain.policy.onnx_model import load_model
 
 onnx = pytest.importorskip("onnx")
 

@@ -1,7 +1,7 @@
 """The policy runner: ONNX step graphs run on a worker thread with carried state and hot swap.
 
 See :mod:`brain.policy.contract` (the model contract, ``docs/policy-contract.md``, checked
-once for every backend), :mod:`brain.policy.model` (ONNX Runtime)
+once for every backend), :mod:`brain.policy.onnx_model` (ONNX Runtime)
 and :mod:`brain.policy.runner`.  :mod:`brain.policy.testing` (graph builders,
 needs the ``dev`` extra) is not imported here.
 """
@@ -14,7 +14,7 @@ from .contract import (
     PolicyLoadError,
     RecurrentSpec,
 )
-from .model import LoadedModel, load_model
+from .onnx_model import LoadedModel, load_model
 from .runner import InferenceResult, PolicyRunner, SwapTicket, default_deadline_s
 
 __all__ = [

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .contract import PolicyLoadError, RecurrentSpec
-from .model import load_model
+from .onnx_model import load_model
 
 log = logging.getLogger(__name__)
 
