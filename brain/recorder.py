@@ -42,6 +42,7 @@ from brain.logs import log_fields
 from brain.recording_fault import RecordingFault
 from brain.recording_link import WriterLink, describe_exit, spawn_writer
 from brain.recording_wire import SlotRing, pack, read_message, send_nowait, send_within
+from common.backoff import Backoff, BackoffPolicy
 from rlds.recovery import recover
 from rlds.storage import StorageBudget, purge_discarded
 
@@ -49,7 +50,8 @@ _log = logging.getLogger(__name__)
 
 _SLOTS = 8  # frames between the control thread and the writer (it copies them out at once)
 _META_CHECK_S = 0.5  # how often the model version is looked at for new episodes' metadata
-_RESTART_DELAY_S = (0.2, 30.0)  # first and largest delay before starting a dead writer again
+# First and largest delay before starting a dead writer again (doubling in between).
+_RESTART_BACKOFF = BackoffPolicy(initial_s=0.2, max_s=30.0)
 _STABLE_S = 30.0  # a writer that lived this long resets the restart delay
 _WRITER_NICE = 5  # the writer yields the CPU to the daemon's control thread
 
@@ -435,14 +437,13 @@ class Recorder:
 
     def _watch(self) -> None:
         """The monitor thread: the writer's reports in, its death noticed and handled."""
-        delay = _RESTART_DELAY_S[0]
+        backoff = Backoff(_RESTART_BACKOFF)
         next_meta = time.monotonic() + _META_CHECK_S
         while not self._closing.is_set():
             link = self._link
             if link is None:  # dead, or a start failed: try again after a growing delay
-                if self._closing.wait(delay):
+                if self._closing.wait(backoff.next_delay()):
                     return
-                delay = min(_RESTART_DELAY_S[1], delay * 2)
                 self._respawn()
                 continue
             try:
@@ -454,7 +455,7 @@ class Recorder:
                     return
                 self._writer_died(link, rc)
                 if time.monotonic() - link.started > _STABLE_S:
-                    delay = _RESTART_DELAY_S[0]
+                    backoff.reset()
                 continue
             next_meta = time.monotonic() + _META_CHECK_S
             meta = self._dynamic_meta()

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from brain.logs import log_fields
+from common.backoff import BackoffPolicy
 
 if TYPE_CHECKING:
     from brain.config import SupervisorConfig
@@ -104,13 +105,8 @@ class RestartPolicy:
 
     def delay(self, consecutive_crashes: int) -> float:
         """Delay before the restart that follows the ``consecutive_crashes``-th crash (1-based)."""
-        n = max(1, consecutive_crashes)
-        delay = self.backoff_initial_s
-        for _ in range(n - 1):  # loop, not **: no overflow after thousands of crashes
-            delay *= self.backoff_factor
-            if delay >= self.backoff_max_s:
-                return self.backoff_max_s
-        return min(delay, self.backoff_max_s)
+        rule = BackoffPolicy(self.backoff_initial_s, self.backoff_max_s, self.backoff_factor)
+        return rule.delay(consecutive_crashes)
 
 
 @dataclass(frozen=True)

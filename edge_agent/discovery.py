@@ -37,6 +37,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from brain.config import Config
 from brain.interface import BrainInterface, Service
+from common.backoff import Backoff, BackoffPolicy
 
 _log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class Advertiser:
         kwargs: dict[str, Any] = {"ip_version": IPVersion.All}
         if self.interfaces is not None:
             kwargs["interfaces"] = self.interfaces
-        delay = 1.0
+        backoff = Backoff(BackoffPolicy(initial_s=1.0, max_s=60.0))
         while True:
             try:
                 return AsyncZeroconf(**kwargs)
@@ -201,9 +202,9 @@ class Advertiser:
                     _log.warning("mDNS over IPv6 unavailable (%s); using IPv4 only", exc)
                     kwargs["ip_version"] = IPVersion.V4Only
                     continue
+                delay = backoff.next_delay()
                 _log.error("mDNS unavailable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
 
     async def run(self) -> None:
         azc = await self._open()

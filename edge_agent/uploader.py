@@ -42,8 +42,12 @@ from urllib.parse import quote
 import aiohttp
 
 from brain.config import UploaderConfig
+from common.backoff import BackoffPolicy
 from rlds.export.manifest import MANIFEST_NAME
 from rlds.fsutil import fsync_dir, sha256_file
+
+# Waits between the tries of one request (uploader.retries of them): 0.5 s doubling to 30 s.
+RETRY_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=30.0)
 
 _log = logging.getLogger(__name__)
 
@@ -244,7 +248,6 @@ class HttpUpload:
 
     async def send_file(self, session: aiohttp.ClientSession, e: FileEntry) -> bool:
         """True if the receiver has the file intact."""
-        delay = 0.5
         for attempt in range(self.cfg.retries + 1):
             try:
                 return await self._send_once(session, e, first=attempt == 0)
@@ -252,9 +255,9 @@ class HttpUpload:
                 if attempt == self.cfg.retries:
                     self.report.errors.append(f"{e.rel}: gave up after {attempt + 1} tries: {exc}")
                     return False
+                delay = RETRY_BACKOFF.delay(attempt + 1)
                 _log.warning("upload %s: %s; retrying in %.1f s", e.rel, exc or type(exc), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
         return False
 
     async def _head(self, session: aiohttp.ClientSession, e: FileEntry) -> tuple[int, bool]:
@@ -362,7 +365,7 @@ class HttpUpload:
                 if attempt == self.cfg.retries:
                     r.errors.append(f"finish: {exc}")
                     return
-                await asyncio.sleep(0.5 * 2**attempt)
+                await asyncio.sleep(RETRY_BACKOFF.delay(attempt + 1))
 
 
 async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:

@@ -237,7 +237,7 @@ def test_real_policy_export_bundles_and_runs_on_the_robot_loader(tmp_path):
     torch = pytest.importorskip("torch")
     from brain.model.export import export_onnx
     from brain.model.policy import build_policy
-    from brain.policy.model import load_model
+    from brain.policy.onnx_model import load_model
 
     torch.manual_seed(0)
     policy = build_policy("tiny", image_hw=(32, 32))
@@ -259,7 +259,7 @@ def test_real_policy_export_bundles_and_runs_on_the_robot_loader(tmp_path):
 
 
 def test_unpacked_tiny_model_loads_in_the_runtime(tmp_path, bundle):
-    from brain.policy.model import load_model
+    from brain.policy.onnx_model import load_model
 
     slot = tmp_path / "slots" / "A"
     m = unpack_bundle(bundle, slot)

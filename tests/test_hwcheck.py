@@ -32,6 +32,7 @@ from brain.hwcheck.checks import (
     check_actuators,
     check_camera,
     check_cpu_temp,
+    check_disk,
     check_i2c,
     check_memory,
     check_sync,
@@ -40,7 +41,7 @@ from brain.hwcheck.checks import (
     run_check,
     run_checks,
 )
-from brain.hwcheck.system import classify_disk, classify_memory, classify_temperature
+from common.health import DiskReading, HostReading
 from tests.pca9685_bus import BlinkaStandIn, EmulatedI2C, counts_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -498,30 +499,46 @@ def test_throttling_check_uses_vcgencmd_or_skips() -> None:
     assert res.status == SKIP and "vcgencmd" in res.summary
 
 
+def fake_host(memory: float = 40.0, celsius: float | None = None, disk: float = 30.0) -> Any:
+    """A CheckContext.read_host giving one reading (the host's health is common.health's)."""
+
+    def read(path: Path) -> HostReading:
+        usage = DiskReading(path, path, disk, 10 * 2**30, 100 * 2**30)
+        return HostReading(memory, celsius, disk=usage, memory_total_bytes=8 * 2**30,
+                           memory_available_bytes=2**30)  # fmt: skip
+
+    return read
+
+
+def host_check(fn: Any, **reading: Any) -> Any:
+    return run_check(CheckContext(Config(), read_host=fake_host(**reading)), "host", fn)
+
+
 @pytest.mark.parametrize(
     ("celsius", "status"),
     [(45.0, PASS), (70.0, PASS), (70.1, WARN), (80.0, WARN), (80.5, FAIL), (95.0, FAIL)],
 )
 def test_temperature_thresholds(celsius: float, status: str) -> None:
-    assert classify_temperature(celsius)[0] == status
+    res = host_check(check_cpu_temp, celsius=celsius)
+    assert res.status == status and res.details["celsius"] == celsius
 
 
-def test_cpu_temp_reads_millidegrees(tmp_path: Path) -> None:
-    zone = tmp_path / "temp"
-    zone.write_text("72500\n")
-    res = run_check(CheckContext(Config(), thermal_path=zone), "cpu-temp", check_cpu_temp)
-    assert res.status == WARN and res.details["celsius"] == 72.5
-    res = run_check(
-        CheckContext(Config(), thermal_path=tmp_path / "nope"), "cpu-temp", check_cpu_temp
-    )
-    assert res.status == SKIP and "does not exist" in res.summary
+def test_cpu_temp_skips_without_a_sensor() -> None:
+    res = host_check(check_cpu_temp, celsius=None)
+    assert res.status == SKIP and "no CPU temperature sensor" in res.summary
 
 
 def test_memory_and_disk_levels() -> None:
-    assert [classify_memory(p) for p in (10, 74.9, 75, 89.9, 90, 99)] == [
+    # DESIGN's memory levels: 85 % is CRITICAL, which hw-check reports as FAIL (as the API
+    # calls it critical and the guard pauses the trainer there).
+    assert [host_check(check_memory, memory=p).status for p in (10, 74.9, 75, 84.9, 85, 90)] == [
         PASS, PASS, WARN, WARN, FAIL, FAIL,
     ]  # fmt: skip
-    assert [classify_disk(p) for p in (50, 80, 85, 90, 90.5)] == [PASS, PASS, WARN, WARN, FAIL]
+    assert [host_check(check_disk, disk=p).status for p in (50, 80, 85, 90, 90.5)] == [
+        PASS, PASS, WARN, WARN, FAIL,
+    ]  # fmt: skip
+    res = host_check(check_disk, disk=95.0)
+    assert "above 90 %" in res.summary and res.details["level"] == "CRITICAL"
 
 
 def test_memory_check_reads_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -530,7 +547,7 @@ def test_memory_check_reads_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
     vm = types.SimpleNamespace(percent=91.0, total=8 * 2**30, available=int(0.7 * 2**30))
     monkeypatch.setattr(psutil, "virtual_memory", lambda: vm)
     res = run_check(CheckContext(Config()), "memory", check_memory)
-    assert res.status == FAIL and "91 % used" in res.summary
+    assert res.status == FAIL and "91 % used" in res.summary and "EMERGENCY" in res.summary
 
 
 # ----------------------------------------------------------------------------- I2C

@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from brain.localtrain.guard import (
-    Action,
-    Level,
-    ProcessGuard,
-    PsutilReader,
-    Readings,
-    Thresholds,
-    assess,
-)
+from brain.localtrain.guard import Action, ProcessGuard, PsutilReader
+from common.health import HostReading as Readings
+from common.health import Level, Thresholds, assess
 
 T = Thresholds()
 

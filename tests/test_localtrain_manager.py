@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from brain.config import Config
-from brain.localtrain.guard import Readings
 from brain.localtrain.manager import LocalTrainManager, StartRefused
 from brain.modes import ModeManager
+from common.health import HostReading as Readings
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
 from tests.waiting import wait_until
 

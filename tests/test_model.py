@@ -28,7 +28,7 @@ from brain.model import (  # noqa: E402
     save_policy,
 )
 from brain.policy import load_model  # noqa: E402
-from brain.policy.model import LoadedModel  # noqa: E402
+from brain.policy.onnx_model import LoadedModel  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -214,7 +214,7 @@ def test_the_check_does_not_import_onnx(tmp_path, bundles):
     (tmp_path / "ok.onnx").write_bytes(model)
     (tmp_path / "ext.onnx").write_bytes(external_data_model(model))
     code = (
-        "import sys; from brain.policy.model import load_model; "
+        "import sys; from brain.policy.onnx_model import load_model; "
         "from brain.bundle.onnx_check import check_onnx_file; "
         f"m = load_model({str(tmp_path / 'ok.onnx')!r}); "
         "import brain.bundle.manifest as bm\n"
@@ -232,7 +232,7 @@ def test_load_refuses_external_data_that_onnxruntime_would_load(tmp_path, bundle
     import onnxruntime as ort
 
     from brain.bundle.pack import check_artifact_file
-    from brain.policy.model import PolicyLoadError, load_model
+    from brain.policy import PolicyLoadError, load_model
     from tests.ota_craft import read_members
 
     _, model = read_members(bundles["v1"])

@@ -14,6 +14,7 @@ from brain.config import CameraConfig, Config, DepthConfig
 from brain.hardware.protocols import Camera, DepthCamera
 from brain.hwcheck import system
 from brain.hwcheck.i2c import probe_i2c
+from common.health import HostReading, read_host
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class CheckContext:
     read_timeout_s: float = 2.0
     move_step_s: float = 0.05
     dev_dir: Path = Path("/dev")
-    thermal_path: Path = system.THERMAL_PATH
+    #: The host's health (memory, CPU temperature, disk of the given path): common.health.
+    read_host: Callable[[Path], HostReading] = read_host
     vcgencmd: Callable[..., str | None] = system.run_vcgencmd
     say: Callable[[str], None] = lambda _msg: None
     _camera: Camera | None = field(default=None, repr=False)

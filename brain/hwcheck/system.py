@@ -1,9 +1,8 @@
-"""Host health readings for hw-check: CPU temperature, Pi throttling flags, memory, disk.
+"""hw-check's statuses and the Raspberry Pi's throttling flags (``vcgencmd get_throttled``).
 
-The decoding and the thresholds are plain functions of their inputs, so they
-can be checked without a Raspberry Pi; reading the host is kept apart from them.
-Levels follow docs/DESIGN.md: CPU > 80 °C critical, > 70 °C warning; memory
-< 75 % normal, 75-90 % warning, ≥ 90 % emergency; disk > 90 % critical.
+Memory, CPU temperature and disk are read and classified by ``common.health``, the one
+host-health module (its levels map onto PASS/WARN/FAIL there); what is left here is the Pi's
+own firmware report, decoded by a plain function so it is checked without a Pi.
 """
 
 from __future__ import annotations
@@ -11,21 +10,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 PASS = "PASS"
 WARN = "WARN"
 FAIL = "FAIL"
 SKIP = "SKIP"
-
-TEMP_WARN_C = 70.0
-TEMP_FAIL_C = 80.0
-MEMORY_WARN_PCT = 75.0
-MEMORY_FAIL_PCT = 90.0
-DISK_WARN_PCT = 80.0
-DISK_FAIL_PCT = 90.0
-
-THERMAL_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
 
 # Bits of `vcgencmd get_throttled` (Raspberry Pi firmware): 0..3 are happening
 # now, 16..19 the same conditions "has occurred since boot".
@@ -36,30 +25,6 @@ THROTTLE_BITS: dict[int, str] = {
     3: "soft temperature limit",
 }
 _OCCURRED_SHIFT = 16
-
-
-# ----------------------------------------------------------------------------- temperature
-
-
-def classify_temperature(celsius: float) -> tuple[str, str]:
-    """(status, summary) for a CPU temperature in °C."""
-    if celsius > TEMP_FAIL_C:
-        return (
-            FAIL,
-            f"CPU at {celsius:.1f} °C, above {TEMP_FAIL_C:g} °C: cool the Pi (heatsink/fan)",
-        )
-    if celsius > TEMP_WARN_C:
-        return WARN, f"CPU at {celsius:.1f} °C, above {TEMP_WARN_C:g} °C (warning level)"
-    return PASS, f"CPU at {celsius:.1f} °C"
-
-
-def read_temperature(path: Path = THERMAL_PATH) -> float | None:
-    """The temperature in °C from a sysfs thermal zone (millidegrees), None if there is none."""
-    try:
-        raw = path.read_text(encoding="ascii").strip()
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
-    return int(raw) / 1000.0
 
 
 # ----------------------------------------------------------------------------- throttling
@@ -133,30 +98,3 @@ def run_vcgencmd(*args: str, timeout: float = 5.0) -> str | None:
             f"{(proc.stderr or proc.stdout).strip()}"
         )
     return proc.stdout.strip()
-
-
-# ----------------------------------------------------------------------------- memory, disk
-
-
-def classify_memory(percent: float) -> str:
-    if percent >= MEMORY_FAIL_PCT:
-        return FAIL
-    if percent >= MEMORY_WARN_PCT:
-        return WARN
-    return PASS
-
-
-def classify_disk(percent: float) -> str:
-    if percent > DISK_FAIL_PCT:
-        return FAIL
-    if percent > DISK_WARN_PCT:
-        return WARN
-    return PASS
-
-
-def nearest_existing(path: Path) -> Path:
-    """``path`` itself, or its nearest parent that exists (a state dir not created yet)."""
-    p = path.expanduser().absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p

@@ -1,16 +1,16 @@
 """The resource guard: keeps a fine-tune from starving the robot of memory or cooking its CPU.
 
-Levels come from memory use and CPU temperature (DESIGN.md, "Defaults that come from the
-field"): memory NORMAL < 75 %, WARNING 75-85 %, CRITICAL 85-90 %, EMERGENCY >= 90 %;
-temperature > 70 C WARNING, > 80 C CRITICAL (and >= 85 C, where a Pi 5 throttles hard,
-EMERGENCY).  The worse of the two wins.  What the manager does with a level:
+Levels come from memory use and CPU temperature, classified by ``common.health`` (the one
+host-health reading and its thresholds, which hw-check and the API's /health share: memory
+NORMAL < 75 %, WARNING 75-85 %, CRITICAL 85-90 %, EMERGENCY >= 90 %; temperature > 70 C
+WARNING, > 80 C CRITICAL, >= 85 C EMERGENCY).  The worse wins.  What the manager does:
 
 * CRITICAL: SIGSTOP the trainer (it keeps its memory but takes no CPU) and SIGCONT it once
   the level has dropped below CRITICAL again;
 * EMERGENCY: stop it (SIGCONT so it can see the SIGTERM, SIGTERM so it checkpoints, SIGKILL
   if it does not exit in time).
 
-psutil is touched only in :class:`PsutilReader`, so tests drive the guard with any reader.
+psutil is touched only behind :class:`PsutilReader`, so tests drive the guard with any reader.
 """
 
 from __future__ import annotations
@@ -21,130 +21,23 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import psutil
+from common.health import Assessment, HostReading, Level, Thresholds, assess, read_host
 
-
-class Level(enum.IntEnum):
-    NORMAL = 0
-    WARNING = 1
-    CRITICAL = 2
-    EMERGENCY = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Readings:
-    """One sample of what the guard looks at (None: not known on this machine)."""
-
-    memory_percent: float
-    temperature_c: float | None = None
-    battery_percent: float | None = None
-    power_plugged: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "memory_percent": round(self.memory_percent, 1),
-            "temperature_c": None if self.temperature_c is None else round(self.temperature_c, 1),
-            "battery_percent": self.battery_percent,
-            "power_plugged": self.power_plugged,
-        }
+#: What the guard judges: pausing or stopping a trainer helps memory and heat, not a full disk.
+GUARDED = ("memory", "temperature")
 
 
 class Reader(Protocol):
-    def read(self) -> Readings: ...
-
-
-# Sensor names psutil reports for the CPU on a Pi (cpu_thermal), x86 (coretemp, k10temp).
-_CPU_SENSORS = ("cpu_thermal", "coretemp", "k10temp", "cpu-thermal", "soc_thermal", "acpitz")
+    def read(self) -> HostReading: ...
 
 
 class PsutilReader:
-    """The real machine: psutil's virtual memory, CPU temperature sensors and battery."""
+    """The real machine, through the one host-health reading (memory, CPU temperature, battery)."""
 
-    def read(self) -> Readings:
-        mem = float(psutil.virtual_memory().percent)
-        temp: float | None = None
-        sensors = getattr(psutil, "sensors_temperatures", None)
-        if sensors is not None:
-            try:
-                found = sensors() or {}
-            except (OSError, RuntimeError):
-                found = {}
-            for name in _CPU_SENSORS:
-                values = [t.current for t in found.get(name, []) if t.current is not None]
-                if values:
-                    temp = float(max(values))
-                    break
-        bat_pct: float | None = None
-        plugged: bool | None = None
-        battery = getattr(psutil, "sensors_battery", None)
-        if battery is not None:
-            try:
-                b = battery()
-            except (OSError, RuntimeError):
-                b = None
-            if b is not None:
-                bat_pct, plugged = float(b.percent), b.power_plugged
-        return Readings(mem, temp, bat_pct, plugged)
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    memory_warning_pct: float = 75.0
-    memory_critical_pct: float = 85.0
-    memory_emergency_pct: float = 90.0
-    temp_warning_c: float = 70.0
-    temp_critical_c: float = 80.0
-    temp_emergency_c: float = 85.0
-    min_battery_pct: float = 30.0
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Thresholds:
-        """From a ``LocalTrainConfig`` (same field names)."""
-        return cls(**{name: float(getattr(cfg, name)) for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    level: Level
-    reasons: tuple[str, ...]
-    readings: Readings
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "level": self.level.name,
-            "reasons": list(self.reasons),
-            **self.readings.to_dict(),
-        }
-
-
-def assess(r: Readings, t: Thresholds) -> Assessment:
-    """The level for one sample and why (empty reasons at NORMAL)."""
-    level = Level.NORMAL
-    reasons: list[str] = []
-
-    def raise_to(lvl: Level, why: str) -> None:
-        nonlocal level
-        level = max(level, lvl)
-        reasons.append(why)
-
-    m = r.memory_percent
-    if m >= t.memory_emergency_pct:
-        raise_to(Level.EMERGENCY, f"memory {m:.0f} % >= {t.memory_emergency_pct:.0f} %")
-    elif m >= t.memory_critical_pct:
-        raise_to(Level.CRITICAL, f"memory {m:.0f} % >= {t.memory_critical_pct:.0f} %")
-    elif m >= t.memory_warning_pct:
-        raise_to(Level.WARNING, f"memory {m:.0f} % >= {t.memory_warning_pct:.0f} %")
-    c = r.temperature_c
-    if c is not None:
-        if c >= t.temp_emergency_c:
-            raise_to(Level.EMERGENCY, f"CPU {c:.0f} C >= {t.temp_emergency_c:.0f} C")
-        elif c > t.temp_critical_c:
-            raise_to(Level.CRITICAL, f"CPU {c:.0f} C > {t.temp_critical_c:.0f} C")
-        elif c > t.temp_warning_c:
-            raise_to(Level.WARNING, f"CPU {c:.0f} C > {t.temp_warning_c:.0f} C")
-    return Assessment(level, tuple(reasons), r)
+    def read(self) -> HostReading:
+        return read_host()
 
 
 class Action(enum.StrEnum):
@@ -176,7 +69,7 @@ class ProcessGuard:
 
     def check(self) -> Action:
         """Sample once and act; returns what was done."""
-        a = assess(self.reader.read(), self.thresholds)
+        a = assess(self.reader.read(), self.thresholds, GUARDED)
         self.last = a
         action = Action.NONE
         if self.stopped:

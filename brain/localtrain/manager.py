@@ -41,16 +41,10 @@ from brain.config import Config
 from brain.interface import CommandError
 from brain.localtrain.base import BaseRefused, CommittedBase, base_weights, committed_base
 from brain.localtrain.data import usable_episodes
-from brain.localtrain.guard import (
-    Level,
-    ProcessGuard,
-    PsutilReader,
-    Reader,
-    Thresholds,
-    assess,
-)
+from brain.localtrain.guard import GUARDED, ProcessGuard, PsutilReader, Reader
 from brain.localtrain.job import EXIT_STOPPED, RUN_FILES, TrainJob, job_from_config
 from brain.localtrain.options import StartOptions, parse_options
+from common.health import Level, Thresholds, assess
 
 _log = logging.getLogger(__name__)
 
@@ -260,7 +254,7 @@ class LocalTrainManager:
 
     def _resource_problems(self) -> list[str]:
         problems: list[str] = []
-        a = assess(self.reader.read(), self.thresholds)
+        a = assess(self.reader.read(), self.thresholds, GUARDED)
         r = a.readings
         if a.level >= Level.CRITICAL:
             problems.append("resources too low: " + "; ".join(a.reasons))

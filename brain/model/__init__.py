@@ -28,7 +28,7 @@ from .policy import Policy, build_policy, load_policy, save_policy
 def preprocess_frame(rgb_hwc_uint8: np.ndarray, hw: tuple[int, int] = IMAGE_HW) -> np.ndarray:
     """HxWx3 uint8 RGB (any size) -> uint8 [H, W, 3] at the model's size.
 
-    The same resize as the daemon's runner (``brain.policy.model.LoadedModel.prepare_image``:
+    The same resize as the daemon's runner (``brain.policy.contract.StepGraph.prepare_image``:
     cv2.INTER_AREA, only when the size differs), so training sees exactly what the robot feeds.
     """
     return resize_rgb(np.asarray(rgb_hwc_uint8), hw)

@@ -1,20 +1,20 @@
 """The policy runner: ONNX step graphs run on a worker thread with carried state and hot swap.
 
-See :mod:`brain.policy.model` (the model contract, ``docs/policy-contract.md``)
+See :mod:`brain.policy.contract` (the model contract, ``docs/policy-contract.md``, checked
+once for every backend), :mod:`brain.policy.onnx_model` (ONNX Runtime)
 and :mod:`brain.policy.runner`.  :mod:`brain.policy.testing` (graph builders,
 needs the ``dev`` extra) is not imported here.
 """
 
 from .backends import BACKENDS, BackendUnavailable, load_backend, load_preferred
-from .model import (
+from .contract import (
     ACTION_OUTPUT,
     IMAGE_INPUT,
     RECURRENT_OUTPUT_SUFFIX,
-    LoadedModel,
     PolicyLoadError,
     RecurrentSpec,
-    load_model,
 )
+from .onnx_model import LoadedModel, load_model
 from .runner import InferenceResult, PolicyRunner, SwapTicket, default_deadline_s
 
 __all__ = [

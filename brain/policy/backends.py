@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .model import PolicyLoadError, RecurrentSpec, load_model
+from .contract import PolicyLoadError, RecurrentSpec
+from .onnx_model import load_model
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,16 @@ import numpy as np
 
 from rlds.fsutil import sha256_file
 
-from .model import (
+from .contract import (
     ACTION_OUTPUT,
-    IMAGE_INPUT,
-    RECURRENT_OUTPUT_SUFFIX,
     PolicyLoadError,
     RecurrentSpec,
     StepGraph,
+    StepIO,
+    TensorDecl,
     check_action_names,
+    check_first_step,
+    check_io,
     step_feeds,
 )
 
@@ -128,6 +130,46 @@ class LiteRTModel(StepGraph):
         return action.reshape(-1).astype(np.float64), new_state
 
 
+def _declared(name: str, details: Mapping[str, Any]) -> TensorDecl:
+    """A signature runner's tensor details as the contract's description (-1: symbolic)."""
+    shape = details.get("shape_signature")
+    if shape is None or len(shape) == 0:
+        shape = details["shape"]
+    dims = tuple(None if int(d) < 0 else int(d) for d in shape)
+    return TensorDecl(name, np.dtype(details["dtype"]).name, dims)
+
+
+def _open(p: Path, interp_cls: type, threads: int) -> tuple[Any, Any]:
+    """(interpreter, its serving_default runner); PolicyLoadError for a file it cannot use."""
+    try:
+        interp = interp_cls(model_path=str(p), num_threads=threads)
+        sigs = interp.get_signature_list()
+        if SIGNATURE not in sigs:
+            raise PolicyLoadError(p, f"no {SIGNATURE!r} signature (signatures: {sorted(sigs)})")
+        return interp, interp.get_signature_runner(SIGNATURE)
+    except PolicyLoadError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolicyLoadError(p, f"not a loadable LiteRT model ({msg})") from exc
+
+
+def _warm_up(p: Path, runner: Any, io: StepIO) -> None:
+    """One step on a black image, its outputs checked as the model declared them."""
+    feeds = step_feeds(
+        np.zeros((1, *io.input_size, 3), np.uint8),
+        io.recurrent,
+        {s.name: s.zeros() for s in io.recurrent},
+    )
+    try:
+        outs = runner(**feeds)
+    except Exception as exc:
+        raise PolicyLoadError(p, f"warm-up run failed: {exc}", "first-step") from exc
+    check_first_step(p, io, [np.asarray(outs[name]) for name in io.output_names])
+    if not np.isfinite(outs[ACTION_OUTPUT]).all():
+        log.warning("policy %s: warm-up on a black image gave a non-finite action", p)
+
+
 def load_litert(
     path: str | os.PathLike[str],
     threads: int = 1,
@@ -150,74 +192,34 @@ def load_litert(
         digest = sha256_file(p)
     except OSError as exc:
         raise PolicyLoadError(p, f"cannot be read: {exc}") from exc
+    interp, runner = _open(p, interp_cls, threads)
     try:
-        interp = interp_cls(model_path=str(p), num_threads=threads)
-        sigs = interp.get_signature_list()
-        if SIGNATURE not in sigs:
-            raise PolicyLoadError(p, f"no {SIGNATURE!r} signature (signatures: {sorted(sigs)})")
-        runner = interp.get_signature_runner(SIGNATURE)
-        inputs = runner.get_input_details()
-        outputs = runner.get_output_details()
-    except PolicyLoadError:
-        raise
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PolicyLoadError(p, f"not a loadable LiteRT model ({msg})") from exc
-
-    img = inputs.get(IMAGE_INPUT)
-    if img is None:
-        raise PolicyLoadError(p, f"no input named {IMAGE_INPUT!r} (inputs are {sorted(inputs)})")
-    shape = tuple(int(d) for d in img["shape"])
-    if img["dtype"] is not np.uint8 or len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
-        raise PolicyLoadError(
-            p, f"input {IMAGE_INPUT!r} must be uint8 [1, H, W, 3], got {img['dtype']} {shape}"
-        )
-    input_size = (shape[1], shape[2])
-    act = outputs.get(ACTION_OUTPUT)
-    if act is None:
-        raise PolicyLoadError(
-            p, f"no output named {ACTION_OUTPUT!r} (outputs are {sorted(outputs)})"
-        )
-    act_shape = tuple(int(d) for d in act["shape"])
-    if act["dtype"] is not np.float32 or len(act_shape) != 2 or act_shape[0] != 1:
-        raise PolicyLoadError(
-            p, f"output {ACTION_OUTPUT!r} must be float32 [1, A], got {act_shape}"
-        )
-    action_size = act_shape[1]
-    recurrent: list[RecurrentSpec] = []
-    for name in sorted(inputs):
-        if name == IMAGE_INPUT:
-            continue
-        meta = inputs[name]
-        rshape = tuple(int(d) for d in meta["shape"])
-        if meta["dtype"] is not np.float32 or not rshape or rshape[0] != 1:
-            raise PolicyLoadError(p, f"recurrent input {name!r} must be float32 [1, ...]")
-        out_name = name + RECURRENT_OUTPUT_SUFFIX
-        out = outputs.get(out_name)
-        if out is None:
-            raise PolicyLoadError(
-                p,
-                f"recurrent input {name!r} has no matching output {out_name!r} "
-                f"(outputs are {sorted(outputs)})",
-            )
-        if tuple(int(d) for d in out["shape"]) != rshape:
-            raise PolicyLoadError(p, f"output {out_name!r} shape does not match input {name!r}")
-        recurrent.append(RecurrentSpec(name=name, shape=rshape, output_name=out_name))
-
+        raise PolicyLoadError(p, f"not a loadable LiteRT model ({exc})") from exc
+    # Inputs in name order: the signature's own order is not the graph's.
+    io = check_io(
+        p,
+        [_declared(n, inputs[n]) for n in sorted(inputs)],
+        [_declared(n, d) for n, d in outputs.items()],
+    )
+    if io.declared_actions is None:
+        raise PolicyLoadError(p, "output 'action' must have a fixed size A", "action-shape")
+    _warm_up(p, runner, io)
     metadata = read_tflite_metadata(p)
     names: tuple[str, ...] | None = None
     if isinstance(metadata.get("action_names"), list):
         names = tuple(str(n) for n in metadata["action_names"])
-    check_action_names(p, names, action_size, action_names)
-    model = LiteRTModel(
+    check_action_names(p, names, io.declared_actions, action_names)
+    return LiteRTModel(
         runner=runner,
         interpreter=interp,
         path=p,
         version=version or str(metadata.get("version") or "").strip() or digest[:12],
         sha256=digest,
-        input_size=input_size,
-        action_size=action_size,
-        recurrent=tuple(recurrent),
+        input_size=io.input_size,
+        action_size=io.declared_actions,
+        recurrent=io.recurrent,
         action_names=names
         if names is not None
         else (tuple(action_names) if action_names else None),
@@ -225,10 +227,3 @@ def load_litert(
         threads=threads,
         runtime=runtime,
     )
-    try:
-        action, _ = model.step(np.zeros((*input_size, 3), np.uint8))
-    except Exception as exc:
-        raise PolicyLoadError(p, f"warm-up run failed: {exc}") from exc
-    if not np.isfinite(action).all():
-        log.warning("policy %s: warm-up on a black image gave a non-finite action", p)
-    return model

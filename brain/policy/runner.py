@@ -26,7 +26,7 @@ Late results
 
 Hot swap
     :meth:`~PolicyRunner.swap` takes a model that the caller has ALREADY loaded
-    and warmed up (:func:`~brain.policy.model.load_model`, off the control
+    and warmed up (:func:`~brain.policy.onnx_model.load_model`, off the control
     thread).  The worker installs it between two inferences, never during one:
     every inference runs entirely on one model, and no tick is skipped because
     the swap costs one reference assignment and a few zero arrays.  The
@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import LoadedModel
+from .onnx_model import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ it is imported lazily inside the builder functions, so importing this module
 is harmless where ``onnx`` is absent.
 
 :func:`build_dummy_policy` writes a graph that follows the policy contract of
-:mod:`brain.policy.model`::
+:mod:`brain.policy.onnx_model`::
 
     image uint8 [1,H,W,3] -> Cast -> (x/255 - 0.5) -> NCHW -> Conv 3x3/2 (8 ch) -> ReLU
           -> GlobalAveragePool -> features f [1,8]
@@ -18,7 +18,7 @@ so the action depends on the carried state (feeding one image twice gives two
 different actions) and two models can be told apart by ``bias``.
 :func:`reference_step` computes the same step in numpy, to check a graph.
 
-:class:`FaultyModel` wraps a real :class:`~brain.policy.model.LoadedModel` and
+:class:`FaultyModel` wraps a real :class:`~brain.policy.onnx_model.LoadedModel` and
 makes chosen calls slow, NaN or raising: a double for the *model*, used to test
 the runner (the thing under test) against misbehaving models.
 """
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import LoadedModel
+from .onnx_model import LoadedModel
 
 _FEATURES = 8
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from brain.config import ApiConfig, Config
+from common.backoff import BackoffPolicy
 from rlds.fsutil import replace_file
 
 _log = logging.getLogger("continuon.api.auth")
@@ -328,7 +329,7 @@ class Pairing:
         extra = failures - self._cfg.pairing_max_failures
         if extra < 0:
             return 0.0
-        return min(BACKOFF_INITIAL_S * 2.0 ** min(extra, 40), self._cfg.pairing_lockout_s)
+        return BackoffPolicy(BACKOFF_INITIAL_S, self._cfg.pairing_lockout_s).delay(extra + 1)
 
     def redeem(self, code: str, client: str) -> None:
         """Consumes the code if it is right; raises PairingError otherwise."""

@@ -44,11 +44,13 @@ from aiohttp import web
 
 from brain.config import ApiConfig
 from brain.logs import LogRateLimiter, log_fields
+from common.backoff import Backoff, BackoffPolicy
 
 _log = logging.getLogger("continuon.api")
 
 ACCEPT_BATCH = 16
-ACCEPT_BACKOFF_S = (0.05, 2.0)  # first pause after accept() ran out of resources, and the most
+# First pause after accept() ran out of resources (doubling while it keeps failing), the most.
+ACCEPT_BACKOFF = BackoffPolicy(initial_s=0.05, max_s=2.0)
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 HEAD_END = b"\r\n\r\n"
 MAX_HEAD_SCAN = 64 * 1024  # past aiohttp's own header limits; the parser refuses first
@@ -271,7 +273,7 @@ class _Listener:
         self._gate = gate
         self._factory = factory
         self._loop = asyncio.get_running_loop()
-        self._backoff = 0.0
+        self._backoff = Backoff(ACCEPT_BACKOFF)
         self._resume: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop.add_reader(sock.fileno(), self._accept)
@@ -300,7 +302,7 @@ class _Listener:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue  # the client gave up before we got to it
                 raise
-            self._backoff = 0.0
+            self._backoff.reset()
             client = str(addr[0]) if isinstance(addr, tuple) and addr else "unknown"
             proto = GuardedProtocol(self._gate, self._factory, client)
             if not self._gate.admit(proto, client):
@@ -325,16 +327,15 @@ class _Listener:
 
     def _pause(self, exc: OSError) -> None:
         """Out of descriptors (or memory): stop accepting for a while instead of spinning."""
-        lo, hi = ACCEPT_BACKOFF_S
-        self._backoff = min(hi, max(lo, self._backoff * 2))
+        delay = self._backoff.next_delay()
         self._gate.note(
             f"accept:{exc.errno}",
             "accept() failed (%s); not accepting for %.2f s",
             exc.strerror,
-            self._backoff,
+            delay,
         )
         self._loop.remove_reader(self._sock.fileno())
-        self._resume = self._loop.call_later(self._backoff, self._resume_accepting)
+        self._resume = self._loop.call_later(delay, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self._resume = None

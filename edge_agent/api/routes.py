@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from aiohttp import web
 from pydantic import BaseModel
 
 from brain.config import Config
 from brain.interface import BrainInterface, CommandError
+from common.health import API_STATUS, HostReading, Level, Thresholds, assess, read_host
 from edge_agent.api import streams
 from edge_agent.api.keys import AUTH, BRAIN, CONFIG, TOKEN_ID, UPLOAD_LOCK
 from edge_agent.api.models import (
@@ -101,43 +101,24 @@ async def openapi_json(request: web.Request) -> web.Response:
     return _json(build_openapi(ROUTES, PUBLIC, API_VERSION))
 
 
-def _temp_c() -> float | None:
-    try:
-        temps = psutil.sensors_temperatures()
-    except (AttributeError, OSError):
-        temps = {}
-    for key in ("cpu_thermal", "coretemp", "k10temp", "soc_thermal"):
-        if temps.get(key):
-            return float(temps[key][0].current)
-    try:
-        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000.0
-    except (OSError, ValueError):
-        return None
+def health_checks(config: Config, reading: HostReading | None = None) -> dict[str, dict[str, Any]]:
+    """The host's checks, classified by ``common.health`` like hw-check and the training guard.
 
+    ``reading``: a given sample (tests); None reads this machine.
+    """
+    r = reading if reading is not None else read_host(config.state_dir())
+    a = assess(r, Thresholds.from_config(config.local_train))
 
-def _level(value: float | None, warn: float, crit: float) -> str:
-    if value is None:
-        return "unknown"
-    return "critical" if value > crit else "warning" if value > warn else "ok"
+    def status(name: str) -> str:
+        check = a.checks.get(name)
+        return "unknown" if check is None else API_STATUS[check.level]
 
-
-def health_checks(config: Config) -> dict[str, dict[str, Any]]:
-    """The thresholds of DESIGN.md: CPU > 70 °C warning, > 80 °C critical; disk > 90 %; memory."""
-    temp = _temp_c()
-    path = config.state_dir()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    disk = psutil.disk_usage(str(path)).percent
-    mem = psutil.virtual_memory().percent
-    mem_level = (
-        "ok" if mem < 75 else "warning" if mem < 85 else "critical" if mem < 90 else "emergency"
-    )
     return {
-        "cpu_temp": {"status": _level(temp, 70, 80), "celsius": temp},
+        "cpu_temp": {"status": status("temperature"), "celsius": r.temperature_c},
         # No path: where the robot keeps its data is nobody's business on the LAN.
-        "disk": {"status": _level(disk, 80, 90), "used_percent": disk},
-        "memory": {"status": mem_level, "used_percent": mem},
-        "cpu": {"status": "ok", "load_percent": psutil.cpu_percent(interval=None)},
+        "disk": {"status": status("disk"), "used_percent": r.disk.percent if r.disk else None},
+        "memory": {"status": status("memory"), "used_percent": r.memory_percent},
+        "cpu": {"status": "ok", "load_percent": r.cpu_percent, "load_1m": r.load_1m},
     }
 
 
@@ -147,7 +128,7 @@ async def health(request: web.Request) -> web.Response:
     checks = await asyncio.to_thread(health_checks, request.app[CONFIG])
     control = {"status": "ok" if status.get("control_running") else "critical"}
     checks["control_loop"] = control
-    bad = {"critical", "emergency"}
+    bad = {API_STATUS[Level.CRITICAL], API_STATUS[Level.EMERGENCY]}
     return _json(
         {
             "ok": not any(c["status"] in bad for c in checks.values()),

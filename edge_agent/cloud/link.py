@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from brain.config import Config
 from brain.interface import BrainInterface, Service
+from common.backoff import Backoff, BackoffPolicy
 from edge_agent.cloud.commands import (
     MAX_COMMAND_BYTES,
     BadCommand,
@@ -323,9 +324,14 @@ class CloudLink:
 
     async def _connection_loop(self) -> None:
         c = self.config.cloud
-        delay = c.backoff_initial_s
+        # Full jitter on the upper half: robots of a fleet do not reconnect in lockstep.
+        backoff = Backoff(
+            BackoffPolicy(c.backoff_initial_s, c.backoff_max_s, jitter=0.5),
+            reset_after_s=STABLE_AFTER_S,
+            rng=self._rng.random,
+        )
         while True:
-            started = time.monotonic()
+            backoff.started()
             try:
                 self.state = "connecting"
                 await self._session()
@@ -343,11 +349,7 @@ class CloudLink:
                 self._client = None
                 self.connected.clear()
             self.state = "disconnected"
-            if time.monotonic() - started > STABLE_AFTER_S:
-                delay = c.backoff_initial_s
-            # Full jitter on the upper half: robots of a fleet do not reconnect in lockstep.
-            await asyncio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
-            delay = min(delay * 2, c.backoff_max_s)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _session(self) -> None:
         client = self._client_for_session()
