@@ -42,8 +42,9 @@ from urllib.parse import quote
 import aiohttp
 
 from brain.config import UploaderConfig
+from common.digest import sha256_file
+from common.durable import move, write_json
 from rlds.export.manifest import MANIFEST_NAME
-from rlds.fsutil import fsync_dir, sha256_file
 
 _log = logging.getLogger(__name__)
 
@@ -130,8 +131,6 @@ def write_manifest(src: Path, adapter_id: str | None = None) -> Path:
     The receiver then checks what arrives against what was on the robot's disk at
     this moment.  Hidden files are left out; an existing manifest is never replaced.
     """
-    from rlds.export.manifest import write_json_atomic
-
     src = Path(src)
     path = src / MANIFEST_NAME
     if path.exists():
@@ -143,7 +142,7 @@ def write_manifest(src: Path, adapter_id: str | None = None) -> Path:
             files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     if not files:
         raise UploadError(f"{src} has no files to upload")
-    write_json_atomic(path, {"adapter_id": adapter_id or src.name, "files": files})
+    write_json(path, {"adapter_id": adapter_id or src.name, "files": files})
     return path
 
 
@@ -432,8 +431,7 @@ def _copy_one(
             f"{e.rel}: checksum {got[:12]}… differs from the manifest's {e.sha256[:12]}…"
         )
         return
-    os.replace(part, final)
-    fsync_dir(final.parent)
+    move(part, final)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -27,7 +27,7 @@ from brain.ota.state import (
 )
 from brain.policy import PolicyRunner, load_model
 from brain.policy.testing import FaultyModel, build_dummy_policy
-from rlds.fsutil import replace_file
+from common.durable import replace_file
 from tests.emulation import wall
 
 SHA = "ab" * 32

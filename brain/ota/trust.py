@@ -39,7 +39,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from rlds.fsutil import fsync_dir, replace_file
+from common.durable import fsync_dir, move, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -606,8 +606,7 @@ class TrustedRepository:
             if not resume:
                 part.unlink(missing_ok=True)
             raise
-        os.replace(part, final)
-        fsync_dir(dest)
+        move(part, final)
         return final
 
     @staticmethod
