@@ -35,7 +35,7 @@ OLD_TREE = {"a.bin": OLD, "sub/b.txt": b"old b"}
 NEW_TREE = {"a.bin": NEW, "sub/b.txt": b"new b", "sub/deeper/c": b"c" * 3000}
 TAIL = b"appended record\n" * 500
 
-CHILD = r"""
+CHILD = rf"""
 import json, os, shutil, sys
 from pathlib import Path
 from common import durable
@@ -49,12 +49,12 @@ def wrap(name, fn):
         events.append(name)
         if len(events) == stop_at:
             if how == "before":
-                os._exit(%(killed)d)
+                os._exit({KILLED})
             if how == "half":
                 fn(a[0], bytes(a[1])[: max(1, len(a[1]) // 2)])
-                os._exit(%(killed)d)
+                os._exit({KILLED})
             fn(*a, **k)
-            os._exit(%(killed)d)
+            os._exit({KILLED})
         return fn(*a, **k)
     return step
 
@@ -83,7 +83,7 @@ elif op == "dir":
 elif op == "append":
     durable.append(target, tail)
 print(json.dumps(events))
-""" % {"killed": KILLED}
+"""
 
 
 def _child(
@@ -183,8 +183,8 @@ def test_a_crash_at_any_step_of_a_file_replace_leaves_old_or_new(op: str, tmp_pa
     seen = _kill_everywhere(op, tmp_path)
     assert set(seen) == {"old", "new"}, seen
     # Up to the rename the old file stands; from it on, the new one.
-    assert "before replace #%d" % (len(events) - 1) in seen["old"]
-    assert "after replace #%d" % (len(events) - 1) in seen["new"]
+    assert f"before replace #{len(events) - 1}" in seen["old"]
+    assert f"after replace #{len(events) - 1}" in seen["new"]
 
 
 def test_a_crash_at_any_step_of_a_directory_replace_leaves_old_or_new_tree(
