@@ -78,11 +78,6 @@ def _open_tmp(path: Path, mode: int, tmp_name: str | None) -> tuple[int, Path]:
     return fd, tmp
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def replace_file(
     path: StrPath, data: bytes, *, mode: int = 0o644, tmp_name: str | None = None
 ) -> None:
