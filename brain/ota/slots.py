@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from brain.ota.state import SlotName
 from common.digest import sha256_file
-from common.durable import move, replace_dir
+from common.durable import move, recover_dir, replace_dir
 
 if TYPE_CHECKING:
     from brain.bundle.manifest import EdgeManifest
@@ -111,6 +111,8 @@ class Slots:
         from brain.bundle.unpack import clean_staging
 
         removed = [p.name for p in clean_staging(self.dir)]
+        for slot in SLOT_NAMES:  # a two-rename swap cut short (no RENAME_EXCHANGE)
+            recover_dir(self.path(slot))
         for p in self.dir.iterdir():
             if p.name.startswith((STAGING_PREFIX, ".trash-")):
                 shutil.rmtree(p, ignore_errors=True)
