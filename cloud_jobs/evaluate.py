@@ -59,6 +59,7 @@ from brain.hardware.sim.closed_loop import (  # noqa: F401 - re-exported API
     sim_config,
     step_budget,
 )
+from common.durable import write_json
 
 ACTION_NAMES = ("steering", "throttle")
 DEFAULT_TRACKS = ("chicane", "snake", "random-101")
@@ -359,9 +360,7 @@ def evaluate(
             result["plots"]["training"] = "training_curves.png"
     result["wall_s"] = time.perf_counter() - t0
     if out is not None:
-        tmp = out / "eval.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        tmp.replace(out / "eval.json")
+        write_json(out / "eval.json", result, sort_keys=False)
     return result
 
 

@@ -39,8 +39,9 @@ from typing import Any
 
 from aiohttp import web
 
+from common.digest import sha256_file
+from common.durable import move, write_json
 from rlds.export.manifest import MANIFEST_NAME
-from rlds.fsutil import fsync_dir, sha256_file
 
 _log = logging.getLogger("cloud_jobs.ingest")
 
@@ -220,8 +221,7 @@ class Ingest:
                     raise _error(400, f"{MANIFEST_NAME} is not a manifest: {exc}") from None
                 self._forget_changed(ds, files)
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, final)
-            fsync_dir(final.parent)
+            move(part, final)
             with contextlib.suppress(FileNotFoundError):
                 (ds / ".rejected" / rel).unlink()  # a good copy replaces a rejected one
             self.stats["files_completed"] += 1
@@ -254,7 +254,7 @@ class Ingest:
         if part.is_file():
             dest = ds / ".rejected" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, dest)
+            move(part, dest)
         return web.json_response({"error": message, "file": rel}, status=422)
 
     async def finish(self, request: web.Request) -> web.StreamResponse:
@@ -278,9 +278,7 @@ class Ingest:
                 mismatched.append(rel)
         ok = not missing and not mismatched
         if ok:
-            tmp = ds / (COMPLETE_NAME + ".tmp")
-            tmp.write_text(json.dumps({"files": len(manifest.get("files", {}))}))
-            os.replace(tmp, ds / COMPLETE_NAME)
+            write_json(ds / COMPLETE_NAME, {"files": len(manifest.get("files", {}))})
         return web.json_response(
             {"ok": ok, "missing": missing, "mismatched": mismatched},
             status=200 if ok else 409,

@@ -43,8 +43,9 @@ import aiohttp
 
 from brain.config import UploaderConfig
 from common.backoff import BackoffPolicy
+from common.digest import sha256_file
+from common.durable import move, write_json
 from rlds.export.manifest import MANIFEST_NAME
-from rlds.fsutil import fsync_dir, sha256_file
 
 # Waits between the tries of one request (uploader.retries of them): 0.5 s doubling to 30 s.
 RETRY_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=30.0)
@@ -134,8 +135,6 @@ def write_manifest(src: Path, adapter_id: str | None = None) -> Path:
     The receiver then checks what arrives against what was on the robot's disk at
     this moment.  Hidden files are left out; an existing manifest is never replaced.
     """
-    from rlds.export.manifest import write_json_atomic
-
     src = Path(src)
     path = src / MANIFEST_NAME
     if path.exists():
@@ -147,7 +146,7 @@ def write_manifest(src: Path, adapter_id: str | None = None) -> Path:
             files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     if not files:
         raise UploadError(f"{src} has no files to upload")
-    write_json_atomic(path, {"adapter_id": adapter_id or src.name, "files": files})
+    write_json(path, {"adapter_id": adapter_id or src.name, "files": files})
     return path
 
 
@@ -435,8 +434,7 @@ def _copy_one(
             f"{e.rel}: checksum {got[:12]}… differs from the manifest's {e.sha256[:12]}…"
         )
         return
-    os.replace(part, final)
-    fsync_dir(final.parent)
+    move(part, final)
 
 
 # ----------------------------------------------------------------------------- CLI

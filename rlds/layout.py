@@ -21,6 +21,9 @@ STEPS_FILE = "steps.tfrecord"
 OPEN_FILE = "open.json"
 EPISODE_FILE = "episode.json"
 EXPORTS_FILE = "exports.json"
+# open.json and episode.json are replaced through <name>.tmp, a fixed name, so that
+# recovery can finish a commit that a crash interrupted after the temporary was fsynced.
+TMP_SUFFIX = ".tmp"
 # Zero-filled space set aside when an episode starts and freed just before its
 # metadata is written, so that an episode can still be committed when the disk fills.
 RESERVE_FILE = "commit.reserve"

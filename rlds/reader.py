@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.durable import read_json
 from rlds import metadata as schema
 from rlds import record, tfrecord
 from rlds.errors import EpisodeError
-from rlds.fsutil import read_json
 from rlds.layout import EPISODE_FILE, OPEN_FILE, STEPS_FILE, episode_dirs, is_committed
 from rlds.types import StepData
 

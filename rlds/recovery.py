@@ -38,19 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.durable import fsync_dir, move, read_json, write_json
 from rlds import metadata as schema
 from rlds import record, tfrecord
-from rlds.fsutil import TMP_SUFFIX, atomic_write_json, episode_lock, fsync_dir, read_json
 from rlds.layout import (
     DISCARDED_DIR,
     EPISODE_FILE,
     OPEN_FILE,
     RESERVE_FILE,
     STEPS_FILE,
+    TMP_SUFFIX,
     episode_dirs,
     is_committed,
     utc_iso,
 )
+from rlds.locks import episode_lock
 
 RECOVERED = "recovered"
 DISCARDED = "discarded"
@@ -144,9 +146,7 @@ def _discard(root: Path, d: Path) -> Path:
     while dest.exists():
         dest = dest_dir / f"{d.name}.{n}"
         n += 1
-    os.replace(d, dest)
-    fsync_dir(dest_dir)
-    fsync_dir(root)
+    move(d, dest)
     return dest
 
 
@@ -187,8 +187,7 @@ def _recover_one(root: Path, d: Path, min_steps: int) -> RecoveryReport:
     if tmp_meta.exists():
         meta = _try_finish_commit(d, steps)
         if meta is not None:
-            os.replace(tmp_meta, d / EPISODE_FILE)
-            fsync_dir(d)
+            move(tmp_meta, d / EPISODE_FILE)
             _finish_leftovers(d)
             return RecoveryReport(
                 meta["episode_id"],
@@ -262,7 +261,7 @@ def _recover_one(root: Path, d: Path, min_steps: int) -> RecoveryReport:
     }
     with contextlib.suppress(FileNotFoundError):
         os.unlink(d / RESERVE_FILE)  # the writer set it aside for this commit, on a full disk
-    atomic_write_json(d / EPISODE_FILE, meta)
+    write_json(d / EPISODE_FILE, meta, tmp_name=EPISODE_FILE + TMP_SUFFIX)
     _finish_leftovers(d)
     return RecoveryReport(
         episode_id,

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.durable import fsync_dir, move, read_json, write_json
 from rlds.errors import EpisodeError
-from rlds.fsutil import atomic_write_json, episode_lock, fsync_dir, read_json
 from rlds.layout import (
     DISCARDED_DIR,
     EPISODE_FILE,
@@ -44,6 +44,7 @@ from rlds.layout import (
     is_episode_dir,
     utc_iso,
 )
+from rlds.locks import episode_lock
 
 
 def _human(n: float) -> str:
@@ -91,7 +92,7 @@ def mark_exported(episode_path: Path, format: str, out_dir: Path | str) -> None:
         raise EpisodeError(f"{episode_path}: only committed episodes can be marked exported")
     exports = read_exports(episode_path)
     exports.append({"format": str(format), "out_dir": str(out_dir), "utc": utc_iso(time.time())})
-    atomic_write_json(episode_path / EXPORTS_FILE, {"exports": exports})
+    write_json(episode_path / EXPORTS_FILE, {"exports": exports})
 
 
 # ---------------------------------------------------------------------- deletion
@@ -109,8 +110,7 @@ def _remove_dir(root: Path, path: Path) -> None:
     trash = root / TRASH_DIR
     trash.mkdir(exist_ok=True)
     dest = trash / f"{path.name}-{os.urandom(4).hex()}"
-    os.replace(path, dest)
-    fsync_dir(path.parent)
+    move(path, dest)
     shutil.rmtree(dest, ignore_errors=True)
 
 

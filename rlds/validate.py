@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.digest import sha256_file
+from common.durable import read_json
 from rlds import images, record, tfrecord
 from rlds import metadata as schema
-from rlds.fsutil import read_json, sha256_file
 from rlds.layout import EPISODE_FILE, OPEN_FILE, STEPS_FILE
 
 _MAX_PROBLEMS = 50  # one bad timestamp in a 50 Hz hour would otherwise give 180,000 lines

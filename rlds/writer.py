@@ -51,10 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from common.durable import fsync_dir, write_json
 from rlds import images, jsonvalues, metadata, record, tfrecord
 from rlds.crc import IMPLEMENTATION as CRC_IMPLEMENTATION
 from rlds.errors import EpisodeError
-from rlds.fsutil import TMP_SUFFIX, atomic_write_json, fsync_dir, try_lock
 from rlds.layout import (
     EPISODE_FILE,
     FORMAT_NAME,
@@ -62,9 +62,11 @@ from rlds.layout import (
     OPEN_FILE,
     RESERVE_FILE,
     STEPS_FILE,
+    TMP_SUFFIX,
     new_episode_id,
     utc_iso,
 )
+from rlds.locks import try_lock
 from rlds.timings import Window
 from rlds.types import EpisodeInfo, StepInput
 
@@ -196,7 +198,7 @@ class EpisodeWriter:
             raise EpisodeError(f"{self._steps_path} is locked by another process")
         if self._reserve_bytes:
             _write_zeros(self.path / RESERVE_FILE, self._reserve_bytes)
-        atomic_write_json(self.path / OPEN_FILE, start_meta)
+        write_json(self.path / OPEN_FILE, start_meta, tmp_name=OPEN_FILE + TMP_SUFFIX)
         fsync_dir(self.root)
 
     def _undo_create(self) -> None:
@@ -411,7 +413,7 @@ class EpisodeWriter:
                 self._fsync()
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / RESERVE_FILE)  # its space is for episode.json
-                atomic_write_json(self.path / EPISODE_FILE, meta)
+                write_json(self.path / EPISODE_FILE, meta, tmp_name=EPISODE_FILE + TMP_SUFFIX)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / OPEN_FILE)
                 fsync_dir(self.path)
@@ -483,8 +485,10 @@ class EpisodeWriter:
             with contextlib.suppress(OSError):
                 os.fsync(self._fd)
             with contextlib.suppress(OSError):
-                atomic_write_json(
-                    self.path / OPEN_FILE, {**self._start_meta, "abort_reason": str(reason)}
+                write_json(
+                    self.path / OPEN_FILE,
+                    {**self._start_meta, "abort_reason": str(reason)},
+                    tmp_name=OPEN_FILE + TMP_SUFFIX,
                 )
         finally:
             self._release()

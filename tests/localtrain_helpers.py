@@ -72,7 +72,7 @@ def commit_cloud_base(ota_dir: Path, base_pt: Path, version: str = "1.4.0", coun
     import json
 
     from brain.bundle.pack import build_bundle
-    from rlds.fsutil import sha256_file
+    from common.digest import sha256_file
     from tests.ota_helpers import fast_safety, make_export, seed_committed
 
     work = ota_dir.parent / f"cloud-{version}"

@@ -786,9 +786,9 @@ def test_json_log_is_replaced_atomically(tmp_path: Path, monkeypatch: pytest.Mon
     def boom(*a: Any, **k: Any) -> None:
         raise OSError("disk full")
 
-    from rlds import fsutil  # the report goes through rlds.fsutil.replace_file
+    from common import durable  # the report goes through common.durable.replace_file
 
-    monkeypatch.setattr(fsutil.os, "fsync", boom)
+    monkeypatch.setattr(durable.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         report.write_json_atomic(log, {"new": True})
     assert json.loads(log.read_text()) == {"old": True}

@@ -17,7 +17,7 @@ import pytest
 from brain.interface import CommandError
 from brain.localtrain.job import TrainJob
 from brain.modes import Mode
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 from tests.daemon_helpers import make_daemon, start_daemon, stop_daemon
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
 

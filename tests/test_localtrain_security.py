@@ -30,7 +30,7 @@ from brain.localtrain.options import StartOptions, parse_options
 from brain.localtrain.promote import Promoter
 from brain.localtrain.trainer import check_torch, read_pinned_base
 from brain.modes import Mode
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 from tests.api_helpers import make_config, running_api
 from tests.localtrain_helpers import commit_cloud_base, write_episodes
 

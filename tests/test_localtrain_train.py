@@ -23,7 +23,7 @@ from brain.localtrain import gate as G  # noqa: E402
 from brain.localtrain.candidate import export_candidate, run_gate  # noqa: E402
 from brain.localtrain.job import GateSettings, TrainJob  # noqa: E402
 from brain.localtrain.trainer import Events, Trainer  # noqa: E402
-from rlds.fsutil import sha256_file  # noqa: E402
+from common.digest import sha256_file  # noqa: E402
 from tests.localtrain_helpers import tiny_base, write_episodes  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]

@@ -18,6 +18,7 @@ import pytest
 from brain.config import OtaConfig
 from brain.ota.health import HealthCounters, HealthMonitor, HealthThresholds, violations
 from brain.ota.lock import UpdaterBusy, UpdaterLock
+from brain.ota.slots import Slots
 from brain.ota.state import (
     FailedVersion,
     OtaState,
@@ -27,7 +28,7 @@ from brain.ota.state import (
 )
 from brain.policy import PolicyRunner, load_model
 from brain.policy.testing import FaultyModel, build_dummy_policy
-from rlds.fsutil import replace_file
+from common.durable import replace_file
 from tests.emulation import wall
 
 SHA = "ab" * 32
@@ -91,6 +92,25 @@ def test_atomic_write_leaves_old_content_when_the_write_fails(tmp_path, monkeypa
     monkeypatch.undo()
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_place_swaps_a_slot_whole_and_cleanup_repairs_a_cut_two_rename_swap(tmp_path):
+    slots = Slots(tmp_path)
+    slots.ensure()
+    old = slots.path("A")
+    old.mkdir()
+    (old / "model.onnx").write_bytes(b"old model")
+    staging = slots.new_staging()
+    staging.mkdir()
+    (staging / "model.onnx").write_bytes(b"new model")
+    slots.place(staging, "A")
+    assert (slots.path("A") / "model.onnx").read_bytes() == b"new model"
+    assert sorted(p.name for p in slots.dir.iterdir()) == ["A"]  # the old tree is gone
+    # Where the filesystem cannot exchange, a crash between the two renames leaves the old
+    # tree aside and no slot: boot cleanup puts it back.
+    slots.path("A").rename(slots.dir / ".A.old-0badc0de")
+    assert slots.cleanup() == []
+    assert (slots.path("A") / "model.onnx").read_bytes() == b"new model"
 
 
 def test_committed_record_fallback_file(tmp_path):

@@ -87,7 +87,7 @@ def test_no_open_json_is_discarded(tmp_path):
 def test_crash_during_commit_with_complete_temp(tmp_path):
     _, info = write_episode(tmp_path, 12, seed=3)
     p = info.path
-    os.rename(p / "episode.json", p / "episode.json.tmp")  # the rename never happened
+    (p / "episode.json").rename(p / "episode.json.tmp")  # the rename never happened
     (p / "open.json").write_text(json.dumps(info.metadata))
     (rep,) = recover(tmp_path)
     assert rep.action == "finished-commit"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -85,7 +84,7 @@ def test_publishing_needs_the_targets_key_but_not_the_root_key(tmp_path):
     offline = tmp_path / "offline"
     offline.mkdir()
     for k in keys.roles["root"].keyids:
-        shutil.move(keys.dir / f"{k}.key", offline / f"{k}.key")
+        (keys.dir / f"{k}.key").rename(offline / f"{k}.key")
     publish_bundle(repo, make_bundle(tmp_path))
     with pytest.raises(PublishError, match="current root keys"):
         repo.rotate(role="root")

@@ -12,9 +12,7 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import tarfile
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from brain.bundle.manifest import (
     EdgeManifest,
 )
 from brain.bundle.onnx_check import check_onnx_file
+from common.durable import replacing
 
 REPORT_NAME = "export_report.json"
 #: Suffixes refused outright with a pointed message (the allowlist would refuse them anyway).
@@ -228,31 +227,22 @@ def write_archive(
     signature = sign(manifest_bytes) if sign is not None else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            sink: io.BufferedIOBase = (
-                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") if compress else raw
-            )
-            with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                head = _tarinfo(MANIFEST_NAME, len(manifest_bytes))
-                tar.addfile(head, io.BytesIO(manifest_bytes))
-                if signature is not None:
-                    sig_head = _tarinfo(SIGNATURE_NAME, len(signature))
-                    tar.addfile(sig_head, io.BytesIO(signature))
-                for name in sorted(manifest.artifacts):
-                    entry = manifest.artifacts[name]
-                    with open(files_dir / name, "rb") as f:
-                        tar.addfile(_tarinfo(name, entry.size), f)
-            if compress:
-                sink.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(out, mode=0o644) as tmp, open(tmp, "wb") as raw:
+        sink: io.BufferedIOBase = (
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") if compress else raw
+        )
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            head = _tarinfo(MANIFEST_NAME, len(manifest_bytes))
+            tar.addfile(head, io.BytesIO(manifest_bytes))
+            if signature is not None:
+                sig_head = _tarinfo(SIGNATURE_NAME, len(signature))
+                tar.addfile(sig_head, io.BytesIO(signature))
+            for name in sorted(manifest.artifacts):
+                entry = manifest.artifacts[name]
+                with open(files_dir / name, "rb") as f:
+                    tar.addfile(_tarinfo(name, entry.size), f)
+        if compress:
+            sink.close()
     return out
 
 

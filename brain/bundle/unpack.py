@@ -31,7 +31,7 @@ from brain.bundle.manifest import (
     parse_manifest,
 )
 from brain.bundle.onnx_check import check_onnx_bytes
-from rlds.fsutil import fsync_dir
+from common.durable import fsync_dir, move
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: far above any Pi-sized policy, far below the SD card
 MAX_SIGNATURE_BYTES = 4096
@@ -209,8 +209,7 @@ def unpack_bundle(
         os.chmod(stage, 0o755)
         fsync_dir(stage)
         # rename(2) atomically replaces an empty directory.
-        os.rename(stage, dest)
-        fsync_dir(parent)
+        move(stage, dest)
         return manifest
     except BundleError:
         shutil.rmtree(stage, ignore_errors=True)

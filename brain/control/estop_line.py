@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from brain.modes import ModeManager
-from rlds.fsutil import replace_file
+from common.durable import replace_file
 
 _log = logging.getLogger(__name__)
 

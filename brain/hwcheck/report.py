@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from brain.config import Config
 from brain.hwcheck.checks import CHECKS, CheckContext, CheckFn, CheckResult, count, run_checks
-from rlds.fsutil import replace_file
+from common.durable import replace_file
 
 NAME_WIDTH = 11
 STATUS_WIDTH = 6

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from brain.interface import CommandError
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 
 
 class BaseRefused(CommandError):

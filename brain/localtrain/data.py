@@ -17,7 +17,6 @@ from ``cloud_jobs.train.data`` (the robot must not depend on cloud code):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from brain.imaging import resize_rgb
+from common.durable import move, write_json
 from rlds import images as rlds_images
 from rlds.reader import Episode, list_episodes
 
@@ -107,8 +107,9 @@ def load_episode(
     tmp.mkdir(parents=True)
     np.save(tmp / "frames.npy", frames)
     np.save(tmp / "labels.npy", labels)  # written last: its presence marks a complete entry
+    # A cache: its files are not fsynced (a torn entry fails np.load and is rebuilt above).
     try:
-        os.rename(tmp, entry)
+        move(tmp, entry)
     except OSError:  # another run cached it at the same moment
         shutil.rmtree(tmp, ignore_errors=True)
     del frames
@@ -238,8 +239,5 @@ def episode_summary(episodes: Sequence[Episode]) -> list[dict[str, Any]]:
 
 
 def dump_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    """The run's JSON files (gate, result, adapter manifest): ``common.durable.write_json``."""
+    write_json(path, obj, indent=1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlds.fsutil import replace_file
+from common.durable import write_json
 
 # Module-name suffixes peft matches (``key == t`` or ``key.endswith("." + t)``): the
 # encoder's projection and everything after it -- the part a changed scene re-maps.
@@ -118,7 +118,7 @@ class TrainJob:
     def write(self) -> Path:
         p = self.path("job")
         p.parent.mkdir(parents=True, exist_ok=True)
-        replace_file(p, (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+        write_json(p, self.to_dict(), indent=1)
         return p
 
     @classmethod

@@ -32,7 +32,7 @@ from typing import Any
 from brain.config import Config
 from brain.localtrain.base import BaseRefused, CommittedBase
 from brain.localtrain.job import RUN_FILES, TrainJob
-from rlds.fsutil import read_json
+from common.durable import read_json
 
 _log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from brain.localtrain.job import TrainJob
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
+from common.durable import replacing
 
 CKPT_FORMAT = "continuon-localtrain-checkpoint/1"
 #: torch.load(weights_only=True) can run code from a crafted file before 2.6 (CVE-2025-32434).
@@ -177,9 +177,8 @@ class Trainer:
                 x = torch.from_numpy(np.array(arr.frames[i : i + 64]))
                 out.append(self.policy.encoder.pooled(self.policy.inputs(x)).numpy())
         pooled = np.concatenate(out).astype(np.float32)
-        tmp = pooled_path.with_name(f".{pooled_path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, pooled)
-        os.replace(tmp, pooled_path)
+        with replacing(pooled_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, pooled)
         return pooled, arr.labels
 
     def _features(self, x: Any) -> Any:
@@ -270,9 +269,8 @@ class Trainer:
             "sampler": json.dumps(self.sampler.state()),
             "torch_rng": torch.get_rng_state(),
         }
-        tmp = path.with_name(".checkpoint.pt.tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save(blob, tmp)
         return path
 
     def load_checkpoint(self) -> bool:

@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from common.durable import move
+
 log = logging.getLogger(__name__)
 
 #: Op types that mean "this node computes in integer arithmetic" (QOperator format, or what
@@ -431,7 +433,7 @@ def quantize_int8(
             _session(tmp_out)
         except Exception as exc:
             raise QuantizationError(f"the quantized model does not load: {exc}") from exc
-        os.replace(tmp_out, out_path)
+        move(tmp_out, out_path)
     return QuantReport(
         fp32_path=str(fp32_onnx),
         out_path=str(out_path),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from brain.ota.slots import MANIFEST_NAME
 from brain.ota.state import OtaState
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 
 
 class UpdateRefused(RuntimeError):

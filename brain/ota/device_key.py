@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from brain.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleError, EdgeManifest
 from brain.ota.trust import BadSignatureError, TrustError
+from common.durable import replace_file
 
 KEY_NAME = "device_key.pem"
 PUBLIC_NAME = "device_key.pub"
@@ -82,14 +83,8 @@ def load_or_create_device_key(state_dir: str | os.PathLike[str]) -> Ed25519Priva
     pub_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    tmp = d / f".{PUBLIC_NAME}.tmp"
-    tmp.write_bytes(pub_pem)
-    os.replace(tmp, d / PUBLIC_NAME)
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # Its directory fsync also makes the private key's new directory entry durable.
+    replace_file(d / PUBLIC_NAME, pub_pem)
     return key
 
 

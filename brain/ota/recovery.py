@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 
 from brain.ota.slots import SlotError, Slots
@@ -34,6 +33,7 @@ from brain.ota.state import (
     StateError,
     StateStore,
 )
+from common.durable import move
 
 _log = logging.getLogger(__name__)
 
@@ -82,9 +82,7 @@ class BootRecovery:
         """state.json is unreadable: keep it for inspection, boot on the last-known-good."""
         _log.error("%s; falling back to the last-known-good slot", error)
         with contextlib.suppress(OSError):
-            os.replace(
-                self.store.path, self.store.path.with_name(f"state.corrupt-{int(time.time())}")
-            )
+            move(self.store.path, self.store.path.with_name(f"state.corrupt-{int(time.time())}"))
         rec = self.store.load_committed()
         counter = rec.release_counter if rec else 0
         # Never let a lost state file lower the replay protection.

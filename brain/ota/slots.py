@@ -22,14 +22,14 @@ or deleted; the committed one is read-only for the updater.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brain.ota.state import SlotName
-from rlds.fsutil import fsync_dir, sha256_file
+from common.digest import sha256_file
+from common.durable import move, recover_dir, replace_dir
 
 if TYPE_CHECKING:
     from brain.bundle.manifest import EdgeManifest
@@ -64,8 +64,7 @@ class Slots:
         if not p.exists():
             return
         trash = self.dir / f".trash-{slot}-{uuid.uuid4().hex[:8]}"
-        os.replace(p, trash)
-        fsync_dir(self.dir)
+        move(p, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def new_staging(self) -> Path:
@@ -82,14 +81,13 @@ class Slots:
         return unpack_bundle(Path(archive), staging)
 
     def place(self, staging: Path, slot: SlotName) -> None:
-        """Make a verified staging directory ``slot``: what was there goes, in two renames.
+        """Make a verified staging directory ``slot``, swapped in whole (common.durable).
 
-        A crash between the renames leaves the slot absent and the staging
-        directory behind, which boot recovery treats like any interrupted install.
+        A crash leaves the slot as it was or as the staging directory was, and may leave
+        the staging directory (holding the old slot) behind, which boot recovery removes
+        like any interrupted install.
         """
-        self.clear(slot)
-        os.rename(staging, self.path(slot))
-        fsync_dir(self.dir)
+        replace_dir(staging, self.path(slot))
 
     def discard(self, staging: Path) -> None:
         """Remove a staging directory (a rejected or failed install)."""
@@ -113,6 +111,8 @@ class Slots:
         from brain.bundle.unpack import clean_staging
 
         removed = [p.name for p in clean_staging(self.dir)]
+        for slot in SLOT_NAMES:  # a two-rename swap cut short (no RENAME_EXCHANGE)
+            recover_dir(self.path(slot))
         for p in self.dir.iterdir():
             if p.name.startswith((STAGING_PREFIX, ".trash-")):
                 shutil.rmtree(p, ignore_errors=True)

@@ -22,7 +22,7 @@ from typing import Annotated, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rlds.fsutil import replace_file
+from common.durable import replace_file
 
 SCHEMA: Final = 1
 STATE_FILE = "state.json"

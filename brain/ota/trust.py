@@ -62,7 +62,7 @@ from brain.ota.trust_errors import (
     TrustNotInitialisedError,
     map_tuf_error,
 )
-from rlds.fsutil import fsync_dir, replace_file
+from common.durable import fsync_dir, move, replace_file
 
 # The trust layer's public face: callers import these from here, wherever they live.
 __all__ = [
@@ -359,8 +359,7 @@ class TrustedRepository:
             if not resume:
                 part.unlink(missing_ok=True)
             raise
-        os.replace(part, final)
-        fsync_dir(dest)
+        move(part, final)
         return final
 
     @staticmethod

@@ -48,7 +48,7 @@ from brain.ota.recovery import failed_record as _failed
 from brain.ota.slots import MANIFEST_NAME, Slots
 from brain.ota.smoke import SmokeTestFailed, load_bundle_policy, smoke_test
 from brain.ota.state import OtaState, SlotName, SlotRecord, StateStore
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 
 if TYPE_CHECKING:
     from brain.policy import LoadedModel, PolicyRunner

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 
 from .contract import (
     ACTION_OUTPUT,

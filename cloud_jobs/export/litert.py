@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from brain.policy.litert_model import METADATA_NAME
+from common.durable import replace_file
 
 
 def _named_graph(policy: Any) -> Any:
@@ -55,9 +55,7 @@ def embed_metadata(path: Path, metadata: dict[str, Any]) -> None:
     model.metadata = [*keep, entry]
     builder = flatbuffers.Builder(max(1024, path.stat().st_size + 4096))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(builder.Output())
-    os.replace(tmp, path)
+    replace_file(path, bytes(builder.Output()))
 
 
 def export_litert(

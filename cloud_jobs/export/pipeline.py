@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from brain import __version__
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 
 from . import parity as P
 from .episodes import calibration_frames, load_export_data

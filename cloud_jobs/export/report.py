@@ -7,11 +7,11 @@ are a contract (``docs/export.md``); it is written atomically (temp file + renam
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
+from common.durable import write_json
 
 REPORT_NAME = "export_report.json"
 #: Order of preference on the robot (fastest first), filtered to the backends that passed.
@@ -36,12 +36,7 @@ def artifact_entry(out: Path, backend: str, passed: bool) -> dict[str, Any]:
 
 def write_report(out: Path, report: dict[str, Any]) -> Path:
     path = out / REPORT_NAME
-    tmp = out / (REPORT_NAME + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, report, sort_keys=False)
     return path
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloud_jobs.pipeline.stages import fmt_s
+from common.durable import replace_file
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.run import Pipeline
@@ -134,7 +135,7 @@ def write_report(p: Pipeline) -> dict[str, Any]:
         lines.append(f"![trajectory {png.stem}](eval/{png.name})")
     lines.append("")
 
-    (run / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    replace_file(run / "report.md", ("\n".join(lines) + "\n").encode("utf-8"))
     data = {
         "run_dir": str(run),
         "stages": {
@@ -143,5 +144,5 @@ def write_report(p: Pipeline) -> dict[str, Any]:
         },
         "figures": figs,
     }
-    (run / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    replace_file(run / "report.json", (json.dumps(data, indent=2, default=str) + "\n").encode())
     return {"summary": str(run / "report.md")}

@@ -20,6 +20,7 @@ from cloud_jobs.pipeline.daemon import DaemonProcess, continuon_exe
 from cloud_jobs.pipeline.later import run_later_stages
 from cloud_jobs.pipeline.report import write_report
 from cloud_jobs.pipeline.stages import StageFailed, Stages, cloud_jobs_cmd, run_cmd
+from common.durable import replace_file
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.later import Repo
@@ -195,7 +196,7 @@ class Pipeline:
         self.policy_pt = run_dir / "policy.pt"
         if not self.policy_pt.is_file():
             raise StageFailed(f"training wrote no {self.policy_pt}")
-        (self.opts.runs_root / "last-policy.txt").write_text(str(self.policy_pt) + "\n")
+        replace_file(self.opts.runs_root / "last-policy.txt", f"{self.policy_pt}\n".encode())
         metrics = [
             json.loads(line)
             for line in (run_dir / "metrics.ndjson").read_text().splitlines()

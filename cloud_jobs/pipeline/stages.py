@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from common.durable import write_json
 
 # The sim robot's hardware id: the bundle is published for it and the robot checks it.
 HARDWARE_ID = "sim-donkey"
@@ -69,9 +70,8 @@ class Stages:
         self._order = list(names)
 
     def _save(self) -> None:
-        tmp = self.run_dir / "stages.json.tmp"
-        tmp.write_text(json.dumps([asdict(r) for r in self.results.values()], indent=2) + "\n")
-        tmp.replace(self.run_dir / "stages.json")
+        rows = [asdict(r) for r in self.results.values()]
+        write_json(self.run_dir / "stages.json", rows, sort_keys=False)
 
     def skip(self, name: str, why: str) -> None:
         r = self.results[name]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
-from rlds.fsutil import replace_file
+from common.durable import move, replace_file
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 KEYS_FILE = "keys.json"
@@ -135,7 +134,7 @@ class KeyStore:
         for suffix in (".key", ".pub"):
             p = self.dir / f"{keyid}{suffix}"
             if p.exists():
-                shutil.move(p, retired / p.name)
+                move(p, retired / p.name)
 
 
 def generate_key(directory: Path) -> SSlibKey:

@@ -19,7 +19,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from cloud_jobs.publish.keys import ROLES, KeysError, KeyStore, generate_key
-from rlds.fsutil import replace_file
+from common.durable import replace_file, replacing
 
 METADATA = "metadata"
 TARGETS = "targets"
@@ -171,18 +170,11 @@ class Repository:
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         dest = self.targets_dir / f"{tf.hashes['sha256']}.{name}"
         if not dest.exists():
-            fd, tmp = tempfile.mkstemp(dir=self.targets_dir, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            try:
+            with replacing(dest, mode=0o644) as tmp:
                 shutil.copyfile(src, tmp)
                 with open(tmp, "rb") as f:
                     if hashlib.sha256(f.read()).hexdigest() != tf.hashes["sha256"]:
                         raise PublishError(f"{src}: changed while being published")
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
         self.targets.signed.targets[name] = tf
         self._publish_targets()
         return tf

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +38,7 @@ import numpy as np
 
 from cloud_jobs.train.config import AugmentConfig, DataConfig, DataSource
 from cloud_jobs.train.tfds_read import TfdsEpisode, is_tfds_dir, list_tfds_episodes
+from common.durable import move
 from rlds import images as rlds_images
 from rlds.reader import Episode, list_episodes
 
@@ -240,8 +240,8 @@ def build_cache_entry(
             "source": ref.source,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        try:
-            os.rename(tmp, final)
+        try:  # a cache: its files are not fsynced; a damaged entry is decoded again
+            move(tmp, final)
         except OSError:
             if not (final / "meta.json").is_file():  # not a concurrent writer winning
                 raise

@@ -40,6 +40,7 @@ from torch import nn
 from cloud_jobs.train import data as D
 from cloud_jobs.train.config import LossConfig, TrainConfig
 from cloud_jobs.train.dist import Dist, setup
+from common.durable import replace_file, replacing
 
 if TYPE_CHECKING:
     from brain.model import Policy
@@ -161,17 +162,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    replace_file(path, text.encode("utf-8"))
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -19,7 +19,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 from brain.config import ApiConfig, Config
 from common.backoff import BackoffPolicy
-from rlds.fsutil import replace_file
+from common.durable import move, write_json
 
 _log = logging.getLogger("continuon.api.auth")
 
@@ -104,7 +103,7 @@ class TokenStore:
             # access and the next write would destroy the evidence.  Keep it aside.
             bad = self.path.with_name(self.path.name + f".corrupt-{int(time.time())}")
             with contextlib.suppress(OSError):
-                os.replace(self.path, bad)
+                move(self.path, bad)
             _log.error("token store %s is unreadable (%s); moved to %s", self.path, exc, bad)
             return
         self._by_hash = {r.hash: r for r in records}
@@ -112,7 +111,7 @@ class TokenStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {"version": 1, "tokens": [vars_of(r) for r in self._by_hash.values()]}
-        replace_file(self.path, json.dumps(data, indent=2).encode(), mode=0o600)
+        write_json(self.path, data, mode=0o600)
 
     def issue(self, name: str) -> tuple[str, TokenRecord]:
         token = secrets.token_urlsafe(TOKEN_BYTES)

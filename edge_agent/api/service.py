@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 
@@ -12,6 +11,7 @@ from aiohttp import web
 
 from brain.config import Config
 from brain.interface import BrainInterface, Service
+from common.durable import write_json
 from edge_agent.api.app import create_app
 from edge_agent.api.auth import auth_for
 from edge_agent.api.limits import ConnectionGate, GatedTCPSite
@@ -45,7 +45,8 @@ async def serve(brain: BrainInterface, config: Config) -> None:
         port = runner.addresses[0][1] if runner.addresses else config.api.port  # api.port 0
         scheme = "https" if ssl_ctx else "http"
         endpoint.parent.mkdir(parents=True, exist_ok=True)
-        endpoint.write_text(json.dumps({"host": config.api.host, "port": port, "scheme": scheme}))
+        where = {"host": config.api.host, "port": port, "scheme": scheme}
+        await asyncio.to_thread(write_json, endpoint, where, sort_keys=False)
         _log.info("Robot API listening on %s://%s:%d", scheme, config.api.host, port)
         if not auth.tokens.list():
             # Codes are never logged (anyone who reads the journal could pair): say how.

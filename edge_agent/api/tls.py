@@ -113,7 +113,7 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser], add_c
 
 
 def _cli_tls(args: argparse.Namespace) -> int:
-    from rlds.fsutil import replace_file
+    from common.durable import replace_file
 
     config = args.load_config()
     if args.tls_action == "show":

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.durable import append, replace_file, write_json
 from rlds.crc import crc32c
-from rlds.fsutil import fsync_dir
 
 LOG_NAME = "events.log"
 STATE_NAME = "state.json"
@@ -96,12 +96,7 @@ class EventQueue:
             return 0, 0
 
     def _write_state(self) -> None:
-        tmp = self._state.with_name(STATE_NAME + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"acked": self.acked, "dropped": self.dropped}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state)
+        write_json(self._state, {"acked": self.acked, "dropped": self.dropped})
 
     def _load(self) -> None:
         try:
@@ -144,10 +139,7 @@ class EventQueue:
                 raise ValueError(f"event of {len(line)} bytes is too large for the queue")
             if self._file_bytes + len(line) > self.max_bytes:
                 self._compact(room=len(line))
-            with open(self._log, "ab") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            append(self._log, line)
             self._file_bytes += len(line)
             self._records.append(QueuedEvent(seq, event))
             self._sizes[seq] = len(line)
@@ -204,12 +196,5 @@ class EventQueue:
         self._rewrite(keep)
 
     def _rewrite(self, records: list[QueuedEvent]) -> None:
-        tmp = self._log.with_name(LOG_NAME + ".tmp")
-        with open(tmp, "wb") as f:
-            for r in records:
-                f.write(_encode(r.seq, r.event))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._log)
-        fsync_dir(self.dir)
+        replace_file(self._log, b"".join(_encode(r.seq, r.event) for r in records))
         self._file_bytes = self._log.stat().st_size

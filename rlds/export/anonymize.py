@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Any
+
+from common.durable import replace_file
 
 # Keys removed wherever they appear (operator identity never leaves the robot).
 DROP_KEYS = frozenset(
@@ -33,13 +34,7 @@ def load_or_create_salt(path: Path) -> bytes:
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = secrets.token_bytes(SALT_BYTES)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(path, data, mode=0o600)
         return data
     if len(data) < 16:
         raise ValueError(f"export salt {path} is too short ({len(data)} bytes); delete it to renew")

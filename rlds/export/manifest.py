@@ -8,11 +8,10 @@ exports idempotent and lets an interrupted one be resumed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from rlds.fsutil import sha256_file
+from common.digest import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 
@@ -47,16 +46,6 @@ def build_manifest(
         "episodes": source_episodes,
         "files": files,
     }
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def verify_manifest(out_dir: Path) -> list[str]:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.durable import replacing_dir, write_json
 from rlds.export.anonymize import Anonymizer
-from rlds.export.manifest import MANIFEST_NAME, build_manifest, write_json_atomic
+from rlds.export.manifest import MANIFEST_NAME, build_manifest
 from rlds.export.splits import assign_splits
 from rlds.reader import Episode
 from rlds.storage import mark_exported
@@ -147,12 +146,9 @@ def export_dataset(
                 len(old.get("files", {})),
             )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # an interrupted earlier run
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    # Built beside out_dir and swapped in whole: a reader (or a crash) sees the old dataset
+    # or the new one.  Its files need no rename of their own.
+    with replacing_dir(out_dir) as tmp:
         write(good, tmp, splits=raw_splits, transform_metadata=_transform(anon))
         manifest = build_manifest(
             tmp,
@@ -164,17 +160,7 @@ def export_dataset(
             software_version=software_version,
             source_episodes=fingerprint,
         )
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        if out_dir.exists():
-            old_dir = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old_dir)
-            tmp.rename(out_dir)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / MANIFEST_NAME, manifest)
     if mark:
         for ep in good:
             mark_exported(ep.path, fmt, out_dir)

@@ -75,11 +75,11 @@ from typing import Any, Protocol
 import google_crc32c
 import numpy as np
 
+from common.durable import fsync_dir, move, replace_dir
 from rlds import images
 from rlds.crc import mask, masked_crc32c
 from rlds.errors import EpisodeError
 from rlds.export import tf_example as pb
-from rlds.fsutil import fsync_dir
 from rlds.tfrecord import OVERHEAD
 from rlds.types import StepData
 
@@ -537,7 +537,7 @@ class _ShardWriter:
         names = []
         for i in range(total):
             final = f"{self.prefix}-{i:05d}-of-{total:05d}"
-            os.replace(self.tmp / f"{self.prefix}-{i:05d}", self.tmp / final)
+            move(self.tmp / f"{self.prefix}-{i:05d}", self.tmp / final)
             names.append(final)
         return names
 
@@ -560,13 +560,7 @@ def _place(tmp: Path, out_dir: Path) -> None:
             raise EpisodeError(
                 f"{out_dir} is not empty and holds no TFDS dataset; refusing to replace it"
             )
-        old = out_dir.parent / f".{out_dir.name}.tfds-old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
-    fsync_dir(out_dir.parent)
+    replace_dir(tmp, out_dir)
 
 
 # --------------------------------------------------------------------------- #
