@@ -366,19 +366,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_lists(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    """(thread counts, backends) from the command line; ValueError naming the bad option."""
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        raise ValueError("--threads needs positive integers")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in FILES]
+    if bad:
+        raise ValueError(f"unknown backends {bad} (known: {list(FILES)})")
+    if args.rounds < 1 or args.per_round < 1:
+        raise ValueError("--rounds and --per-round must be >= 1")
+    return threads, backends
+
+
+def _print_results(
+    rows: list[dict[str, Any]], summary: dict[str, Any], checks: list[dict[str, Any]]
+) -> None:
+    """The human-readable table and verdicts on stdout."""
+    cols = ("backend", "provider", "threads", "p50_ms", "p99_ms", "cpu_p50_ms", "size_bytes")
+    print("  ".join(f"{c:>20}" for c in cols))
+    for r in rows:
+        if not r.get("skipped"):
+            print("  ".join(f"{r[c]!s:>20}" for c in cols))
+    print(
+        f"int8 speed-up (p50, 1 thread): {summary['int8_speedup']} wall, "
+        f"{summary['int8_speedup_cpu']} CPU time  "
+        f"closed-loop drop: {summary['closed_loop_drop_pct']}"
+    )
+    for c in checks:
+        lim = c.get("max", c.get("min"))
+        mark = "ok  " if c["ok"] else ("FAIL" if c["ok"] is False else "n/a ")
+        print(f"  {mark} {c['check']} = {c['value']} (limit {lim})")
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = None if args.quiet else (lambda s: print(f"bench: {s}", file=sys.stderr, flush=True))
     try:
-        threads = [int(t) for t in args.threads.split(",") if t.strip()]
-        if not threads or min(threads) < 1:
-            raise ValueError("--threads needs positive integers")
-        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        bad = [b for b in backends if b not in FILES]
-        if bad:
-            raise ValueError(f"unknown backends {bad} (known: {list(FILES)})")
-        if args.rounds < 1 or args.per_round < 1:
-            raise ValueError("--rounds and --per-round must be >= 1")
+        threads, backends = _parse_lists(args)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -453,20 +479,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         },
         "settings": {"rounds": args.rounds, "per_round": args.per_round, "warmup": args.warmup},
     }
-    cols = ("backend", "provider", "threads", "p50_ms", "p99_ms", "cpu_p50_ms", "size_bytes")
-    print("  ".join(f"{c:>20}" for c in cols))
-    for r in rows:
-        if not r.get("skipped"):
-            print("  ".join(f"{r[c]!s:>20}" for c in cols))
-    print(
-        f"int8 speed-up (p50, 1 thread): {summary['int8_speedup']} wall, "
-        f"{summary['int8_speedup_cpu']} CPU time  "
-        f"closed-loop drop: {summary['closed_loop_drop_pct']}"
-    )
-    for c in checks:
-        lim = c.get("max", c.get("min"))
-        mark = "ok  " if c["ok"] else ("FAIL" if c["ok"] is False else "n/a ")
-        print(f"  {mark} {c['check']} = {c['value']} (limit {lim})")
+    _print_results(rows, summary, checks)
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(
