@@ -400,6 +400,35 @@ def _print_results(
         print(f"  {mark} {c['check']} = {c['value']} (limit {lim})")
 
 
+def _result_doc(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    report: dict[str, Any],
+    profile: str,
+    rows: list[dict[str, Any]],
+    checks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``--json`` document: the summary, every row and check, and the machine it ran on."""
+    failed = [c for c in checks if c["ok"] is False]
+    doc = {
+        "kind": "provider_bench",
+        **{k: v for k, v in summary.items()},
+        "model_version": report.get("model_version"),
+        "preset": report.get("preset"),
+        "profile": profile,
+        "rows": rows,
+        "checks": checks,
+        "passed": not failed,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "note": "shared machine: other processes add noise; configs are interleaved",
+        },
+        "settings": {"rounds": args.rounds, "per_round": args.per_round, "warmup": args.warmup},
+    }
+    return doc
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = None if args.quiet else (lambda s: print(f"bench: {s}", file=sys.stderr, flush=True))
@@ -463,22 +492,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: thresholds: {exc}", file=sys.stderr)
             return 2
     failed = [c for c in checks if c["ok"] is False]
-    doc = {
-        "kind": "provider_bench",
-        **{k: v for k, v in summary.items()},
-        "model_version": report.get("model_version"),
-        "preset": report.get("preset"),
-        "profile": profile,
-        "rows": rows,
-        "checks": checks,
-        "passed": not failed,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "note": "shared machine: other processes add noise; configs are interleaved",
-        },
-        "settings": {"rounds": args.rounds, "per_round": args.per_round, "warmup": args.warmup},
-    }
+    doc = _result_doc(args, summary, report, profile, rows, checks)
     _print_results(rows, summary, checks)
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
