@@ -366,19 +366,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_lists(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    """(thread counts, backends) from the command line; ValueError naming the bad option."""
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        raise ValueError("--threads needs positive integers")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in FILES]
+    if bad:
+        raise ValueError(f"unknown backends {bad} (known: {list(FILES)})")
+    if args.rounds < 1 or args.per_round < 1:
+        raise ValueError("--rounds and --per-round must be >= 1")
+    return threads, backends
+
+
+def _print_results(
+    rows: list[dict[str, Any]], summary: dict[str, Any], checks: list[dict[str, Any]]
+) -> None:
+    """The human-readable table and verdicts on stdout."""
+    cols = ("backend", "provider", "threads", "p50_ms", "p99_ms", "cpu_p50_ms", "size_bytes")
+    print("  ".join(f"{c:>20}" for c in cols))
+    for r in rows:
+        if not r.get("skipped"):
+            print("  ".join(f"{r[c]!s:>20}" for c in cols))
+    print(
+        f"int8 speed-up (p50, 1 thread): {summary['int8_speedup']} wall, "
+        f"{summary['int8_speedup_cpu']} CPU time  "
+        f"closed-loop drop: {summary['closed_loop_drop_pct']}"
+    )
+    for c in checks:
+        lim = c.get("max", c.get("min"))
+        mark = "ok  " if c["ok"] else ("FAIL" if c["ok"] is False else "n/a ")
+        print(f"  {mark} {c['check']} = {c['value']} (limit {lim})")
+
+
+def _result_doc(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    report: dict[str, Any],
+    profile: str,
+    rows: list[dict[str, Any]],
+    checks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``--json`` document: the summary, every row and check, and the machine it ran on."""
+    failed = [c for c in checks if c["ok"] is False]
+    doc = {
+        "kind": "provider_bench",
+        **{k: v for k, v in summary.items()},
+        "model_version": report.get("model_version"),
+        "preset": report.get("preset"),
+        "profile": profile,
+        "rows": rows,
+        "checks": checks,
+        "passed": not failed,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "note": "shared machine: other processes add noise; configs are interleaved",
+        },
+        "settings": {"rounds": args.rounds, "per_round": args.per_round, "warmup": args.warmup},
+    }
+    return doc
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = None if args.quiet else (lambda s: print(f"bench: {s}", file=sys.stderr, flush=True))
     try:
-        threads = [int(t) for t in args.threads.split(",") if t.strip()]
-        if not threads or min(threads) < 1:
-            raise ValueError("--threads needs positive integers")
-        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        bad = [b for b in backends if b not in FILES]
-        if bad:
-            raise ValueError(f"unknown backends {bad} (known: {list(FILES)})")
-        if args.rounds < 1 or args.per_round < 1:
-            raise ValueError("--rounds and --per-round must be >= 1")
+        threads, backends = _parse_lists(args)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -437,36 +492,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: thresholds: {exc}", file=sys.stderr)
             return 2
     failed = [c for c in checks if c["ok"] is False]
-    doc = {
-        "kind": "provider_bench",
-        **{k: v for k, v in summary.items()},
-        "model_version": report.get("model_version"),
-        "preset": report.get("preset"),
-        "profile": profile,
-        "rows": rows,
-        "checks": checks,
-        "passed": not failed,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "note": "shared machine: other processes add noise; configs are interleaved",
-        },
-        "settings": {"rounds": args.rounds, "per_round": args.per_round, "warmup": args.warmup},
-    }
-    cols = ("backend", "provider", "threads", "p50_ms", "p99_ms", "cpu_p50_ms", "size_bytes")
-    print("  ".join(f"{c:>20}" for c in cols))
-    for r in rows:
-        if not r.get("skipped"):
-            print("  ".join(f"{r[c]!s:>20}" for c in cols))
-    print(
-        f"int8 speed-up (p50, 1 thread): {summary['int8_speedup']} wall, "
-        f"{summary['int8_speedup_cpu']} CPU time  "
-        f"closed-loop drop: {summary['closed_loop_drop_pct']}"
-    )
-    for c in checks:
-        lim = c.get("max", c.get("min"))
-        mark = "ok  " if c["ok"] else ("FAIL" if c["ok"] is False else "n/a ")
-        print(f"  {mark} {c['check']} = {c['value']} (limit {lim})")
+    doc = _result_doc(args, summary, report, profile, rows, checks)
+    _print_results(rows, summary, checks)
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(

@@ -126,18 +126,7 @@ class Ingest:
         self.authorize(request)
         robot, name, ds = self.dataset(request)
         rel = self.rel(request)
-        m = RANGE_RE.match(request.headers.get("Content-Range", ""))
-        if not m:
-            raise _error(400, "Content-Range: bytes FIRST-LAST/TOTAL is required")
-        total = int(m.group(3))
-        first = int(m.group(1)) if m.group(1) is not None else 0
-        last = int(m.group(2)) if m.group(2) is not None else -1
-        if total > self.max_file_bytes:
-            raise _error(413, f"{rel}: {total} bytes exceeds the limit {self.max_file_bytes}")
-        if last >= total or (m.group(1) is not None and last < first):
-            raise _error(400, f"Content-Range {first}-{last}/{total} is inconsistent")
-        if m.group(1) is None and total != 0:
-            raise _error(400, f"Content-Range {first}-{last}/{total} is inconsistent")
+        first, total, declared = self._content_range(request, rel)
         expected_sha = request.headers.get("X-Content-SHA256")
         if rel != MANIFEST_NAME:
             manifest = self.manifest(ds)
@@ -173,27 +162,7 @@ class Ingest:
                     status=409,
                     headers={"Upload-Offset": str(held), "Upload-Complete": "0"},
                 )
-            part.parent.mkdir(parents=True, exist_ok=True)
-            declared = last - first + 1 if m.group(1) is not None else 0
-            got = 0
-            f = open(part, "ab")  # noqa: SIM115 -- closed in finally, after the fsync
-            try:
-                async for block in request.content.iter_chunked(256 * 1024):
-                    if got + len(block) > declared:
-                        f.truncate(held)
-                        got = 0
-                        raise _error(400, "body is longer than the Content-Range")
-                    f.write(block)
-                    got += len(block)
-                    self.stats["bytes_received"] += len(block)
-            except BaseException as exc:
-                # Keep what arrived: it is exactly the next bytes of the file.
-                _log.info("%s: upload interrupted after %d bytes (%r)", rel, got, exc)
-                raise
-            finally:
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
+            got = await self._append(request, part, held, declared, rel)
             held += got
             if held < total:
                 return web.Response(
@@ -228,6 +197,53 @@ class Ingest:
             return web.Response(
                 status=201, headers={"Upload-Offset": str(total), "Upload-Complete": "1"}
             )
+
+    def _content_range(self, request: web.Request, rel: str) -> tuple[int, int, int]:
+        """(first byte, total size, bytes in this body) from ``Content-Range``; 400/413 if bad."""
+        m = RANGE_RE.match(request.headers.get("Content-Range", ""))
+        if not m:
+            raise _error(400, "Content-Range: bytes FIRST-LAST/TOTAL is required")
+        total = int(m.group(3))
+        first = int(m.group(1)) if m.group(1) is not None else 0
+        last = int(m.group(2)) if m.group(2) is not None else -1
+        if total > self.max_file_bytes:
+            raise _error(413, f"{rel}: {total} bytes exceeds the limit {self.max_file_bytes}")
+        if last >= total or (m.group(1) is not None and last < first):
+            raise _error(400, f"Content-Range {first}-{last}/{total} is inconsistent")
+        if m.group(1) is None and total != 0:
+            raise _error(400, f"Content-Range {first}-{last}/{total} is inconsistent")
+        declared = last - first + 1 if m.group(1) is not None else 0
+        return first, total, declared
+
+    async def _append(
+        self, request: web.Request, part: Path, held: int, declared: int, rel: str
+    ) -> int:
+        """Append the body to ``part`` (which holds ``held`` bytes); the bytes appended.
+
+        What arrived is kept and fsynced even when the connection breaks; a body
+        longer than ``declared`` is cut back to ``held`` and refused.
+        """
+        part.parent.mkdir(parents=True, exist_ok=True)
+        got = 0
+        f = open(part, "ab")  # noqa: SIM115 -- closed in finally, after the fsync
+        try:
+            async for block in request.content.iter_chunked(256 * 1024):
+                if got + len(block) > declared:
+                    f.truncate(held)
+                    got = 0
+                    raise _error(400, "body is longer than the Content-Range")
+                f.write(block)
+                got += len(block)
+                self.stats["bytes_received"] += len(block)
+        except BaseException as exc:
+            # Keep what arrived: it is exactly the next bytes of the file.
+            _log.info("%s: upload interrupted after %d bytes (%r)", rel, got, exc)
+            raise
+        finally:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        return got
 
     def _forget_changed(self, ds: Path, new_files: dict[str, Any]) -> None:
         """A new manifest under an old name: files whose checksum changed must be re-sent."""

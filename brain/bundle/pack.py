@@ -91,28 +91,8 @@ def _load_report(export_dir: Path) -> dict[str, Any]:
     return report
 
 
-def manifest_from_report(
-    export_dir: Path,
-    *,
-    version: str,
-    release_counter: int,
-    hardware_id: str,
-    safety: dict[str, Any] | None = None,
-    provenance: dict[str, Any] | None = None,
-    action_low: list[float] | None = None,
-    action_high: list[float] | None = None,
-    base_manifest: EdgeManifest | None = None,
-) -> EdgeManifest:
-    """The manifest for ``export_dir``'s artifacts, each re-hashed and checked.
-
-    ``base_manifest`` (local bundles): the committed cloud bundle's manifest; its action
-    ranges, depth spec and safety budget are the defaults, and its version and manifest hash
-    fill ``provenance.base_*`` when not given, so a derivative matches its base by construction.
-    """
-    from brain import __version__
-
-    report = _load_report(export_dir)
-    names = list(report["action_names"])
+def _artifacts(export_dir: Path, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The report's robot artifacts that passed their gates, each re-hashed and checked."""
     artifacts: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     for art in report["artifacts"]:
@@ -138,22 +118,15 @@ def manifest_from_report(
     if not artifacts:
         why = f" (failed their gates: {skipped})" if skipped else ""
         raise BundleError(f"{export_dir}: no robot artifact to bundle{why}")
-    shipped = {a["backend"] for a in artifacts.values()}
-    wanted = dict.fromkeys(report.get("preferred_backends") or [])
-    preferred = [b for b in wanted if b in shipped] or sorted(shipped)
+    return artifacts
 
-    n = len(names)
-    base = base_manifest
-    if base is not None and base.action.names == names:
-        action_low = base.action.low if action_low is None else action_low
-        action_high = base.action.high if action_high is None else action_high
-    low = list(action_low) if action_low is not None else [-1.0] * n
-    high = list(action_high) if action_high is not None else [1.0] * n
-    max_abs = [max(abs(a), abs(b)) for a, b in zip(low, high, strict=False)]
-    safety_dict = {**DEFAULT_SAFETY, "max_abs_action": max_abs}
-    if base is not None:
-        safety_dict.update(base.safety.model_dump())
-    safety_dict.update(safety or {})
+
+def _provenance(
+    report: dict[str, Any], provenance: dict[str, Any] | None, base: EdgeManifest | None
+) -> dict[str, Any]:
+    """The manifest's provenance: the report's, overridden by ``provenance``, tied to ``base``."""
+    from brain import __version__
+
     source = report.get("source") or {}
     prov: dict[str, Any] = {
         "created_utc": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
@@ -172,6 +145,47 @@ def manifest_from_report(
         prov["base_manifest_sha256"] = (
             prov["base_manifest_sha256"] or hashlib.sha256(base.to_json_bytes()).hexdigest()
         )
+    return prov
+
+
+def manifest_from_report(
+    export_dir: Path,
+    *,
+    version: str,
+    release_counter: int,
+    hardware_id: str,
+    safety: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    action_low: list[float] | None = None,
+    action_high: list[float] | None = None,
+    base_manifest: EdgeManifest | None = None,
+) -> EdgeManifest:
+    """The manifest for ``export_dir``'s artifacts, each re-hashed and checked.
+
+    ``base_manifest`` (local bundles): the committed cloud bundle's manifest; its action
+    ranges, depth spec and safety budget are the defaults, and its version and manifest hash
+    fill ``provenance.base_*`` when not given, so a derivative matches its base by construction.
+    """
+    report = _load_report(export_dir)
+    names = list(report["action_names"])
+    artifacts = _artifacts(export_dir, report)
+    shipped = {a["backend"] for a in artifacts.values()}
+    wanted = dict.fromkeys(report.get("preferred_backends") or [])
+    preferred = [b for b in wanted if b in shipped] or sorted(shipped)
+
+    n = len(names)
+    base = base_manifest
+    if base is not None and base.action.names == names:
+        action_low = base.action.low if action_low is None else action_low
+        action_high = base.action.high if action_high is None else action_high
+    low = list(action_low) if action_low is not None else [-1.0] * n
+    high = list(action_high) if action_high is not None else [1.0] * n
+    max_abs = [max(abs(a), abs(b)) for a, b in zip(low, high, strict=False)]
+    safety_dict = {**DEFAULT_SAFETY, "max_abs_action": max_abs}
+    if base is not None:
+        safety_dict.update(base.safety.model_dump())
+    safety_dict.update(safety or {})
+    prov = _provenance(report, provenance, base)
     image = dict(report["image"])
     raw = {
         "schema_version": SCHEMA_VERSION,

@@ -298,6 +298,120 @@ def _per_channel_overrides(
     return out
 
 
+def _ort_options(quant_format: str, calibrate_method: str) -> tuple[Any, Any]:
+    """onnxruntime's QuantFormat and CalibrationMethod for their names; ValueError otherwise."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat
+
+    fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}.get(quant_format.lower())
+    if fmt is None:
+        raise ValueError(f"quant_format must be 'QDQ' or 'QOperator', got {quant_format!r}")
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if calibrate_method.lower() not in methods:
+        raise ValueError(f"calibrate_method must be one of {sorted(methods)}")
+    return fmt, methods[calibrate_method.lower()]
+
+
+def _choose_nodes(
+    src: Any,
+    op_types: Sequence[str],
+    exclude_nodes: Sequence[str],
+    exclude_scopes: Sequence[str],
+    exclude_first_conv: bool,
+) -> tuple[list[str], list[str]]:
+    """(nodes kept in float, nodes to quantize); QuantizationError if none is left to quantize."""
+    excluded = list(exclude_nodes)
+    excluded += [
+        n.name
+        for n in src.graph.node
+        if n.op_type in op_types
+        and any(n.name.startswith(scope) for scope in exclude_scopes)
+        and n.name not in excluded
+    ]
+    if exclude_first_conv:
+        excluded += [n for n in first_conv_nodes(src) if n not in excluded]
+
+    candidates = [
+        n.name for n in src.graph.node if n.op_type in op_types and n.name not in excluded
+    ]
+    if not candidates:
+        raise QuantizationError(
+            f"no quantized compute nodes possible: no {list(op_types)} node is left "
+            f"to quantize (excluded: {excluded})"
+        )
+    return excluded, candidates
+
+
+def _pre_process(fp32_onnx: Path, pre: Path) -> Path:
+    """The graph to quantize: ``pre`` after ORT's recommended pre-processing, if that works."""
+    model_in = fp32_onnx
+    try:  # shape inference + fusions the quantizer recommends; optional
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        model_in = pre
+    except Exception as exc:  # pragma: no cover - depends on the ORT version
+        log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
+    return model_in
+
+
+def _quantize_static(
+    model_in: Path,
+    tmp_out: Path,
+    reader: _CarriedStateReader,
+    *,
+    quant_format: Any,
+    op_types: Sequence[str],
+    excluded: list[str],
+    calibrate_method: Any,
+    overrides: dict[str, list[dict[str, int]]],
+) -> None:
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    try:
+        # The histogram calibrators print progress on stdout, which is a CLI's result.
+        sink = contextlib.redirect_stdout(io.StringIO())
+        with sink:
+            quantize_static(
+                str(model_in),
+                str(tmp_out),
+                reader,
+                quant_format=quant_format,
+                op_types_to_quantize=list(op_types),
+                nodes_to_exclude=excluded,
+                per_channel=False,  # per channel only where ``overrides`` says so
+                calibrate_method=calibrate_method,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                extra_options={
+                    "CalibTensorRangeSymmetric": False,
+                    "TensorQuantOverrides": overrides,
+                },
+            )
+    except CalibrationFrameError:
+        raise
+    except Exception as exc:
+        raise QuantizationError(f"onnxruntime quantize_static failed: {exc}") from exc
+
+
+def _carry_metadata(src: Any, tmp_out: Path, quant_format: str) -> None:
+    """Carry the contract metadata (version, action_names, model_config, ...) into the result."""
+    import onnx
+
+    q = onnx.load(str(tmp_out))
+    have = {p.key for p in q.metadata_props}
+    for p in src.metadata_props:
+        if p.key not in have:
+            e = q.metadata_props.add()
+            e.key, e.value = p.key, p.value
+    e = q.metadata_props.add()
+    e.key, e.value = "quantization", f"int8-static-{quant_format.lower()}"
+    onnx.save(q, str(tmp_out))
+
+
 def quantize_int8(
     fp32_onnx: Path,
     out_path: Path,
@@ -328,41 +442,16 @@ def quantize_int8(
     quantized compute node or does not load, ``ValueError`` for a bad frame.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat
 
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     if not fp32_onnx.is_file():
         raise FileNotFoundError(f"{fp32_onnx}: no such FP32 model")
-    fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}.get(quant_format.lower())
-    if fmt is None:
-        raise ValueError(f"quant_format must be 'QDQ' or 'QOperator', got {quant_format!r}")
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
-    if calibrate_method.lower() not in methods:
-        raise ValueError(f"calibrate_method must be one of {sorted(methods)}")
+    fmt, method = _ort_options(quant_format, calibrate_method)
     src = onnx.load(str(fp32_onnx))
-    excluded = list(exclude_nodes)
-    excluded += [
-        n.name
-        for n in src.graph.node
-        if n.op_type in op_types
-        and any(n.name.startswith(scope) for scope in exclude_scopes)
-        and n.name not in excluded
-    ]
-    if exclude_first_conv:
-        excluded += [n for n in first_conv_nodes(src) if n not in excluded]
-
-    candidates = [
-        n.name for n in src.graph.node if n.op_type in op_types and n.name not in excluded
-    ]
-    if not candidates:
-        raise QuantizationError(
-            f"no quantized compute nodes possible: no {list(op_types)} node is left "
-            f"to quantize (excluded: {excluded})"
-        )
+    excluded, candidates = _choose_nodes(
+        src, op_types, exclude_nodes, exclude_scopes, exclude_first_conv
+    )
     frames_it = iter(calibration_frames)
     first = next(frames_it, None)
     if first is None:
@@ -371,58 +460,27 @@ def quantize_int8(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quant-", dir=out_path.parent) as tmp:
         tmp_out = Path(tmp) / "model.onnx"
-        pre = Path(tmp) / "pre.onnx"
-        model_in = fp32_onnx
-        try:  # shape inference + fusions the quantizer recommends; optional
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
-            model_in = pre
-        except Exception as exc:  # pragma: no cover - depends on the ORT version
-            log.warning("quant_pre_process failed (%s); quantizing the graph as exported", exc)
+        model_in = _pre_process(fp32_onnx, Path(tmp) / "pre.onnx")
         overrides = (
             _per_channel_overrides(onnx.load(str(model_in)), per_channel_ops, set(candidates))
             if per_channel
             else {}
         )
-        try:
-            # The histogram calibrators print progress on stdout, which is a CLI's result.
-            sink = contextlib.redirect_stdout(io.StringIO())
-            with sink:
-                quantize_static(
-                    str(model_in),
-                    str(tmp_out),
-                    reader,
-                    quant_format=fmt,
-                    op_types_to_quantize=list(op_types),
-                    nodes_to_exclude=excluded,
-                    per_channel=False,  # per channel only where ``overrides`` says so
-                    calibrate_method=methods[calibrate_method.lower()],
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    extra_options={
-                        "CalibTensorRangeSymmetric": False,
-                        "TensorQuantOverrides": overrides,
-                    },
-                )
-        except CalibrationFrameError:
-            raise
-        except Exception as exc:
-            raise QuantizationError(f"onnxruntime quantize_static failed: {exc}") from exc
+        _quantize_static(
+            model_in,
+            tmp_out,
+            reader,
+            quant_format=fmt,
+            op_types=op_types,
+            excluded=excluded,
+            calibrate_method=method,
+            overrides=overrides,
+        )
         if reader.count < min_frames:
             raise QuantizationError(
                 f"only {reader.count} calibration frames were given (need >= {min_frames})"
             )
-        q = onnx.load(str(tmp_out))
-        # Carry the contract metadata (version, action_names, model_config, ...).
-        have = {p.key for p in q.metadata_props}
-        for p in src.metadata_props:
-            if p.key not in have:
-                e = q.metadata_props.add()
-                e.key, e.value = p.key, p.value
-        e = q.metadata_props.add()
-        e.key, e.value = "quantization", f"int8-static-{quant_format.lower()}"
-        onnx.save(q, str(tmp_out))
+        _carry_metadata(src, tmp_out, quant_format)
         info = inspect_quantized(tmp_out)
         if info["qlinear_nodes"] + info["qdq_compute_nodes"] == 0:
             raise QuantizationError(

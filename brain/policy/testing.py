@@ -92,48 +92,16 @@ def build_dummy_policy(
     the contract allows.
     """
     import onnx  # dev extra only
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     wts = dummy_weights(state_size, memory_size, action_size, seed)
-    inits: list[Any] = []
-    nodes: list[Any] = []
-
-    def const(name: str, value: Any) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
-        return name
-
-    def node(op: str, ins: list[str], out: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, ins, [out], **attrs))
-        return out
+    g = _Graph()
+    const, node = g.const, g.node
 
     img_type = {"uint8": TensorProto.UINT8, "float32": TensorProto.FLOAT}[image_dtype]
     inputs = [helper.make_tensor_value_info(image_name, img_type, [batch_dim, height, width, 3])]
     outputs = [helper.make_tensor_value_info("action", TensorProto.FLOAT, [batch_dim, action_size])]
-
-    x = node("Cast", [image_name], "x_f", to=TensorProto.FLOAT)
-    x = node("Mul", [x, const("inv255", 1.0 / 255.0)], "x_scaled")
-    x = node("Sub", [x, const("half", 0.5)], "x_norm")
-    x = node("Transpose", [x], "x_nchw", perm=[0, 3, 1, 2])
-    if conv:
-        x = node(
-            "Conv",
-            [x, const("conv_w", wts["conv_w"]), const("conv_b", wts["conv_b"])],
-            "conv",
-            kernel_shape=[3, 3],
-            strides=[2, 2],
-            pads=[1, 1, 1, 1],
-        )
-        x = node("Relu", [x], "relu")
-    x = node("GlobalAveragePool", [x], "pooled")
-    inits.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat_shape"))
-    feat = node("Reshape", [x, "flat_shape"], "features")
-    if not conv:  # 3 channels -> _FEATURES by repetition, to keep the weights' shapes
-        inits.append(numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "rep"))
-        feat = node("Tile", [feat, "rep"], "features_tiled")
-        inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "starts"))
-        inits.append(numpy_helper.from_array(np.array([_FEATURES], dtype=np.int64), "ends"))
-        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"))
-        feat = node("Slice", [feat, "starts", "ends", "axes"], "features_8")
+    feat = _image_features(g, image_name, conv, wts)
 
     pre = node("MatMul", [feat, const("wfa", wts["wfa"])], "pre_f")
     if state_size:
@@ -161,7 +129,7 @@ def build_dummy_policy(
         act = node("Add", [act, const("nan", float("nan"))], "act_nan")
     node("Add", [act, const("bias", bias)], "action")
 
-    graph = helper.make_graph(nodes, "dummy_policy", inputs, outputs, initializer=inits)
+    graph = helper.make_graph(g.nodes, "dummy_policy", inputs, outputs, initializer=g.inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="brain.policy.testing"
     )
@@ -178,6 +146,60 @@ def build_dummy_policy(
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out
+
+
+class _Graph:
+    """The nodes and initializers of the graph being built."""
+
+    def __init__(self) -> None:
+        self.inits: list[Any] = []
+        self.nodes: list[Any] = []
+
+    def const(self, name: str, value: Any) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    def int64(self, name: str, values: list[int]) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+        return name
+
+    def node(self, op: str, ins: list[str], out: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+
+def _image_features(g: _Graph, image_name: str, conv: bool, wts: dict[str, np.ndarray]) -> str:
+    """uint8 NHWC image -> (N, _FEATURES) features, normalised inside the graph like the model."""
+    from onnx import TensorProto
+
+    const, node = g.const, g.node
+    x = node("Cast", [image_name], "x_f", to=TensorProto.FLOAT)
+    x = node("Mul", [x, const("inv255", 1.0 / 255.0)], "x_scaled")
+    x = node("Sub", [x, const("half", 0.5)], "x_norm")
+    x = node("Transpose", [x], "x_nchw", perm=[0, 3, 1, 2])
+    if conv:
+        x = node(
+            "Conv",
+            [x, const("conv_w", wts["conv_w"]), const("conv_b", wts["conv_b"])],
+            "conv",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+        )
+        x = node("Relu", [x], "relu")
+    x = node("GlobalAveragePool", [x], "pooled")
+    feat = node("Reshape", [x, g.int64("flat_shape", [0, -1])], "features")
+    if not conv:  # 3 channels -> _FEATURES by repetition, to keep the weights' shapes
+        feat = node("Tile", [feat, g.int64("rep", [1, 3])], "features_tiled")
+        starts, ends = g.int64("starts", [0]), g.int64("ends", [_FEATURES])
+        feat = node("Slice", [feat, starts, ends, g.int64("axes", [1])], "features_8")
+    return feat
 
 
 def reference_step(

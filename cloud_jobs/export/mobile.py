@@ -99,11 +99,55 @@ def write_android(out_dir: Path, tflite: Path, meta: dict[str, Any]) -> dict[str
 def write_coreml(out_dir: Path, policy: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """Convert to ``out_dir/Policy.mlpackage`` and check its spec; returns what it holds."""
     import coremltools as ct
+
+    h, w = policy.config.image_hw
+    ml, state_shape, memory_shape = _convert_coreml(policy, h, w)
+    ml.short_description = (
+        f"Continuon Brain driving policy {meta['model_version']} (one control step)"
+    )
+    ml.version = str(meta["model_version"])
+    ml.user_defined_metadata["action_names"] = ",".join(meta["action_names"])
+    ml.user_defined_metadata["model_version"] = str(meta["model_version"])
+    ml.user_defined_metadata["recurrence"] = (
+        "state_out -> state_in, memory_out -> memory; start at zeros"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pkg = out_dir / "Policy.mlpackage"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    ml.save(str(pkg))
+    spec = ct.utils.load_spec(str(pkg))
+    inputs = {i.name: i.type.WhichOneof("Type") for i in spec.description.input}
+    outputs = [o.name for o in spec.description.output]
+    want_in = {
+        "image": "imageType",
+        COREML_STATE_NAME: "multiArrayType",
+        "memory": "multiArrayType",
+    }
+    if inputs != want_in or outputs != ["action", "state_out", "memory_out"]:
+        raise RuntimeError(
+            f"Core ML package has inputs {inputs} and outputs {outputs}, expected {want_in}"
+        )
+    ios = _ios_metadata(meta, h, w, state_shape, memory_shape)
+    (out_dir / "model_metadata.json").write_text(json.dumps(ios, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
+    return {
+        "model": "Policy.mlpackage",
+        "metadata": "model_metadata.json",
+        "size": size,
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+
+
+def _convert_coreml(policy: Any, h: int, w: int) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+    """Trace the step behind a pixel-buffer wrapper and convert it to an ML Program.
+
+    Returns the model and the shapes of the recurrent state and memory inputs.
+    """
+    import coremltools as ct
     import torch
     from torch import nn
-
-    cfg = policy.config
-    h, w = cfg.image_hw
 
     class PixelBufferStep(nn.Module):
         def __init__(self, p: Any) -> None:
@@ -141,32 +185,17 @@ def write_coreml(out_dir: Path, policy: Any, meta: dict[str, Any]) -> dict[str, 
             )
     finally:
         policy.train(was_training)
-    ml.short_description = (
-        f"Continuon Brain driving policy {meta['model_version']} (one control step)"
-    )
-    ml.version = str(meta["model_version"])
-    ml.user_defined_metadata["action_names"] = ",".join(meta["action_names"])
-    ml.user_defined_metadata["model_version"] = str(meta["model_version"])
-    ml.user_defined_metadata["recurrence"] = (
-        "state_out -> state_in, memory_out -> memory; start at zeros"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pkg = out_dir / "Policy.mlpackage"
-    if pkg.exists():
-        shutil.rmtree(pkg)
-    ml.save(str(pkg))
-    spec = ct.utils.load_spec(str(pkg))
-    inputs = {i.name: i.type.WhichOneof("Type") for i in spec.description.input}
-    outputs = [o.name for o in spec.description.output]
-    want_in = {
-        "image": "imageType",
-        COREML_STATE_NAME: "multiArrayType",
-        "memory": "multiArrayType",
-    }
-    if inputs != want_in or outputs != ["action", "state_out", "memory_out"]:
-        raise RuntimeError(
-            f"Core ML package has inputs {inputs} and outputs {outputs}, expected {want_in}"
-        )
+    return ml, tuple(state.shape), tuple(memory.shape)
+
+
+def _ios_metadata(
+    meta: dict[str, Any],
+    h: int,
+    w: int,
+    state_shape: tuple[int, ...],
+    memory_shape: tuple[int, ...],
+) -> dict[str, Any]:
+    """``model_metadata.json`` for iOS: the graph's, with Core ML's input names and types."""
     ios = dict(meta)
     ios["inputs"] = [
         {
@@ -180,24 +209,16 @@ def write_coreml(out_dir: Path, policy: Any, meta: dict[str, Any]) -> dict[str, 
         {
             "name": COREML_STATE_NAME,
             "dtype": "float32",
-            "shape": list(state.shape),
+            "shape": list(state_shape),
             "recurrent": True,
         },
-        {"name": "memory", "dtype": "float32", "shape": list(memory.shape), "recurrent": True},
+        {"name": "memory", "dtype": "float32", "shape": list(memory_shape), "recurrent": True},
     ]
     ios["outputs"] = [
         dict(o, feeds=COREML_STATE_NAME) if o["name"] == "state_out" else o for o in meta["outputs"]
     ]
     ios["runtime"] = "Core ML (ML Program, iOS 16+), checked structurally on Linux (not run)"
-    (out_dir / "model_metadata.json").write_text(json.dumps(ios, indent=2) + "\n")
-    size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
-    return {
-        "model": "Policy.mlpackage",
-        "metadata": "model_metadata.json",
-        "size": size,
-        "inputs": inputs,
-        "outputs": outputs,
-    }
+    return ios
 
 
 def export_mobile(out: Path, policy: Any, version: str, tflite: Path | None) -> dict[str, Any]:
