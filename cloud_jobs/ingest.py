@@ -39,7 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rlds.export.manifest import MANIFEST_NAME
+from rlds.datasets.manifest import MANIFEST_NAME
 from rlds.fsutil import fsync_dir, sha256_file
 
 _log = logging.getLogger("cloud_jobs.ingest")

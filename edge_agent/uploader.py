@@ -1,6 +1,6 @@
 """Uploads an export (or a candidate adapter) to the configured destination, resumably.
 
-What is uploaded: a directory holding ``manifest.json`` (rlds/export/manifest.py)
+What is uploaded: a directory holding ``manifest.json`` (rlds/datasets/manifest.py)
 whose ``files`` maps each relative path to ``{"sha256": ..., "bytes": ...}``.
 Exports have it; a candidate adapter directory needs the same (a plain
 ``{"files": {path: sha256}}`` is accepted too).
@@ -42,7 +42,7 @@ from urllib.parse import quote
 import aiohttp
 
 from brain.config import UploaderConfig
-from rlds.export.manifest import MANIFEST_NAME
+from rlds.datasets.manifest import MANIFEST_NAME
 from rlds.fsutil import fsync_dir, sha256_file
 
 _log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def write_manifest(src: Path, adapter_id: str | None = None) -> Path:
     The receiver then checks what arrives against what was on the robot's disk at
     this moment.  Hidden files are left out; an existing manifest is never replaced.
     """
-    from rlds.export.manifest import write_json_atomic
+    from rlds.datasets.manifest import write_json_atomic
 
     src = Path(src)
     path = src / MANIFEST_NAME
