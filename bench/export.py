@@ -22,7 +22,7 @@ from pathlib import Path
 from export_tfds import record_episodes
 from harness import print_table
 
-from rlds.export.run import export_dataset
+from rlds.datasets.run import export_dataset
 from rlds.reader import list_episodes
 
 

@@ -2,7 +2,7 @@
 
 Records ``--episodes`` episodes of ``--steps`` steps (640x480 simulated camera
 JPEG + 16-bit PNG depth, by default) with the real episode writer, then times
-``rlds.export.tfds.export_tfds`` over them (best of ``--repeat`` runs; reading
+``rlds.datasets.tfds.export_tfds`` over them (best of ``--repeat`` runs; reading
 the episodes is included, recording is not).
 
     python bench/export_tfds.py --episodes 8 --steps 300 --json out.json
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from rlds import images
-from rlds.export.tfds import TfdsExportStats, export_tfds
+from rlds.datasets.tfds import TfdsExportStats, export_tfds
 from rlds.reader import list_episodes
 from rlds.types import StepInput
 from rlds.writer import EpisodeWriter

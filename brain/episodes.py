@@ -88,9 +88,9 @@ class EpisodeStore:
         return await asyncio.to_thread(self._export, fmt, out, seed, options.get("split"))
 
     def _export(self, fmt: str, out: Path, seed: int, split: str | None) -> dict[str, Any]:
-        from rlds.export.anonymize import load_or_create_salt
-        from rlds.export.run import ExportError, export_dataset
-        from rlds.export.splits import parse_fractions
+        from rlds.datasets.anonymize import load_or_create_salt
+        from rlds.datasets.run import ExportError, export_dataset
+        from rlds.datasets.splits import parse_fractions
         from rlds.reader import list_episodes
 
         try:

@@ -206,9 +206,9 @@ def cmd_purge_discarded(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rlds.export.anonymize import load_or_create_salt
-    from rlds.export.run import ExportError, export_dataset
-    from rlds.export.splits import parse_fractions
+    from rlds.datasets.anonymize import load_or_create_salt
+    from rlds.datasets.run import ExportError, export_dataset
+    from rlds.datasets.splits import parse_fractions
     from rlds.reader import list_episodes
 
     config = args.load_config()

@@ -41,7 +41,7 @@ from aiohttp import web
 
 from common.digest import sha256_file
 from common.durable import move, write_json
-from rlds.export.manifest import MANIFEST_NAME
+from rlds.datasets.manifest import MANIFEST_NAME
 
 _log = logging.getLogger("cloud_jobs.ingest")
 

@@ -1,6 +1,6 @@
 """Uploads an export (or a candidate adapter) to the configured destination, resumably.
 
-What is uploaded: a directory holding ``manifest.json`` (rlds/export/manifest.py)
+What is uploaded: a directory holding ``manifest.json`` (rlds/datasets/manifest.py)
 whose ``files`` maps each relative path to ``{"sha256": ..., "bytes": ...}``.
 Exports have it; a candidate adapter directory needs the same (a plain
 ``{"files": {path: sha256}}`` is accepted too).
@@ -45,7 +45,7 @@ from brain.config import UploaderConfig
 from common.backoff import BackoffPolicy
 from common.digest import sha256_file
 from common.durable import move, write_json
-from rlds.export.manifest import MANIFEST_NAME
+from rlds.datasets.manifest import MANIFEST_NAME
 
 # Waits between the tries of one request (uploader.retries of them): 0.5 s doubling to 30 s.
 RETRY_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=30.0)

@@ -489,7 +489,7 @@ def test_upload_episodes_command_exports_and_uploads(tmp_path, broker):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         assert brain.exports == [{"format": "rlds"}]
-        from rlds.export.manifest import verify_manifest
+        from rlds.datasets.manifest import verify_manifest
 
         (landed,) = list((dest / "bot-1").iterdir())
         assert verify_manifest(landed) == []

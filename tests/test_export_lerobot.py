@@ -25,8 +25,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 av = pytest.importorskip("av")
 
-from rlds.errors import EpisodeError  # noqa: E402
-from rlds.export.lerobot import (  # noqa: E402
+from rlds.datasets.lerobot import (  # noqa: E402
     VIDEO_KEY,
     LeRobotExportError,
     SyntheticEpisode,
@@ -35,6 +34,7 @@ from rlds.export.lerobot import (  # noqa: E402
     synthetic_episodes,
     synthetic_frame,
 )
+from rlds.errors import EpisodeError  # noqa: E402
 
 SIZE = (64, 96)
 STEPS = 30

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from brain.cli import main
-from rlds.export.anonymize import Anonymizer, load_or_create_salt
-from rlds.export.manifest import verify_manifest
-from rlds.export.run import ExportError, export_dataset
-from rlds.export.splits import assign_splits, parse_fractions
+from rlds.datasets.anonymize import Anonymizer, load_or_create_salt
+from rlds.datasets.manifest import verify_manifest
+from rlds.datasets.run import ExportError, export_dataset
+from rlds.datasets.splits import assign_splits, parse_fractions
 from rlds.reader import list_episodes
 from rlds.storage import is_exported
 from rlds.types import StepInput
@@ -118,7 +118,7 @@ def test_interrupted_export_leaves_no_half_dataset_and_resumes(tmp_path, monkeyp
     record(root, 3)
     eps = list_episodes(root)
     out = tmp_path / "out"
-    import rlds.export.run as run
+    import rlds.datasets.run as run
 
     def boom(*a, **k):
         raise KeyboardInterrupt("power cut")

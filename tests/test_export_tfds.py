@@ -15,9 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
+from rlds.datasets import tf_example as pb  # noqa: E402
+from rlds.datasets.tfds import TfdsExportStats, export_tfds, jpeg_shape, png16_shape  # noqa: E402
 from rlds.errors import EpisodeError  # noqa: E402
-from rlds.export import tf_example as pb  # noqa: E402
-from rlds.export.tfds import TfdsExportStats, export_tfds, jpeg_shape, png16_shape  # noqa: E402
 from rlds.reader import list_episodes  # noqa: E402
 from rlds.tfrecord import OVERHEAD  # noqa: E402
 from rlds.types import StepData, StepInput  # noqa: E402

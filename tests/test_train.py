@@ -33,8 +33,8 @@ from cloud_jobs.train.config import (  # noqa: E402
 from cloud_jobs.train.loop import TrainingError, bc_loss  # noqa: E402
 from cloud_jobs.train.optim import build_optimizers, lr_factor, split_params  # noqa: E402
 from cloud_jobs.train.tfds_read import list_tfds_episodes, parse_example  # noqa: E402
-from rlds.export import tf_example as pb  # noqa: E402
-from rlds.export.tfds import export_tfds  # noqa: E402
+from rlds.datasets import tf_example as pb  # noqa: E402
+from rlds.datasets.tfds import export_tfds  # noqa: E402
 from rlds.reader import list_episodes  # noqa: E402
 from rlds.types import StepInput  # noqa: E402
 from rlds.writer import EpisodeWriter  # noqa: E402

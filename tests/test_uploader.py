@@ -22,7 +22,7 @@ from aiohttp import web
 from brain.config import UploaderConfig
 from cloud_jobs.ingest import COMPLETE_NAME, INGEST_KEY, make_app
 from edge_agent.uploader import UploadError, upload_directory, write_manifest
-from rlds.export.manifest import MANIFEST_NAME, verify_manifest
+from rlds.datasets.manifest import MANIFEST_NAME, verify_manifest
 from tests.network_helpers import FakeBrain, config_for, record_episodes
 
 

@@ -1,6 +1,6 @@
 """Reading a TFDS (RLDS) export of episodes back, without TensorFlow.
 
-``rlds.export.tfds`` writes one ``tf.train.Example`` per episode into
+``rlds.datasets.tfds`` writes one ``tf.train.Example`` per episode into
 TFRecord-framed shards.  Here the shards are scanned with the project's own
 framing code (``rlds.tfrecord.scan``: lengths and CRC32C checked) and each
 Example is decoded by a small hand-written protobuf reader that knows just the

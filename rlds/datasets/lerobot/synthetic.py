@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rlds.export.lerobot.export import export_lerobot
+from rlds.datasets.lerobot.export import export_lerobot
 
 # --------------------------------------------------------------------------- bench
 

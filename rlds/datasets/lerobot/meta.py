@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from rlds.export.lerobot.data import DataFiles
-from rlds.export.lerobot.episodes import FrameChecks, common_value
-from rlds.export.lerobot.layout import (
+from rlds.datasets.lerobot.data import DataFiles
+from rlds.datasets.lerobot.episodes import FrameChecks, common_value
+from rlds.datasets.lerobot.layout import (
     CODEBASE_VERSION,
     DATA_PATH,
     DEPTH_KEY,
@@ -21,8 +21,8 @@ from rlds.export.lerobot.layout import (
     LeRobotExportError,
     LeRobotOptions,
 )
-from rlds.export.lerobot.stats import aggregate_stats, jsonable
-from rlds.export.lerobot.video import VideoFiles, video_info
+from rlds.datasets.lerobot.stats import aggregate_stats, jsonable
+from rlds.datasets.lerobot.video import VideoFiles, video_info
 
 
 def tasks_table(tasks: list[str]) -> Any:

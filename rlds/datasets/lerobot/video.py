@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rlds.export.lerobot.layout import VIDEO_KEY, VIDEO_PATH, LeRobotExportError, next_file
+from rlds.datasets.lerobot.layout import VIDEO_KEY, VIDEO_PATH, LeRobotExportError, next_file
 
 
 def choose_vcodec() -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rlds.export.lerobot.episodes import EpisodeColumns
-from rlds.export.lerobot.layout import DATA_PATH, DEPTH_KEY, next_file
+from rlds.datasets.lerobot.episodes import EpisodeColumns
+from rlds.datasets.lerobot.layout import DATA_PATH, DEPTH_KEY, next_file
 
 
 def frame_columns(

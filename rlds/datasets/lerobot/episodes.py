@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from rlds.datasets.lerobot.layout import FPS_KEYS, SPLIT_ORDER, LeRobotExportError
+from rlds.datasets.lerobot.stats import downsample, sample_indices
+from rlds.datasets.lerobot.video import VideoFiles
 from rlds.errors import EpisodeError
-from rlds.export.lerobot.layout import FPS_KEYS, SPLIT_ORDER, LeRobotExportError
-from rlds.export.lerobot.stats import downsample, sample_indices
-from rlds.export.lerobot.video import VideoFiles
 
 
 def resolve_fps(episodes: Sequence[Any], fps: float | None) -> int:

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from rlds import images
+from rlds.datasets import tf_example as pb
+from rlds.datasets.tfds.headers import jpeg_shape, png16_shape
+from rlds.datasets.tfds.schema import METADATA_JSON_KEY, EpisodeLike, Schema, observations_of
 from rlds.errors import EpisodeError
-from rlds.export import tf_example as pb
-from rlds.export.tfds.headers import jpeg_shape, png16_shape
-from rlds.export.tfds.schema import METADATA_JSON_KEY, EpisodeLike, Schema, observations_of
 from rlds.types import StepData
 
 

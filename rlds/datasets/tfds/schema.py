@@ -10,8 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from rlds import images
+from rlds.datasets.tfds.headers import jpeg_shape, png16_shape
 from rlds.errors import EpisodeError
-from rlds.export.tfds.headers import jpeg_shape, png16_shape
 from rlds.types import StepData
 
 METADATA_JSON_KEY = "metadata_json"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rlds.export.lerobot.layout import DEPTH_KEY, QUANTILES, VIDEO_KEY
+from rlds.datasets.lerobot.layout import DEPTH_KEY, QUANTILES, VIDEO_KEY
 
 
 def _quantile_keys() -> list[str]:

@@ -15,24 +15,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rlds.export.lerobot.data import DataFiles, frame_columns, frame_table
-from rlds.export.lerobot.episodes import (
+from rlds.datasets.lerobot.data import DataFiles, frame_columns, frame_table
+from rlds.datasets.lerobot.episodes import (
     FrameChecks,
     common_value,
     order_by_split,
     read_episode,
     resolve_fps,
 )
-from rlds.export.lerobot.layout import (
+from rlds.datasets.lerobot.layout import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DATA_FILE_SIZE_IN_MB,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
     LeRobotExportError,
     LeRobotOptions,
 )
-from rlds.export.lerobot.meta import episode_row, features, write_meta
-from rlds.export.lerobot.stats import episode_stats
-from rlds.export.lerobot.video import VideoFiles, choose_vcodec
+from rlds.datasets.lerobot.meta import episode_row, features, write_meta
+from rlds.datasets.lerobot.stats import episode_stats
+from rlds.datasets.lerobot.video import VideoFiles, choose_vcodec
 
 
 def export_lerobot(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlds import images
-from rlds.export.tfds.schema import METADATA_JSON_KEY, Obs, Schema
+from rlds.datasets.tfds.schema import METADATA_JSON_KEY, Obs, Schema
 
 _FEATURES = "tensorflow_datasets.core.features."
 _CLS_DICT = _FEATURES + "features_dict.FeaturesDict"

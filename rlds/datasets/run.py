@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from common.durable import replacing_dir, write_json
-from rlds.export.anonymize import Anonymizer
-from rlds.export.manifest import MANIFEST_NAME, build_manifest
-from rlds.export.splits import assign_splits
+from rlds.datasets.anonymize import Anonymizer
+from rlds.datasets.manifest import MANIFEST_NAME, build_manifest
+from rlds.datasets.splits import assign_splits
 from rlds.reader import Episode
 from rlds.storage import mark_exported
 from rlds.validate import validate_episode
@@ -73,11 +73,11 @@ def _require_libraries(fmt: str) -> None:
 def _writer(fmt: str) -> Callable[..., list[Path]]:
     _require_libraries(fmt)
     if fmt == "rlds":
-        from rlds.export.tfds import export_tfds
+        from rlds.datasets.tfds import export_tfds
 
         return export_tfds
     if fmt == "lerobot":
-        from rlds.export.lerobot import export_lerobot
+        from rlds.datasets.lerobot import export_lerobot
 
         return export_lerobot
     raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

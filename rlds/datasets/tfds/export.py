@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from common.durable import fsync_dir
-from rlds.export.tfds.encode import encode_episode
-from rlds.export.tfds.features import features_json
-from rlds.export.tfds.files import ShardWriter, place, write_json
-from rlds.export.tfds.schema import EpisodeLike, Schema, infer_schema
+from rlds.datasets.tfds.encode import encode_episode
+from rlds.datasets.tfds.features import features_json
+from rlds.datasets.tfds.files import ShardWriter, place, write_json
+from rlds.datasets.tfds.schema import EpisodeLike, Schema, infer_schema
 
 __all__ = ["DEFAULT_SHARD_MAX_BYTES", "TfdsExportStats", "export_tfds"]
 

@@ -65,8 +65,8 @@ into one ``tf.train.Example``), ``headers`` (image sizes without decoding),
 
 from __future__ import annotations
 
-from rlds.export.tfds.export import DEFAULT_SHARD_MAX_BYTES, TfdsExportStats, export_tfds
-from rlds.export.tfds.headers import jpeg_shape, png16_shape
+from rlds.datasets.tfds.export import DEFAULT_SHARD_MAX_BYTES, TfdsExportStats, export_tfds
+from rlds.datasets.tfds.headers import jpeg_shape, png16_shape
 
 __all__ = [
     "DEFAULT_SHARD_MAX_BYTES",

@@ -67,21 +67,21 @@ files), ``stats``, ``meta`` (info/stats/tasks/episodes under ``meta/``),
 
 from __future__ import annotations
 
-from rlds.export.lerobot.export import export_lerobot
-from rlds.export.lerobot.layout import (
+from rlds.datasets.lerobot.export import export_lerobot
+from rlds.datasets.lerobot.layout import (
     CODEBASE_VERSION,
     DEPTH_KEY,
     VIDEO_KEY,
     LeRobotExportError,
 )
-from rlds.export.lerobot.stats import aggregate_stats
-from rlds.export.lerobot.synthetic import (
+from rlds.datasets.lerobot.stats import aggregate_stats
+from rlds.datasets.lerobot.synthetic import (
     SyntheticEpisode,
     bench,
     synthetic_episodes,
     synthetic_frame,
 )
-from rlds.export.lerobot.video import choose_vcodec, video_info
+from rlds.datasets.lerobot.video import choose_vcodec, video_info
 
 __all__ = [
     "CODEBASE_VERSION",
