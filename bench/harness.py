@@ -47,6 +47,21 @@ def sim_config(tmp: Path, name: str, root: Path = ROOT, **sections: dict[str, An
     return path
 
 
+def unit_nice() -> int:
+    """The ``Nice=`` that systemd gives the daemon on the robot (0 if the unit sets none)."""
+    unit = ROOT / "systemd" / "continuon-brain.service"
+    for line in unit.read_text().splitlines():
+        if line.startswith("Nice="):
+            return int(line.split("=", 1)[1])
+    return 0
+
+
+def _as_the_unit_runs_it() -> None:
+    """In the daemon's child before exec: the unit's niceness, where this user may set it."""
+    with contextlib.suppress(OSError):
+        os.nice(unit_nice() - os.nice(0))
+
+
 class Daemon:
     def __init__(self, config: Path, tmp: Path, name: str, root: Path = ROOT) -> None:
         """``root``: the source tree to run (another revision, for a before/after in one run)."""
@@ -63,6 +78,7 @@ class Daemon:
             [sys.executable, "-m", "brain.cli", "run", "--config", str(config)],
             env=env,
             cwd=root,
+            preexec_fn=_as_the_unit_runs_it,
             stderr=subprocess.PIPE,
             text=True,
         )

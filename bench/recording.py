@@ -74,6 +74,8 @@ def run(
         before = d.cmd("status")["recording"]
         b0 = dir_bytes(episodes)
         t0 = time.monotonic()
+        # daemon / writer niceness: the unit's Nice= where this user may set it, writer +5
+        nice = f"{d.ps.nice()}/{max((c.nice() for c in d.ps.children()), default='-')}"
         rec_usage = measure(d, seconds)
         elapsed = time.monotonic() - t0
         b1 = dir_bytes(episodes)
@@ -124,6 +126,7 @@ def run(
         "overruns_idle": idle["overruns"],
         "overruns_recording": rec["overruns"],
         "exit_code": rc,
+        "nice": nice,
     }
 
 
@@ -161,6 +164,7 @@ def main() -> int:
         rows,
         [
             ("tree", "tree"),
+            ("nice", "nice d/w"),
             ("steps_written", "steps"),
             ("steps_dropped", "dropped"),
             ("frames_dropped", "frames lost"),

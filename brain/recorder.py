@@ -48,12 +48,18 @@ from rlds.storage import StorageBudget, purge_discarded
 
 _log = logging.getLogger(__name__)
 
-_SLOTS = 8  # frames between the control thread and the writer (it copies them out at once)
+# Frames between the control thread and the writer, which copies them out at once: 32 slots
+# are ~0.3 s of colour + depth at 50 Hz, enough to ride out a writer that the scheduler
+# left waiting (8 filled within 80 ms on a loaded 2-core host and steps were dropped).
+FRAME_SLOTS = 32
 _META_CHECK_S = 0.5  # how often the model version is looked at for new episodes' metadata
 # First and largest delay before starting a dead writer again (doubling in between).
 _RESTART_BACKOFF = BackoffPolicy(initial_s=0.2, max_s=30.0)
 _STABLE_S = 30.0  # a writer that lived this long resets the restart delay
-_WRITER_NICE = 5  # the writer yields the CPU to the daemon's control thread
+# The writer's niceness above the daemon's own: it yields the CPU to the control thread.
+# Relative, so under systemd (Nice=-5) it runs at 0, level with ordinary processes, and is
+# not starved by a busy neighbour the way an absolute +5 was.
+_WRITER_NICE = 5
 
 
 class RecordingRefused(RuntimeError):
@@ -159,7 +165,7 @@ class Recorder:
     def start(self) -> None:
         if self._monitor is not None:
             return
-        self._ring = SlotRing.create(_SLOTS, self._slot_bytes())
+        self._ring = SlotRing.create(FRAME_SLOTS, self._slot_bytes())
         self._link = self._spawn()
         self._monitor = threading.Thread(target=self._watch, name="recorder", daemon=True)
         self._monitor.start()

@@ -38,7 +38,6 @@ class SlotRing:
         self._base = -(-n // _HDR_ALIGN) * _HDR_ALIGN
         self._map = mmap.mmap(fd, self._base + n * slot_bytes)
         self._state = np.frombuffer(self._map, np.uint8, n)
-        self._next = 0
 
     @classmethod
     def create(cls, n: int, slot_bytes: int) -> SlotRing:
@@ -53,18 +52,23 @@ class SlotRing:
 
     # ---- the control process
     def put(self, arr: np.ndarray) -> int | None:
-        """Copy ``arr`` into a free slot, return its index; None if none is free or too small."""
+        """Copy ``arr`` into a free slot, return its index; None if none is free or too small.
+
+        The lowest free slot: normally the writer copies a frame out within milliseconds and
+        the first few slots take all the traffic, so the ring's other pages are only touched
+        (and only then resident) when the writer falls behind — a deep ring that costs memory
+        only while it is used.
+        """
         if arr.nbytes > self.slot_bytes:
             return None
-        for i in range(self.n):
-            slot = (self._next + i) % self.n
-            if self._state[slot] == FREE:
-                dst = self.view(slot, arr.nbytes).view(arr.dtype).reshape(arr.shape)
-                np.copyto(dst, arr, casting="no")
-                self._state[slot] = BUSY
-                self._next = (slot + 1) % self.n
-                return slot
-        return None
+        free = np.flatnonzero(self._state == FREE)
+        if free.size == 0:
+            return None
+        slot = int(free[0])
+        dst = self.view(slot, arr.nbytes).view(arr.dtype).reshape(arr.shape)
+        np.copyto(dst, arr, casting="no")
+        self._state[slot] = BUSY
+        return slot
 
     def release(self, slot: int) -> None:
         self._state[slot] = FREE

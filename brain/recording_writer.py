@@ -538,7 +538,7 @@ def main() -> int:
     cfg = json.loads(sys.argv[1])
     return_large_buffers_to_the_os()  # frames copied out and encoded: ~50 MB less RSS
     with contextlib.suppress(OSError):  # encoding yields the CPU to the control loop
-        os.setpriority(os.PRIO_PROCESS, 0, int(cfg.get("nice", 0)))
+        os.nice(int(cfg.get("nice", 0)))  # relative to the daemon's niceness
     return serve(cfg)
 
 

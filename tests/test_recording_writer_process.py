@@ -23,7 +23,7 @@ from brain.control.loop import Step
 from brain.daemon import _sensor_specs
 from brain.hardware.protocols import Frame
 from brain.modes import Mode
-from brain.recorder import Recorder
+from brain.recorder import FRAME_SLOTS, Recorder
 from rlds.reader import list_episodes, list_interrupted
 from rlds.validate import validate_episode
 from tests.daemon_helpers import sim_config, spawn_daemon
@@ -140,8 +140,8 @@ def test_a_full_handover_drops_and_counts_and_never_blocks(tmp_path):
         os.kill(pid, signal.SIGCONT)
         assert stopped_ok, "the hook blocked on a stopped writer"
         dropped = rec.status()["steps_dropped"]
-        assert dropped == n - 8  # 8 frame slots; every later step had no slot to go to
-        assert rec.writer_process()["slots_busy"] == 8
+        assert dropped == n - FRAME_SLOTS  # every step after the slots filled had none to go to
+        assert rec.writer_process()["slots_busy"] == FRAME_SLOTS
         assert max(durations) < 1.0, max(durations)  # no wait on the writer, only the CPU
         rec.stop_recording()
         rec.hook(_step(n, frames[n]))  # the next tick after the stop ends the episode
@@ -154,11 +154,11 @@ def test_a_full_handover_drops_and_counts_and_never_blocks(tmp_path):
     finally:
         rec.close()
     st = rec.status()
-    assert st["steps_written"] == 8 and st["steps_dropped"] == n - 8, st
+    assert st["steps_written"] == FRAME_SLOTS and st["steps_dropped"] == n - FRAME_SLOTS, st
     (ep,) = list_episodes(cfg.episodes_dir())
-    assert ep.num_steps == 8
+    assert ep.num_steps == FRAME_SLOTS
     got = [s.extra["frame_seq"] for s in ep.steps(decode_images=False)]
-    assert got == list(range(8))
+    assert got == list(range(FRAME_SLOTS))
 
 
 def test_the_control_process_runs_no_encoder(tmp_path):
