@@ -4,7 +4,8 @@ Issue [model], item 5: with a changed condition (here a mis-trimmed steering ser
 ``SimConfig.steering_offset``) the memory, written at run time, should measurably beat the
 same policy with the memory frozen (``--memorize`` vs ``--no-memorize`` in
 ``cloud_jobs evaluate``).  This is the harness behind the table in docs/model.md
-("Motion feedback"); it is not yet met robustly, which is why the test stays xfail.
+("Test-time memorization against a mis-trimmed servo"); tests/test_memorization.py runs
+it for one seed.
 
     python bench/memorization.py --out /tmp/memo --seeds 1 2 3 0 \
         --json bench/results/memorization.json
@@ -14,19 +15,20 @@ Per seed:
 1. record expert demonstrations at 64x48 (``cloud_jobs.demos``) with steering trims evenly
    spaced in [-0.3, 0.3], trim-aware labels, the car following label + OU noise (so a trim
    shows only in how the car answers its commands);
-2. train a small policy with action + motion feedback (``ModelConfig.action_feedback``,
-   ``motion_feedback``), the executed actions teacher-forced, stateful truncated BPTT (each
-   batch slot walks an episode window after window, the detached state carried) and memory
-   dropout (``--frozen-slots`` of the 16 slots always run frozen, so "frozen" is a condition
-   the policy was trained for, not an off-distribution ablation);
+2. ``cloud_jobs train`` with ``configs/train/memorize.yaml``: the tiny policy with action +
+   motion feedback (``ModelConfig.action_feedback``, ``motion_feedback``), the executed
+   actions teacher-forced, stateful truncated BPTT (each batch slot walks an episode window
+   after window, the detached state carried) and memory dropout (``--frozen-slots`` of the
+   16 slots always run frozen, so "frozen" is a condition the policy was trained for, not
+   an off-distribution ablation);
 3. drive it on ``oval`` (1 lap / 500 ticks) under each trim in ``--trims`` (and its negative)
    and under no trim, memory lr 1 vs 0, and report mean |cross-track error|.
 
 The ratio is memorize / frozen over the +-trims; the no-trim pair shows whether freezing
 hurts even without a disturbance (then the "gain" is not adaptation), and the trim cost
 (|cte| under the trims / |cte| without) of each says which of the two the trim hurts less.
-~4-8 min per seed on one core of a shared 2-core VM (600-1200 iterations).  Episodes are
-cached in ``--out``.
+~4-8 min per seed on one core of a shared 2-core VM (600-1200 iterations).  Episodes (and
+their decoded cache) are kept in ``--out``; the runs go to ``--out/run-seed<N>``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,8 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-#: The ``tiny`` preset (48x64, d=32) plus the two feedback switches.
-MODEL: dict[str, Any] = {"preset": "tiny", "action_feedback": True, "motion_feedback": True}
+#: The recipe: the ``tiny`` preset (48x64, d=32) with action + motion feedback, stateful
+#: TBPTT, teacher forcing and memory dropout.
+CONFIG = ROOT / "configs" / "train" / "memorize.yaml"
 SLOTS = 16
 
 
@@ -69,76 +72,24 @@ def record(root: Path, seed: int, episodes: int, steps: int, trim_max: float) ->
     return out
 
 
-def load(root: Path, window: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(frames, labels, executed actions) of every episode long enough for two windows."""
-    from rlds.reader import list_episodes
+def train(
+    episodes: Path, run_dir: Path, seed: int, iters: int, window: int, frozen_slots: int
+) -> Any:
+    """``cloud_jobs train`` with ``configs/train/memorize.yaml`` on the recorded episodes."""
+    from brain.model import load_policy
+    from cloud_jobs.train import run_training
+    from cloud_jobs.train.config import load_train_config
 
-    data = []
-    for ep in list_episodes(root):
-        steps = list(ep.steps())
-        if len(steps) > 2 * window:
-            data.append(
-                (
-                    np.stack([s.observation["image"] for s in steps]),
-                    np.stack([s.action for s in steps]).astype(np.float32),
-                    np.stack([s.extra["executed_action"] for s in steps]).astype(np.float32),
-                )
-            )
-    return data
-
-
-def train(data: list, seed: int, iters: int, window: int, frozen_slots: int) -> Any:
-    import torch
-
-    from brain import model
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    policy = model.build_policy(**MODEL)
-    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / iters))
+    cfg = load_train_config(CONFIG).with_updates(
+        seed=seed,
+        data={"sources": [{"path": str(episodes)}], "cache_dir": str(episodes) + "-cache"},
+        train={"steps": iters, "window": window, "batch_size": SLOTS, "progress": "off"},
+        recurrence={"memory_dropout": frozen_slots / SLOTS},
     )
-    weight = torch.tensor([2.0, 1.0])
-    # Per slot: [episode, next window start, carried (state, memory) or None].
-    slots: list[list[Any]] = []
-    for _ in range(SLOTS):
-        e = int(rng.integers(len(data)))
-        slots.append([e, int(rng.integers(0, len(data[e][0]) - window)), None])
-    groups = [(0.0, slots[:frozen_slots]), (1.0, slots[frozen_slots:])]
-    policy.train()
-    for _ in range(iters):
-        opt.zero_grad()
-        for lr, group in groups:
-            if not group:
-                continue
-            policy.set_memorize(lr=lr)
-            xs, ys, es = [], [], []
-            for slot in group:
-                if slot[1] + window > len(data[slot[0]][0]):  # episode done: start another
-                    slot[:] = [int(rng.integers(len(data))), 0, None]
-                frames, labels, executed = data[slot[0]]
-                a, slot[1] = slot[1], slot[1] + window
-                xs.append(frames[a : a + window])
-                ys.append(labels[a : a + window])
-                es.append(executed[a : a + window])
-            state, memory = policy.initial_state(len(group))
-            for j, slot in enumerate(group):
-                if slot[2] is not None:
-                    state[j], memory[j] = slot[2]
-            pred, state, memory = policy.forward_sequence(
-                torch.from_numpy(np.stack(xs)),
-                state,
-                memory,
-                executed_actions=torch.from_numpy(np.stack(es)),
-            )
-            for j, slot in enumerate(group):
-                slot[2] = (state[j].detach(), memory[j].detach())
-            loss = (((pred - torch.from_numpy(np.stack(ys))) ** 2) * weight).mean()
-            (loss * len(group) / SLOTS).backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        shutil.rmtree(run_dir)  # a fresh run: the harness measures, it does not resume
+    run_training(cfg, run_dir=run_dir)
+    policy = load_policy(run_dir / "policy.pt")
     policy.set_memorize(lr=1.0)
     return policy.eval()
 
@@ -167,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="cache for the recorded episodes")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--episodes", type=int, default=16)
+    ap.add_argument("--episodes", type=int, default=32)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--trim-max", type=float, default=0.3)
     ap.add_argument("--iters", type=int, default=600)
@@ -185,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        data = load(record(args.out, seed, args.episodes, args.steps, args.trim_max), args.window)
-        policy = train(data, seed, args.iters, args.window, args.frozen_slots)
+        episodes = record(args.out, seed, args.episodes, args.steps, args.trim_max)
+        run_dir = args.out / f"run-seed{seed}"
+        policy = train(episodes, run_dir, seed, args.iters, args.window, args.frozen_slots)
         train_s = time.perf_counter() - t0
         cte = drive(policy, trims, args.max_steps)
         mem = np.mean([cte[f"{t:+.2f}/memorize"] for t in trims if t])
@@ -240,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k not in ("out", "json")}
-        report = {"config": config, "model": MODEL, "runs": rows, "summary": summary}
+        report = {"config": config, "train_config": str(CONFIG.relative_to(ROOT))}
+        report.update(runs=rows, summary=summary)
         args.json.write_text(json.dumps(report, indent=1, default=list) + "\n")
     return 0
 

@@ -7,6 +7,7 @@ label) and the real ``brain.model`` policy with the tiny overrides of
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -68,7 +69,7 @@ def write_episodes(root: Path, n: int = 4, steps: int = 40, seed: int = 0) -> No
                         t=i * 0.05,
                         action=[steer, 0.5],
                         observation={"image": img},
-                        extra={"expert_action": [steer, 0.25], "executed_action": [steer, 0.5]},
+                        extra={"expert_action": [steer, 0.25], "executed_action": [steer, 0.4]},
                     )
                 )
 
@@ -227,13 +228,15 @@ def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> Non
     assert ep.frames.shape == (40, H, W, 3) and ep.frames.dtype == np.uint8
     assert np.all(ep.labels[:, 1] == 0.5)
     assert np.all(D.load_cache_entry(path, "expert_action", 1).labels[:, 1] == 0.25)
+    np.testing.assert_allclose(ep.executed[:, 1], 0.4)  # what teacher forcing feeds back
+    np.testing.assert_array_equal(ep.executed[:, 0], ep.labels[:, 0])
     smooth = D.load_cache_entry(path, "action", 5).labels
     np.testing.assert_allclose(smooth[10, 0], ep.labels[8:13, 0].mean(), rtol=1e-5)
 
     ws = D.WindowSet([ep, ep], window=8, stride=4)
     assert len(ws) == 2 * len(range(0, 40 - 8 + 1, 4))
-    frames, labels = ws.get(len(ws) - 1)
-    assert frames.shape == (8, H, W, 3) and labels.shape == (8, 2)
+    frames, labels, executed = ws.get(len(ws) - 1)
+    assert frames.shape == (8, H, W, 3) and labels.shape == executed.shape == (8, 2)
 
     # ranks get disjoint shards that together cover each epoch; positions resume exactly
     n, b = 23, 4
@@ -242,7 +245,7 @@ def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> Non
     ids = []
     for s in shards:
         it = iter(s)
-        ids.append([w for _ in range(per_epoch) for _, w in next(it)])
+        ids.append([item.wid for _ in range(per_epoch) for item in next(it)])
     assert set(ids[0]) | set(ids[1]) == set(range(n))
     assert len(ids[0]) == len(ids[1]) == per_epoch * b
     straight = iter(D.WindowBatchSampler(n, b, seed=1))
@@ -251,6 +254,37 @@ def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> Non
     e, k = divmod(7, s1.batches_per_epoch)
     again = next(iter(D.WindowBatchSampler(n, b, seed=1, start_epoch=e, start_batch=k)))
     assert again == batches[7]
+
+
+def test_stateful_sampler_walks_episodes_window_after_window() -> None:
+    def ep(name: str, n: int) -> D.CachedEpisode:
+        z = np.zeros((n, 2), np.float32)
+        return D.CachedEpisode(name, None, np.zeros((n, 2, 2, 3), np.uint8), z, z)
+
+    ws = D.WindowSet([ep("a", 40), ep("b", 24), ep("short", 5)], window=8, stride=8)
+    sampler = D.StatefulBatchSampler(ws, 3, seed=2)
+    it = iter(sampler)
+    batches = [next(it) for _ in range(40)]
+    seen = set()
+    for j in range(3):
+        walk = [b[j] for b in batches]
+        assert walk[0].fresh
+        for prev, cur in itertools.pairwise(walk):
+            (e0, s0), (e1, s1) = ws.index[prev.wid], ws.index[cur.wid]
+            if cur.fresh:  # a new visit begins only where the last one ran out of windows
+                assert s0 + 16 > len(ws.episodes[e0]) and cur.key != prev.key
+                assert s1 == 0  # and, after the first, at the episode's start
+            else:  # otherwise the very next window of the same episode, the same visit
+                assert (e1, s1) == (e0, s0 + 8) and cur.key == prev.key
+        seen |= {int(ws.index[i.wid][0]) for i in walk}
+    assert seen == {0, 1}  # the too-short episode has no window
+    assert len({b[j].key for b in batches[:1] for j in range(3)}) == 3
+    assert len({tuple(b[j].wid for b in batches[:6]) for j in range(3)}) > 1  # not in lockstep
+    # the position is a function of the step: a resumed sampler replays it
+    assert next(iter(D.StatefulBatchSampler(ws, 3, seed=2, start_step=17))) == batches[17]
+    # another rank walks its own slots
+    rank1 = next(iter(D.StatefulBatchSampler(ws, 3, seed=2, rank=1, world=2)))
+    assert {i.key for i in rank1}.isdisjoint({i.key for i in batches[0]})
 
 
 def test_augmentation_is_seeded_and_bounded() -> None:
@@ -369,6 +403,84 @@ def test_resume_is_exact(episodes: Path, cache_dir: Path, tmp_path: Path) -> Non
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+RECURRENCE = {"stateful": True, "teacher_forcing": True, "memory_dropout": 0.25}
+
+
+def recurrent(episodes: Path, cache_dir: Path, **sections: dict) -> TrainConfig:
+    """The tiny config with action + motion feedback and the memorization recipe."""
+    cfg = tiny(episodes, cache_dir, **sections)
+    over = {**cfg.model.overrides, "action_feedback": True, "motion_feedback": True}
+    return cfg.with_updates(model={"overrides": over}, recurrence=RECURRENCE)
+
+
+@pytest.mark.slow
+def test_recurrence_carries_state_and_resumes_exactly(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cfg = recurrent(episodes, cache_dir)
+    straight = run_training(cfg, run_dir=tmp_path / "straight")
+    run_training(cfg, run_dir=tmp_path / "split", stop_at_step=10)
+    rest = run_training(cfg, run_dir=tmp_path / "split", resume=True)
+    assert straight["step"] == rest["step"] == 20
+    # the carried states are in the checkpoint: without them step 11 would start from zeros
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    wa, wb = weights(tmp_path / "straight" / "policy.pt"), weights(tmp_path / "split" / "policy.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    blob = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    (carry,) = blob["carry"]  # one rank
+    state, memory = torch.tensor(carry["state"]), torch.tensor(carry["memory"])
+    policy = load_policy(tmp_path / "straight" / "policy.pt")
+    assert state.shape == (4, policy.config.state_size)
+    # memory dropout: the first of the 4 slots never writes its memory, the others do
+    assert not memory[0].any() and memory[1:].abs().sum(dim=1).gt(0).all()
+    # teacher forcing: the last tick's fed-back action is the executed one (throttle 0.4),
+    # not the label (0.5) nor the policy's own output
+    prev = state[:, policy.config.state_layout()["prev_action"]]
+    torch.testing.assert_close(prev[:, 1], torch.full((4,), 0.4))
+
+
+@pytest.mark.slow
+def test_recurrence_differs_from_stateless_training(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    base = recurrent(episodes, cache_dir, train={"steps": 8, "eval_every": None})
+    runs = {
+        "recipe": base,
+        "stateless": base.with_updates(recurrence={"stateful": False}),
+        "free_running": base.with_updates(recurrence={"teacher_forcing": False}),
+        "no_dropout": base.with_updates(recurrence={"memory_dropout": 0.0}),
+    }
+    traces = {}
+    for name, cfg in runs.items():
+        run_training(cfg, run_dir=tmp_path / name)
+        traces[name] = losses(tmp_path / name)
+    assert all(np.isfinite(v) for t in traces.values() for _, v in t)
+    for name in ("stateless", "free_running", "no_dropout"):  # each switch changes training
+        assert traces[name] != traces["recipe"], name
+
+
+@pytest.mark.slow
+def test_recurrence_refuses_what_the_model_cannot_do(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    plain = tiny(episodes, cache_dir, train={"steps": 1})
+    with pytest.raises(TrainingError, match="action_feedback"):
+        run_training(
+            plain.with_updates(recurrence={"teacher_forcing": True}), run_dir=tmp_path / "a"
+        )
+    no_mem = plain.with_updates(
+        model={"overrides": {**plain.model.overrides, "memory": False}},
+        recurrence={"memory_dropout": 0.5},
+    )
+    with pytest.raises(TrainingError, match="has none"):
+        run_training(no_mem, run_dir=tmp_path / "b")
+    with pytest.raises(TrainingError, match="at least one"):  # 0.1 of 4 windows: none frozen
+        run_training(plain.with_updates(recurrence={"memory_dropout": 0.1}), run_dir=tmp_path / "c")
+    with pytest.raises(TrainConfigError, match="memory_dropout"):
+        parse_train_config({**plain.model_dump(mode="json"), "recurrence": {"memory_dropout": 1.0}})
+
+
 @pytest.mark.slow
 def test_wall_budget_stops_cleanly_then_resumes(
     episodes: Path, cache_dir: Path, tmp_path: Path
@@ -454,8 +566,12 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny(episodes, cache_dir, train={"steps": 6, "eval_every": 3})
+@pytest.mark.parametrize("recipe", ["plain", "recurrence"])
+def test_ddp_two_cpu_processes(
+    episodes: Path, cache_dir: Path, tmp_path: Path, recipe: str
+) -> None:
+    make = recurrent if recipe == "recurrence" else tiny
+    cfg = make(episodes, cache_dir, train={"steps": 6, "eval_every": 3})
     path = _write_cfg(cfg, tmp_path / "ddp.yaml")
     run_dir = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -476,6 +592,10 @@ def test_ddp_two_cpu_processes(episodes: Path, cache_dir: Path, tmp_path: Path) 
     head = json.loads((run_dir / "metrics.ndjson").read_text().splitlines()[0])
     assert head["world"] == 2 and head["backend"] == "gloo"
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "policy.pt").is_file()
+    if recipe == "recurrence":  # both ranks' carried slots are gathered into the checkpoint
+        blob = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+        assert len(blob["carry"]) == 2
+        assert blob["carry"][0]["state"] != blob["carry"][1]["state"]
 
 
 def _xla_python() -> tuple[str | None, str]:

@@ -7,15 +7,19 @@
    episode ids, a seeded fraction) decide train or val per episode.
 3. **Cache**: each episode is decoded ONCE -- JPEG -> RGB -> ``preprocess_frame``
    (the daemon runner's INTER_AREA resize) -- into ``<cache>/<key>/frames.npy``
-   (uint8 [N, H, W, 3]) and ``labels.npy`` (float32 [N, 2, A]: ``action`` and
-   ``extra["expert_action"]``, NaN where absent).  ``key`` hashes the episode's
-   content checksum (``steps_sha256`` of a native episode, the sha256 of a TFDS
-   record) with the image size, so an edited episode is decoded again and an
-   unchanged one never is; runs that share ``data.cache_dir`` share the work.
+   (uint8 [N, H, W, 3]) and ``labels.npy`` (float32 [N, 3, A]: ``action``,
+   ``extra["expert_action"]`` and ``extra["executed_action"]``, NaN where absent).
+   ``key`` hashes the episode's content checksum (``steps_sha256`` of a native
+   episode, the sha256 of a TFDS record) with the image size and the cache
+   version, so an edited episode is decoded again and an unchanged one never is;
+   runs that share ``data.cache_dir`` share the work.
    Entries are written to a temporary directory and renamed into place.
 4. **Windows**: ``(episode, start)`` pairs, ``start = 0, stride, 2*stride, ...,
    N - T`` -- a window never crosses an episode boundary.  Frames are read from
    the memory-mapped cache, so the dataset does not have to fit in RAM.
+5. **Batches**: shuffled windows (``WindowBatchSampler``), or for stateful TBPTT
+   (``recurrence.stateful``) slots that each walk an episode window after window
+   (``StatefulBatchSampler``), the loop carrying each slot's state across batches.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -44,8 +48,10 @@ from rlds.reader import Episode, list_episodes
 
 _log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-LABEL_SOURCES = ("action", "expert_action")
+CACHE_VERSION = 2
+#: The per-step action sources cached in ``labels.npy``: the first two can be the label
+#: (``data.label``), the last is what teacher forcing feeds back.
+LABEL_SOURCES = ("action", "expert_action", "executed_action")
 
 
 class DataError(RuntimeError):
@@ -180,16 +186,18 @@ def list_data(cfg: DataConfig, seed: int) -> list[EpisodeRef]:
 
 
 def _labels(actions: np.ndarray, extras: list[dict[str, Any]] | None) -> np.ndarray:
-    """float32 [N, 2, A]: the step's ``action`` and ``extra["expert_action"]`` (NaN if absent)."""
+    """float32 [N, 3, A]: the step's ``action``, then ``extra[...]`` of the other
+    ``LABEL_SOURCES`` (NaN where absent or malformed)."""
     n, a = actions.shape
     out = np.full((n, len(LABEL_SOURCES), a), np.nan, dtype=np.float32)
     out[:, 0] = actions
     if extras is not None:
         for i, ex in enumerate(extras):
-            v = ex.get("expert_action") if isinstance(ex, dict) else None
-            if isinstance(v, list) and len(v) == a:
-                with contextlib.suppress(TypeError, ValueError):
-                    out[i, 1] = np.asarray(v, dtype=np.float64)
+            for j, key in enumerate(LABEL_SOURCES[1:], start=1):
+                v = ex.get(key) if isinstance(ex, dict) else None
+                if isinstance(v, list) and len(v) == a:
+                    with contextlib.suppress(TypeError, ValueError):
+                        out[i, j] = np.asarray(v, dtype=np.float64)
     return out
 
 
@@ -276,6 +284,7 @@ class CachedEpisode:
     track: str | None
     frames: np.ndarray  # uint8 [N, H, W, 3], memory-mapped
     labels: np.ndarray  # float32 [N, A] (the configured label, smoothed)
+    executed: np.ndarray  # float32 [N, A] (executed action, else the step's action)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -284,13 +293,21 @@ class CachedEpisode:
 def load_cache_entry(path: Path, label: str, smoothing: int) -> CachedEpisode:
     meta = json.loads((path / "meta.json").read_text())
     frames = np.load(path / "frames.npy", mmap_mode="r")
-    both = np.load(path / "labels.npy")
-    labels = both[:, LABEL_SOURCES.index(label)]
-    if label != "action":  # steps without the chosen label fall back to `action`
-        missing = ~np.isfinite(labels).all(axis=1)
-        labels = np.where(missing[:, None], both[:, 0], labels)
+    sources = np.load(path / "labels.npy")
+    if meta.get("cache_version") != CACHE_VERSION or sources.shape[1:2] != (len(LABEL_SOURCES),):
+        raise DataError(f"{path}: cache entry of another version; delete it to rebuild")
+
+    def source(name: str) -> np.ndarray:  # steps without it fall back to `action`
+        got = sources[:, LABEL_SOURCES.index(name)]
+        missing = ~np.isfinite(got).all(axis=1)
+        return np.where(missing[:, None], sources[:, 0], got)
+
     return CachedEpisode(
-        meta["episode_id"], meta.get("track"), frames, smooth_labels(labels, smoothing)
+        meta["episode_id"],
+        meta.get("track"),
+        frames,
+        smooth_labels(source(label), smoothing),
+        source("executed_action").astype(np.float32),
     )
 
 
@@ -324,12 +341,14 @@ class WindowSet:
     def num_steps(self) -> int:
         return sum(len(ep) for ep in self.episodes)
 
-    def get(self, wid: int) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, wid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frames uint8 [T, H, W, 3], labels [T, A], executed actions [T, A])."""
         e, s = self.index[wid]
         ep = self.episodes[e]
         return (
             np.asarray(ep.frames[s : s + self.window]),
             np.asarray(ep.labels[s : s + self.window]),
+            np.asarray(ep.executed[s : s + self.window]),
         )
 
     def spread(self, count: int) -> list[int]:
@@ -381,33 +400,58 @@ def augment_window(frames: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     return np.ascontiguousarray(out)
 
 
-class WindowDataset:
-    """Map-style dataset of ``(epoch, window id)`` -> (frames uint8 [T,H,W,3], labels [T,A]).
+class WindowItem(NamedTuple):
+    """One window of a batch, as the samplers deal it out."""
 
-    The augmentation of a window depends only on (seed, epoch, window id), never on
-    which worker or process assembles it, so a run is reproducible and resumable
-    whatever ``data.workers`` is.
+    #: Seeds the augmentation with ``wid`` (shuffled: the epoch) or alone (stateful: the
+    #: slot's episode visit, so every window of a visit is augmented alike).
+    key: int
+    wid: int
+    #: The window starts from the zero state (always, unless stateful and mid-visit).
+    fresh: bool
+
+
+class Batch(NamedTuple):
+    frames: Any  # uint8 [B, T, H, W, 3]
+    labels: Any  # float32 [B, T, A]
+    executed: Any  # float32 [B, T, A]
+    fresh: Any  # bool [B]
+
+
+class WindowDataset:
+    """Map-style dataset of :class:`WindowItem` -> (frames, labels, executed actions, fresh).
+
+    The augmentation of a window depends only on the seed and the item, never on which
+    worker or process assembles it, so a run is reproducible and resumable whatever
+    ``data.workers`` is.
     """
 
-    def __init__(self, windows: WindowSet, augment: AugmentConfig | None, seed: int) -> None:
+    def __init__(
+        self,
+        windows: WindowSet,
+        augment: AugmentConfig | None,
+        seed: int,
+        per_visit: bool = False,
+    ) -> None:
         self.windows = windows
         self.augment = augment
         self.seed = seed
+        self.per_visit = per_visit
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        epoch, wid = item
-        frames, labels = self.windows.get(wid)
+    def __getitem__(self, item: WindowItem) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        key, wid, fresh = item
+        frames, labels, executed = self.windows.get(wid)
         if self.augment is not None and self.augment.enabled:
-            rng = np.random.default_rng([self.seed, epoch, wid, 0xA06])
-            frames = augment_window(frames, self.augment, rng)
-        return frames, labels
+            parts = [self.seed, key, 0xA07] if self.per_visit else [self.seed, key, wid, 0xA06]
+            frames = augment_window(frames, self.augment, np.random.default_rng(parts))
+        return frames, labels, executed, fresh
 
 
 class WindowBatchSampler:
-    """Batches of ``(epoch, window id)`` for one rank, forever, from a given position.
+    """Batches of shuffled windows for one rank, forever, from a given position.
 
     Each epoch is a permutation of all windows seeded by (seed, epoch), padded by
     wrapping to a multiple of ``batch_size * world`` (as ``DistributedSampler``
@@ -448,20 +492,84 @@ class WindowBatchSampler:
         padded = np.tile(perm, reps)[:total]
         return padded[self.rank :: self.world]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[WindowItem]]:
         epoch, batch = self.start_epoch, self.start_batch
         while True:
             mine = self.epoch_order(epoch)
             while batch < self.batches_per_epoch:
                 ids = mine[batch * self.batch_size : (batch + 1) * self.batch_size]
-                yield [(epoch, int(w)) for w in ids]
+                yield [WindowItem(epoch, int(w), True) for w in ids]
                 batch += 1
             epoch, batch = epoch + 1, 0
 
 
-def collate(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, Any]:
+class StatefulBatchSampler:
+    """Batches for stateful truncated BPTT: batch slot j walks episodes window after window.
+
+    ``windows`` must tile its episodes (stride = window).  Each slot (``batch_size`` per
+    rank, numbered over all ranks) has its own stream seeded by (seed, slot): a random
+    episode, window after window to its end, then another.  Its first episode starts at a
+    random window, so the slots do not all reach an episode's end on the same step.  A
+    visit's first window is ``fresh`` (the loop starts that slot from the zero state);
+    the others continue the state the slot carried out of the previous batch.  The
+    position is a function of the step alone, so a resumed run replays it exactly.
+    """
+
+    def __init__(
+        self,
+        windows: WindowSet,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_step: int = 0,
+    ) -> None:
+        if len(windows) < 1:
+            raise DataError("no training windows")
+        episode_of = windows.index[:, 0]
+        self.eligible = np.unique(episode_of)
+        self.first = {int(e): int(np.argmax(episode_of == e)) for e in self.eligible}
+        self.count = {int(e): int((episode_of == e).sum()) for e in self.eligible}
+        self.n = len(windows)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.start_step = start_step
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Nominal: batches in which the ranks see as many windows as the set holds."""
+        return math.ceil(self.n / (self.batch_size * self.world))
+
+    def slot_stream(self, slot: int) -> Iterator[WindowItem]:
+        rng = np.random.default_rng([self.seed, slot, 0x57A7])
+        slots = self.batch_size * self.world
+        visit = 0
+        while True:
+            e = int(self.eligible[rng.integers(len(self.eligible))])
+            begin = int(rng.integers(self.count[e])) if visit == 0 else 0
+            for k in range(begin, self.count[e]):
+                yield WindowItem(visit * slots + slot, self.first[e] + k, k == begin)
+            visit += 1
+
+    def __iter__(self) -> Iterator[list[WindowItem]]:
+        b = self.batch_size
+        streams = [self.slot_stream(self.rank * b + j) for j in range(b)]
+        for _ in range(self.start_step):
+            for s in streams:
+                next(s)
+        while True:
+            yield [next(s) for s in streams]
+
+
+def collate(items: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]) -> Batch:
     import torch
 
-    frames = torch.from_numpy(np.stack([f for f, _ in items]))
-    labels = torch.from_numpy(np.stack([lab for _, lab in items]).astype(np.float32))
-    return frames, labels
+    return Batch(
+        torch.from_numpy(np.stack([it[0] for it in items])),
+        torch.from_numpy(np.stack([it[1] for it in items]).astype(np.float32)),
+        torch.from_numpy(np.stack([it[2] for it in items]).astype(np.float32)),
+        torch.tensor([bool(it[3]) for it in items]),
+    )

@@ -3,15 +3,18 @@
 One optimiser step = one batch of ``batch_size`` windows per process, each window
 T consecutive steps of one episode.  The policy's recurrent ``(state, memory)``
 starts at ``policy.initial_state`` (zeros, as on the robot when it starts
-driving) at every window start; gradients flow through all T ticks
-(``forward_sequence``); the first ``burn_in`` ticks only warm the state up and
-carry no loss.
+driving) at every window start -- or, with ``recurrence.stateful``, where the
+slot's previous window of the same episode left it (detached); gradients flow
+through all T ticks (``forward_sequence``); the first ``burn_in`` ticks only warm
+the state up and carry no loss.  ``recurrence.teacher_forcing`` feeds the executed
+actions back, ``recurrence.memory_dropout`` runs some slots with the memory frozen.
 
 Everything that decides what happens next is in the checkpoint -- weights,
-optimiser and scheduler states, the torch/numpy/python RNG states and the data
-sampler's position -- and the augmentation of a window depends only on (seed,
-epoch, window id), so ``--resume`` continues exactly where the run stopped: on
-CPU, 20 steps straight and 10 + 10 resumed give the same losses and weights.
+optimiser and scheduler states, the torch/numpy/python RNG states, the data
+sampler's position and (stateful) every rank's carried state -- and the
+augmentation of a window depends only on the seed and the sampler's item, so
+``--resume`` continues exactly where the run stopped: on CPU, 20 steps straight
+and 10 + 10 resumed give the same losses and weights.
 """
 
 from __future__ import annotations
@@ -97,10 +100,41 @@ class SequenceModule(nn.Module):
         self.policy = policy
 
     def forward(
-        self, images: torch.Tensor, state: torch.Tensor, memory: torch.Tensor
-    ) -> torch.Tensor:
-        actions, _, _ = self.policy.forward_sequence(images, state, memory)
-        return actions
+        self,
+        images: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        executed: torch.Tensor | None = None,
+        mem_lr_scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.policy.forward_sequence(
+            images, state, memory, executed_actions=executed, mem_lr_scale=mem_lr_scale
+        )
+
+
+def check_recurrence(cfg: TrainConfig, policy: nn.Module) -> int:
+    """Refuse recurrence settings the model cannot honour; returns the frozen slots per batch."""
+    rec, mc = cfg.recurrence, policy.config
+    if rec.teacher_forcing and not mc.action_feedback:
+        raise TrainingError(
+            "recurrence.teacher_forcing feeds executed actions back, but the model has "
+            "action_feedback off (set model.overrides.action_feedback: true)"
+        )
+    if rec.memory_dropout <= 0:
+        return 0
+    if not mc.memory:
+        raise TrainingError(
+            "recurrence.memory_dropout freezes the memory, but the model has none "
+            "(model.overrides.memory is false)"
+        )
+    frozen = round(rec.memory_dropout * cfg.train.batch_size)
+    if not 0 < frozen < cfg.train.batch_size:
+        raise TrainingError(
+            f"recurrence.memory_dropout {rec.memory_dropout} of train.batch_size "
+            f"{cfg.train.batch_size} freezes {frozen} window(s) per batch; it must be at "
+            "least one and leave at least one memorizing"
+        )
+    return frozen
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -338,7 +372,9 @@ def _prepare_data(
         ep = D.load_cache_entry(path, cfg.data.label, cfg.data.label_smoothing)
         (val_eps if ref.role == "val" else train_eps).append(ep)
     loop = cfg.train
-    train = D.WindowSet(train_eps, loop.window, loop.stride)
+    # Stateful TBPTT walks an episode window after window: the windows tile it.
+    stride = loop.window if cfg.recurrence.stateful else loop.stride
+    train = D.WindowSet(train_eps, loop.window, stride)
     val = D.WindowSet(val_eps, loop.window, loop.window) if val_eps else None
     short = train.too_short + (val.too_short if val else [])
     if short:
@@ -390,13 +426,13 @@ def evaluate(
     sums = torch.zeros(5, dtype=dtype, device=dist.device)  # loss*w, w, |e_s|, |e_t|, count
     bs = cfg.train.batch_size
     for i in range(0, len(mine), bs):
-        chunk = [windows.get(w) for w in mine[i : i + bs]]
-        frames = torch.from_numpy(np.stack([f for f, _ in chunk])).to(dist.device)
-        labels = torch.from_numpy(np.stack([lab for _, lab in chunk]).astype(np.float32))
-        labels = labels.to(dist.device)
-        state, memory = policy.initial_state(len(chunk), device=dist.device)
+        batch = D.collate([(*windows.get(w), True) for w in mine[i : i + bs]])
+        frames = batch.frames.to(dist.device)
+        labels = batch.labels.to(dist.device)
+        executed = batch.executed.to(dist.device) if cfg.recurrence.teacher_forcing else None
+        state, memory = policy.initial_state(len(frames), device=dist.device)
         with _autocast(dist, cfg.precision):
-            pred, _, _ = policy.forward_sequence(frames, state, memory)
+            pred, _, _ = policy.forward_sequence(frames, state, memory, executed_actions=executed)
         loss, wsum = bc_loss(pred, labels, cfg.loss, cfg.train.burn_in)
         err = (pred.float() - labels).abs()
         ok = torch.isfinite(err)
@@ -486,6 +522,7 @@ def _train(
     seed_everything(cfg.seed)
     policy = _build_policy(cfg)
     resolved = resolved_config(cfg, policy)
+    frozen_slots = check_recurrence(cfg, policy)
     image_hw = (int(policy.config.image_hw[0]), int(policy.config.image_hw[1]))
     train_ws, val_ws, data_info = _prepare_data(cfg, dist, run_dir, image_hw)
     sampler_probe = D.WindowBatchSampler(
@@ -507,6 +544,7 @@ def _train(
     best_val: float | None = None
     samples_seen = 0
     train_time_s = 0.0
+    carry: dict[str, Any] | None = None  # stateful: this rank's (state, memory) per slot
     if resume:
         blob = _load_checkpoint(last_path)
         if blob["model_config"] != policy.config.to_dict():
@@ -521,6 +559,9 @@ def _train(
         best_val = blob.get("best_val")
         samples_seen = int(blob.get("samples", 0))
         train_time_s = float(blob.get("train_time_s", 0.0))
+        carries = blob.get("carry")
+        if cfg.recurrence.stateful and carries is not None and len(carries) == dist.world:
+            carry = {k: torch.tensor(v, dtype=torch.float32) for k, v in carries[dist.rank].items()}
         if blob.get("world") != dist.world:
             _log.warning(
                 "resuming a run of %s process(es) with %d: the data order changes from here",
@@ -591,16 +632,29 @@ def _train(
             warnings.warn(f"torch.compile failed ({e}); training eagerly", stacklevel=1)
 
     # ---- data loader
-    dataset = D.WindowDataset(train_ws, cfg.augment, cfg.seed)
-    sampler = D.WindowBatchSampler(
-        len(train_ws),
-        loop.batch_size,
-        seed=cfg.seed,
-        rank=dist.rank,
-        world=dist.world,
-        start_epoch=start_epoch,
-        start_batch=start_batch,
-    )
+    stateful = cfg.recurrence.stateful
+    dataset = D.WindowDataset(train_ws, cfg.augment, cfg.seed, per_visit=stateful)
+    sampler: D.WindowBatchSampler | D.StatefulBatchSampler
+    if stateful:
+        sampler = D.StatefulBatchSampler(
+            train_ws, loop.batch_size, seed=cfg.seed, rank=dist.rank, world=dist.world,
+            start_step=step,
+        )  # fmt: skip
+    else:
+        sampler = D.WindowBatchSampler(
+            len(train_ws),
+            loop.batch_size,
+            seed=cfg.seed,
+            rank=dist.rank,
+            world=dist.world,
+            start_epoch=start_epoch,
+            start_batch=start_batch,
+        )
+    # Memory dropout: the first `frozen_slots` windows of every batch run frozen.
+    mem_lr_scale = None
+    if frozen_slots:
+        mem_lr_scale = torch.ones(loop.batch_size, device=dist.device)
+        mem_lr_scale[:frozen_slots] = 0.0
     gen = torch.Generator()
     gen.manual_seed(cfg.seed * 1000 + dist.rank + step)
     loader_kwargs: dict[str, Any] = {}
@@ -633,6 +687,11 @@ def _train(
     def save(kind: str) -> None:
         """Checkpoint (rank 0): step-N.pt and last.pt, or best.pt.  Collective (buffers)."""
         dist.average_buffers(policy)
+        carries = None
+        if stateful:  # every rank's slots carry their own state: gather them
+            mine = None if carry is None else {k: v.tolist() for k, v in carry.items()}
+            got = dist.all_gather_object(mine)
+            carries = None if any(c is None for c in got) else got
         if not dist.is_main:
             return
         blob = {
@@ -648,6 +707,7 @@ def _train(
             "samples": samples_seen,
             "train_time_s": train_time_s,
             "world": dist.world,
+            "carry": carries,
             "config": resolved.model_dump(mode="json"),
         }
         if kind == "best":
@@ -692,13 +752,21 @@ def _train(
     with _StopSignal() as stop_signal:
         while step < total_steps:
             t_step = time.monotonic()
-            frames, labels = next(batches)
-            frames = frames.to(dist.device, non_blocking=True)
-            labels = labels.to(dist.device, non_blocking=True)
+            batch = next(batches)
+            frames = batch.frames.to(dist.device, non_blocking=True)
+            labels = batch.labels.to(dist.device, non_blocking=True)
+            executed = None
+            if cfg.recurrence.teacher_forcing:
+                executed = batch.executed.to(dist.device, non_blocking=True)
             state, memory = policy.initial_state(frames.shape[0], device=dist.device)
+            if carry is not None:  # stateful: continue each slot unless its visit starts
+                keep = ~batch.fresh.to(dist.device).unsqueeze(1)
+                state = torch.where(keep, carry["state"].to(dist.device), state)
+                memory = torch.where(keep, carry["memory"].to(dist.device), memory)
+            inputs = (frames, state, memory, executed, mem_lr_scale)
             try:
                 with _autocast(dist, cfg.precision):
-                    pred = seq(frames, state, memory)
+                    pred, state, memory = seq(*inputs)
             except Exception as e:
                 if not compiled:
                     raise
@@ -708,7 +776,9 @@ def _train(
                 )
                 seq, compiled = eager_seq, False
                 with _autocast(dist, cfg.precision):
-                    pred = seq(frames, state, memory)
+                    pred, state, memory = seq(*inputs)
+            if stateful:
+                carry = {"state": state.detach().float(), "memory": memory.detach().float()}
             loss, _ = bc_loss(pred, labels, cfg.loss, loop.burn_in)
             opts.zero_grad()
             loss.backward()
