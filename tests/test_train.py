@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 from brain.model import export_onnx, load_policy  # noqa: E402
 from cloud_jobs.train import data as D  # noqa: E402
 from cloud_jobs.train import run_training  # noqa: E402
+from cloud_jobs.train import windows as WS  # noqa: E402
 from cloud_jobs.train.config import (  # noqa: E402
     AugmentConfig,
     LossConfig,
@@ -31,8 +32,9 @@ from cloud_jobs.train.config import (  # noqa: E402
     load_train_config,
     parse_train_config,
 )
-from cloud_jobs.train.loop import TrainingError, bc_loss  # noqa: E402
+from cloud_jobs.train.errors import TrainingError  # noqa: E402
 from cloud_jobs.train.optim import build_optimizers, lr_factor, split_params  # noqa: E402
+from cloud_jobs.train.step import bc_loss  # noqa: E402
 from cloud_jobs.train.tfds_read import list_tfds_episodes, parse_example  # noqa: E402
 from rlds.export import tf_example as pb  # noqa: E402
 from rlds.export.tfds import export_tfds  # noqa: E402
@@ -233,14 +235,14 @@ def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> Non
     smooth = D.load_cache_entry(path, "action", 5).labels
     np.testing.assert_allclose(smooth[10, 0], ep.labels[8:13, 0].mean(), rtol=1e-5)
 
-    ws = D.WindowSet([ep, ep], window=8, stride=4)
+    ws = WS.WindowSet([ep, ep], window=8, stride=4)
     assert len(ws) == 2 * len(range(0, 40 - 8 + 1, 4))
     frames, labels, executed = ws.get(len(ws) - 1)
     assert frames.shape == (8, H, W, 3) and labels.shape == executed.shape == (8, 2)
 
     # ranks get disjoint shards that together cover each epoch; positions resume exactly
     n, b = 23, 4
-    shards = [D.WindowBatchSampler(n, b, seed=1, rank=r, world=2) for r in range(2)]
+    shards = [WS.WindowBatchSampler(n, b, seed=1, rank=r, world=2) for r in range(2)]
     per_epoch = shards[0].batches_per_epoch
     ids = []
     for s in shards:
@@ -248,11 +250,11 @@ def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> Non
         ids.append([item.wid for _ in range(per_epoch) for item in next(it)])
     assert set(ids[0]) | set(ids[1]) == set(range(n))
     assert len(ids[0]) == len(ids[1]) == per_epoch * b
-    straight = iter(D.WindowBatchSampler(n, b, seed=1))
+    straight = iter(WS.WindowBatchSampler(n, b, seed=1))
     batches = [next(straight) for _ in range(9)]
-    s1 = D.WindowBatchSampler(n, b, seed=1)
+    s1 = WS.WindowBatchSampler(n, b, seed=1)
     e, k = divmod(7, s1.batches_per_epoch)
-    again = next(iter(D.WindowBatchSampler(n, b, seed=1, start_epoch=e, start_batch=k)))
+    again = next(iter(WS.WindowBatchSampler(n, b, seed=1, start_epoch=e, start_batch=k)))
     assert again == batches[7]
 
 
@@ -261,8 +263,8 @@ def test_stateful_sampler_walks_episodes_window_after_window() -> None:
         z = np.zeros((n, 2), np.float32)
         return D.CachedEpisode(name, None, np.zeros((n, 2, 2, 3), np.uint8), z, z)
 
-    ws = D.WindowSet([ep("a", 40), ep("b", 24), ep("short", 5)], window=8, stride=8)
-    sampler = D.StatefulBatchSampler(ws, 3, seed=2)
+    ws = WS.WindowSet([ep("a", 40), ep("b", 24), ep("short", 5)], window=8, stride=8)
+    sampler = WS.StatefulBatchSampler(ws, 3, seed=2)
     it = iter(sampler)
     batches = [next(it) for _ in range(40)]
     seen = set()
@@ -281,21 +283,21 @@ def test_stateful_sampler_walks_episodes_window_after_window() -> None:
     assert len({b[j].key for b in batches[:1] for j in range(3)}) == 3
     assert len({tuple(b[j].wid for b in batches[:6]) for j in range(3)}) > 1  # not in lockstep
     # the position is a function of the step: a resumed sampler replays it
-    assert next(iter(D.StatefulBatchSampler(ws, 3, seed=2, start_step=17))) == batches[17]
+    assert next(iter(WS.StatefulBatchSampler(ws, 3, seed=2, start_step=17))) == batches[17]
     # another rank walks its own slots
-    rank1 = next(iter(D.StatefulBatchSampler(ws, 3, seed=2, rank=1, world=2)))
+    rank1 = next(iter(WS.StatefulBatchSampler(ws, 3, seed=2, rank=1, world=2)))
     assert {i.key for i in rank1}.isdisjoint({i.key for i in batches[0]})
 
 
 def test_augmentation_is_seeded_and_bounded() -> None:
     frames = np.random.default_rng(0).integers(0, 256, (4, H, W, 3), dtype=np.uint8)
     cfg = AugmentConfig(brightness=0.3, contrast=0.3, shift_px=3)
-    a = D.augment_window(frames, cfg, np.random.default_rng(5))
-    b = D.augment_window(frames, cfg, np.random.default_rng(5))
+    a = WS.augment_window(frames, cfg, np.random.default_rng(5))
+    b = WS.augment_window(frames, cfg, np.random.default_rng(5))
     assert a.dtype == np.uint8 and a.shape == frames.shape
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, frames)
-    off = D.augment_window(
+    off = WS.augment_window(
         frames, cfg.model_copy(update={"enabled": False}), np.random.default_rng(5)
     )
     assert off is frames
@@ -304,11 +306,11 @@ def test_augmentation_is_seeded_and_bounded() -> None:
     cols = np.broadcast_to(np.arange(W, dtype=np.uint8)[None, None, :, None], (1, H, W, 3))
     still = AugmentConfig(brightness=0.0, contrast=0.0, shift_px=3)
     for seed in range(10):
-        out = D.augment_window(cols, still, np.random.default_rng(seed))
+        out = WS.augment_window(cols, still, np.random.default_rng(seed))
         np.testing.assert_array_equal(out, cols)
     sideways = still.model_copy(update={"shift_x_px": 3})
     moved = [
-        not np.array_equal(D.augment_window(cols, sideways, np.random.default_rng(s)), cols)
+        not np.array_equal(WS.augment_window(cols, sideways, np.random.default_rng(s)), cols)
         for s in range(10)
     ]
     assert any(moved)
