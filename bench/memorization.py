@@ -28,7 +28,14 @@ The ratio is memorize / frozen over the +-trims; the no-trim pair shows whether 
 hurts even without a disturbance (then the "gain" is not adaptation), and the trim cost
 (|cte| under the trims / |cte| without) of each says which of the two the trim hurts less.
 ~4-8 min per seed on one core of a shared 2-core VM (600-1200 iterations).  Episodes (and
-their decoded cache) are kept in ``--out``; the runs go to ``--out/run-seed<N>``.
+their decoded cache) are kept in ``--out``; the runs go to ``--out/run-<preset>-seed<N>``.
+
+``--preset pi5`` runs the same measurement with the shipped ``configs/train/pi5.yaml``
+(the on-robot model at 120x160, batch 8, a quarter frozen), demonstrations recorded at
+160x120; ``--via-cli`` trains through ``python -m cloud_jobs train`` in a subprocess:
+
+    python bench/memorization.py --preset pi5 --via-cli --out /tmp/memo-pi5 --seeds 1 \
+        --episodes 16 --iters 300
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,20 +55,29 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-#: The recipe: the ``tiny`` preset (48x64, d=32) with action + motion feedback, stateful
-#: TBPTT, teacher forcing and memory dropout.
-CONFIG = ROOT / "configs" / "train" / "memorize.yaml"
+#: The recipe's configs: ``tiny`` (48x64, d=32; the fast harness) and the shipped ``pi5``
+#: (120x160): action + motion feedback, stateful TBPTT, teacher forcing, memory dropout.
+CONFIGS = {
+    "tiny": ROOT / "configs" / "train" / "memorize.yaml",
+    "pi5": ROOT / "configs" / "train" / "pi5.yaml",
+}
+#: Demonstrations are recorded at the model's camera size: (width, height).
+SIZES = {"tiny": (64, 48), "pi5": (160, 120)}
 SLOTS = 16
 
 
-def record(root: Path, seed: int, episodes: int, steps: int, trim_max: float) -> Path:
+def record(
+    root: Path, seed: int, episodes: int, steps: int, trim_max: float, preset: str = "tiny"
+) -> Path:
     from cloud_jobs import demos
 
-    out = root / f"episodes-seed{seed}-{episodes}x{steps}"
+    width, height = SIZES[preset]
+    size = "" if preset == "tiny" else f"-{width}x{height}"
+    out = root / f"episodes-seed{seed}-{episodes}x{steps}{size}"
     if out.exists():
         return out
     specs = demos.plan_demos(
-        ["oval", "kidney"], episodes, steps=steps, width=64, height=48, seed=seed + 1,
+        ["oval", "kidney"], episodes, steps=steps, width=width, height=height, seed=seed + 1,
         noise=0.1, steering_offset_max=trim_max, label="trim_aware", drive="label",
     )  # fmt: skip
     trims = np.linspace(-trim_max, trim_max, episodes)
@@ -73,22 +90,48 @@ def record(root: Path, seed: int, episodes: int, steps: int, trim_max: float) ->
 
 
 def train(
-    episodes: Path, run_dir: Path, seed: int, iters: int, window: int, frozen_slots: int
+    episodes: Path,
+    run_dir: Path,
+    seed: int,
+    iters: int,
+    window: int,
+    frozen_slots: int | None = None,
+    preset: str = "tiny",
+    via_cli: bool = False,
 ) -> Any:
-    """``cloud_jobs train`` with ``configs/train/memorize.yaml`` on the recorded episodes."""
+    """``cloud_jobs train`` with the preset's config (:data:`CONFIGS`) on the recorded
+    episodes: in this process, or with ``via_cli`` as ``python -m cloud_jobs train``."""
     from brain.model import load_policy
     from cloud_jobs.train import run_training
     from cloud_jobs.train.config import load_train_config
 
-    cfg = load_train_config(CONFIG).with_updates(
+    cfg = load_train_config(CONFIGS[preset])
+    slots = SLOTS if preset == "tiny" else cfg.train.batch_size
+    frozen = round(slots / 4) if frozen_slots is None else frozen_slots
+    cfg = cfg.with_updates(
         seed=seed,
-        data={"sources": [{"path": str(episodes)}], "cache_dir": str(episodes) + "-cache"},
-        train={"steps": iters, "window": window, "batch_size": SLOTS, "progress": "off"},
-        recurrence={"memory_dropout": frozen_slots / SLOTS},
-    )
-    if (run_dir / "checkpoints" / "last.pt").exists():
+        device="cpu",
+        data={
+            "sources": [{"path": str(episodes)}],
+            "cache_dir": str(episodes) + "-cache",
+            "holdout": {"fraction": 0.0, "tracks": [], "episodes": []},
+        },
+        train={
+            "steps": iters, "window": window, "batch_size": slots, "progress": "off",
+            "eval_every": None, "max_minutes": None,
+        },
+        recurrence={"memory_dropout": frozen / slots},
+    )  # fmt: skip
+    if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: the harness measures, it does not resume
-    run_training(cfg, run_dir=run_dir)
+    if via_cli:
+        run_dir.mkdir(parents=True)
+        path = run_dir.with_name(run_dir.name + ".yaml")
+        path.write_text(cfg.to_yaml())
+        cmd = [sys.executable, "-m", "cloud_jobs", "train", "--config", str(path)]
+        subprocess.run([*cmd, "--run-dir", str(run_dir)], check=True, cwd=ROOT)
+    else:
+        run_training(cfg, run_dir=run_dir)
     policy = load_policy(run_dir / "policy.pt")
     policy.set_memorize(lr=1.0)
     return policy.eval()
@@ -123,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trim-max", type=float, default=0.3)
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--window", type=int, default=32)
-    ap.add_argument("--frozen-slots", type=int, default=4, choices=range(0, SLOTS))
+    ap.add_argument(
+        "--frozen-slots", type=int, default=None, help="of the batch (default: a quarter)"
+    )
+    ap.add_argument("--preset", choices=sorted(CONFIGS), default="tiny")
+    ap.add_argument("--via-cli", action="store_true", help="train as `python -m cloud_jobs train`")
     ap.add_argument("--trims", type=float, nargs="+", default=[0.15])
     ap.add_argument("--max-steps", type=int, default=500, help="ticks per closed-loop drive")
     ap.add_argument("--json", type=Path, default=None)
@@ -136,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        episodes = record(args.out, seed, args.episodes, args.steps, args.trim_max)
-        run_dir = args.out / f"run-seed{seed}"
-        policy = train(episodes, run_dir, seed, args.iters, args.window, args.frozen_slots)
+        episodes = record(args.out, seed, args.episodes, args.steps, args.trim_max, args.preset)
+        run_dir = args.out / f"run-{args.preset}-seed{seed}"
+        policy = train(
+            episodes, run_dir, seed, args.iters, args.window, args.frozen_slots,
+            preset=args.preset, via_cli=args.via_cli,
+        )  # fmt: skip
         train_s = time.perf_counter() - t0
         cte = drive(policy, trims, args.max_steps)
         mem = np.mean([cte[f"{t:+.2f}/memorize"] for t in trims if t])
@@ -192,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k not in ("out", "json")}
-        report = {"config": config, "train_config": str(CONFIG.relative_to(ROOT))}
+        report = {"config": config, "train_config": str(CONFIGS[args.preset].relative_to(ROOT))}
         report.update(runs=rows, summary=summary)
         args.json.write_text(json.dumps(report, indent=1, default=list) + "\n")
     return 0

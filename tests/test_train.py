@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from brain.model import export_onnx, load_policy  # noqa: E402
+from brain.model import build_policy, export_onnx, load_policy  # noqa: E402
 from cloud_jobs.train import data as D  # noqa: E402
 from cloud_jobs.train import run_training  # noqa: E402
 from cloud_jobs.train import windows as WS  # noqa: E402
@@ -32,9 +32,10 @@ from cloud_jobs.train.config import (  # noqa: E402
     load_train_config,
     parse_train_config,
 )
+from cloud_jobs.train.dist import Dist  # noqa: E402
 from cloud_jobs.train.errors import TrainingError  # noqa: E402
 from cloud_jobs.train.optim import build_optimizers, lr_factor, split_params  # noqa: E402
-from cloud_jobs.train.step import bc_loss  # noqa: E402
+from cloud_jobs.train.step import Stepper, bc_loss, check_recurrence  # noqa: E402
 from cloud_jobs.train.tfds_read import list_tfds_episodes, parse_example  # noqa: E402
 from rlds.export import tf_example as pb  # noqa: E402
 from rlds.export.tfds import export_tfds  # noqa: E402
@@ -113,6 +114,13 @@ def test_shipped_configs_are_valid() -> None:
         assert cfg.train.window > cfg.train.burn_in
     pi5 = load_train_config(ROOT / "configs" / "train" / "pi5.yaml")
     assert pi5.model.preset == "pi5" and pi5.precision == "fp32"
+    for name in ("pi5", "tpu"):  # the shipped policy is trained with the memorization recipe
+        cfg = load_train_config(ROOT / "configs" / "train" / f"{name}.yaml")
+        rec = cfg.recurrence
+        assert rec.stateful and rec.teacher_forcing and rec.memory_dropout > 0, name
+        policy = build_policy(cfg.model.preset, **dict(cfg.model.overrides))
+        assert policy.config.image_hw == (120, 160) and policy.config.motion_feedback
+        assert check_recurrence(cfg, policy) == cfg.train.batch_size // 4  # the model honours it
 
 
 def test_config_errors_name_line_key_and_value(tmp_path: Path) -> None:
@@ -413,6 +421,56 @@ def recurrent(episodes: Path, cache_dir: Path, **sections: dict) -> TrainConfig:
     cfg = tiny(episodes, cache_dir, **sections)
     over = {**cfg.model.overrides, "action_feedback": True, "motion_feedback": True}
     return cfg.with_updates(model={"overrides": over}, recurrence=RECURRENCE)
+
+
+def test_step_carries_state_freezes_slots_and_feeds_back_executed_actions(
+    episodes: Path, cache_dir: Path
+) -> None:
+    """The recipe's pieces in one optimiser step: a continuing slot starts from its carried
+    state, a fresh one from zeros; the first quarter of the slots never write their memory;
+    the fed-back action is the executed one."""
+    cfg = recurrent(episodes, cache_dir)  # batch 4, memory_dropout 0.25
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model.preset, **dict(cfg.model.overrides))
+    dist = Dist(device=torch.device("cpu"), kind="cpu")
+    opts = build_optimizers(policy, cfg.optim, 10, dist.device)
+    stepper = Stepper(cfg, dist, policy, opts, check_recurrence(cfg, policy))
+    assert stepper.mem_lr_scale is not None and stepper.mem_lr_scale.tolist() == [0, 1, 1, 1]
+    b, t = 4, cfg.train.window
+    h, w = policy.config.image_hw
+    zero_s, zero_m = policy.initial_state(b)
+    carry = {"state": torch.full_like(zero_s, 0.5), "memory": torch.full_like(zero_m, 0.25)}
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (b, t, h, w, 3), np.uint8))
+    batch = WS.Batch(
+        frames=frames,
+        labels=torch.zeros(b, t, 2),
+        executed=torch.full((b, t, 2), 0.3),
+        fresh=torch.tensor([False, True, False, True]),
+    )
+    _, state, memory, executed, scale = stepper.inputs(batch, carry)
+    for j in (0, 2):  # continuing slots: the carried state and memory
+        assert torch.equal(state[j], carry["state"][j]) and torch.equal(
+            memory[j], carry["memory"][j]
+        )
+    for j in (1, 3):  # a new episode visit: zeros
+        assert torch.equal(state[j], zero_s[j]) and torch.equal(memory[j], zero_m[j])
+    assert executed is not None and torch.equal(executed, batch.executed)
+    assert scale is stepper.mem_lr_scale
+
+    loss, gn, out = stepper(batch, carry)
+    assert out is not None and torch.isfinite(loss) and torch.isfinite(gn)
+    assert not out["state"].requires_grad  # detached: truncated BPTT
+    assert torch.equal(out["memory"][0], carry["memory"][0])  # frozen slot: memory untouched
+    assert all(not torch.equal(out["memory"][j], memory[j]) for j in (1, 2, 3))  # written
+    prev = out["state"][:, policy.config.state_layout()["prev_action"]]
+    torch.testing.assert_close(prev, torch.full((b, 2), 0.3))  # the executed action, fed back
+
+    # stateless: no carry in, none out
+    plain = cfg.with_updates(recurrence={"stateful": False, "teacher_forcing": False})
+    stepper = Stepper(plain, dist, policy, opts, check_recurrence(plain, policy))
+    _, state, _, executed, _ = stepper.inputs(batch, None)
+    assert executed is None and torch.equal(state, zero_s)
+    assert stepper(batch, None)[2] is None
 
 
 @pytest.mark.slow
