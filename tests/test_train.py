@@ -683,15 +683,21 @@ XLA_PYTHON, XLA_SKIP = _xla_python()
 @pytest.mark.integration
 @pytest.mark.skipif(XLA_PYTHON is None, reason=XLA_SKIP)
 @pytest.mark.timeout(600)  # XLA compiles the unrolled BPTT graph: ~1-2 min on 2 busy cores
-def test_xla_device_on_pjrt_cpu(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """The TPU code path (torch_xla device, PJRT, xm.optimizer_step) on PJRT's CPU client;
+@pytest.mark.parametrize("recipe", ["plain", "recurrence"])
+def test_xla_device_on_pjrt_cpu(
+    episodes: Path, cache_dir: Path, tmp_path: Path, recipe: str
+) -> None:
+    """The TPU code path (torch_xla device, PJRT, xm.optimizer_step) on PJRT's CPU client,
+    plain and with the memorization recipe (carried state, teacher forcing, memory dropout);
     the checkpoint it writes then loads, steps and exports in this environment."""
-    # Short windows and 2 steps: each new graph shape costs an XLA compile.
-    cfg = tiny(
+    # Short windows and few steps: each new graph shape costs an XLA compile.
+    make = recurrent if recipe == "recurrence" else tiny
+    steps = 3 if recipe == "recurrence" else 2  # the third step continues carried state
+    cfg = make(
         episodes,
         cache_dir,
         device="xla",
-        train={"steps": 2, "window": 4, "stride": 4, "eval_every": None},
+        train={"steps": steps, "window": 4, "stride": 4, "eval_every": None},
     )
     path = _write_cfg(cfg, tmp_path / "xla.yaml")
     env = dict(os.environ, PJRT_DEVICE="CPU")
@@ -710,7 +716,12 @@ def test_xla_device_on_pjrt_cpu(episodes: Path, cache_dir: Path, tmp_path: Path)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "complete" and "xla" in s["device"] and np.isfinite(s["final_train_loss"])
-    assert [st for st, _ in losses(tmp_path / "run")] == [1, 2]
+    assert [st for st, _ in losses(tmp_path / "run")] == list(range(1, steps + 1))
+    if recipe == "recurrence":  # the carried slots reach the checkpoint from the device
+        blob = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+        (carry,) = blob["carry"]
+        memory = torch.tensor(carry["memory"])
+        assert memory.shape[0] == 4 and not memory[0].any() and memory[1:].abs().sum() > 0
     policy = load_policy(tmp_path / "run" / "policy.pt").eval()
     assert all(torch.isfinite(v).all() for v in policy.state_dict().values())
     state, memory = policy.initial_state(1)
