@@ -4,7 +4,8 @@ Issue [model], item 5: with a changed condition (here a mis-trimmed steering ser
 ``SimConfig.steering_offset``) the memory, written at run time, should measurably beat the
 same policy with the memory frozen (``--memorize`` vs ``--no-memorize`` in
 ``cloud_jobs evaluate``).  This is the harness behind the table in docs/model.md
-("Motion feedback"); it is not yet met robustly, which is why the test stays xfail.
+("Test-time memorization against a mis-trimmed servo"); tests/test_memorization.py runs
+it for one seed.
 
     python bench/memorization.py --out /tmp/memo --seeds 1 2 3 0 \
         --json bench/results/memorization.json
@@ -14,19 +15,27 @@ Per seed:
 1. record expert demonstrations at 64x48 (``cloud_jobs.demos``) with steering trims evenly
    spaced in [-0.3, 0.3], trim-aware labels, the car following label + OU noise (so a trim
    shows only in how the car answers its commands);
-2. train a small policy with action + motion feedback (``ModelConfig.action_feedback``,
-   ``motion_feedback``), the executed actions teacher-forced, stateful truncated BPTT (each
-   batch slot walks an episode window after window, the detached state carried) and memory
-   dropout (``--frozen-slots`` of the 16 slots always run frozen, so "frozen" is a condition
-   the policy was trained for, not an off-distribution ablation);
+2. ``cloud_jobs train`` with ``configs/train/memorize.yaml``: the tiny policy with action +
+   motion feedback (``ModelConfig.action_feedback``, ``motion_feedback``), the executed
+   actions teacher-forced, stateful truncated BPTT (each batch slot walks an episode window
+   after window, the detached state carried) and memory dropout (``--frozen-slots`` of the
+   16 slots always run frozen, so "frozen" is a condition the policy was trained for, not
+   an off-distribution ablation);
 3. drive it on ``oval`` (1 lap / 500 ticks) under each trim in ``--trims`` (and its negative)
    and under no trim, memory lr 1 vs 0, and report mean |cross-track error|.
 
 The ratio is memorize / frozen over the +-trims; the no-trim pair shows whether freezing
 hurts even without a disturbance (then the "gain" is not adaptation), and the trim cost
 (|cte| under the trims / |cte| without) of each says which of the two the trim hurts less.
-~4-8 min per seed on one core of a shared 2-core VM (600-1200 iterations).  Episodes are
-cached in ``--out``.
+~4-8 min per seed on one core of a shared 2-core VM (600-1200 iterations).  Episodes (and
+their decoded cache) are kept in ``--out``; the runs go to ``--out/run-<preset>-seed<N>``.
+
+``--preset pi5`` runs the same measurement with the shipped ``configs/train/pi5.yaml``
+(the on-robot model at 120x160, batch 8, a quarter frozen), demonstrations recorded at
+160x120; ``--via-cli`` trains through ``python -m cloud_jobs train`` in a subprocess:
+
+    python bench/memorization.py --preset pi5 --via-cli --out /tmp/memo-pi5 --seeds 1 \
+        --episodes 16 --iters 300
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,19 +55,29 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-#: The ``tiny`` preset (48x64, d=32) plus the two feedback switches.
-MODEL: dict[str, Any] = {"preset": "tiny", "action_feedback": True, "motion_feedback": True}
+#: The recipe's configs: ``tiny`` (48x64, d=32; the fast harness) and the shipped ``pi5``
+#: (120x160): action + motion feedback, stateful TBPTT, teacher forcing, memory dropout.
+CONFIGS = {
+    "tiny": ROOT / "configs" / "train" / "memorize.yaml",
+    "pi5": ROOT / "configs" / "train" / "pi5.yaml",
+}
+#: Demonstrations are recorded at the model's camera size: (width, height).
+SIZES = {"tiny": (64, 48), "pi5": (160, 120)}
 SLOTS = 16
 
 
-def record(root: Path, seed: int, episodes: int, steps: int, trim_max: float) -> Path:
+def record(
+    root: Path, seed: int, episodes: int, steps: int, trim_max: float, preset: str = "tiny"
+) -> Path:
     from cloud_jobs import demos
 
-    out = root / f"episodes-seed{seed}-{episodes}x{steps}"
+    width, height = SIZES[preset]
+    size = "" if preset == "tiny" else f"-{width}x{height}"
+    out = root / f"episodes-seed{seed}-{episodes}x{steps}{size}"
     if out.exists():
         return out
     specs = demos.plan_demos(
-        ["oval", "kidney"], episodes, steps=steps, width=64, height=48, seed=seed + 1,
+        ["oval", "kidney"], episodes, steps=steps, width=width, height=height, seed=seed + 1,
         noise=0.1, steering_offset_max=trim_max, label="trim_aware", drive="label",
     )  # fmt: skip
     trims = np.linspace(-trim_max, trim_max, episodes)
@@ -69,76 +89,50 @@ def record(root: Path, seed: int, episodes: int, steps: int, trim_max: float) ->
     return out
 
 
-def load(root: Path, window: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(frames, labels, executed actions) of every episode long enough for two windows."""
-    from rlds.reader import list_episodes
+def train(
+    episodes: Path,
+    run_dir: Path,
+    seed: int,
+    iters: int,
+    window: int,
+    frozen_slots: int | None = None,
+    preset: str = "tiny",
+    via_cli: bool = False,
+) -> Any:
+    """``cloud_jobs train`` with the preset's config (:data:`CONFIGS`) on the recorded
+    episodes: in this process, or with ``via_cli`` as ``python -m cloud_jobs train``."""
+    from brain.model import load_policy
+    from cloud_jobs.train import run_training
+    from cloud_jobs.train.config import load_train_config
 
-    data = []
-    for ep in list_episodes(root):
-        steps = list(ep.steps())
-        if len(steps) > 2 * window:
-            data.append(
-                (
-                    np.stack([s.observation["image"] for s in steps]),
-                    np.stack([s.action for s in steps]).astype(np.float32),
-                    np.stack([s.extra["executed_action"] for s in steps]).astype(np.float32),
-                )
-            )
-    return data
-
-
-def train(data: list, seed: int, iters: int, window: int, frozen_slots: int) -> Any:
-    import torch
-
-    from brain import model
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    policy = model.build_policy(**MODEL)
-    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / iters))
-    )
-    weight = torch.tensor([2.0, 1.0])
-    # Per slot: [episode, next window start, carried (state, memory) or None].
-    slots: list[list[Any]] = []
-    for _ in range(SLOTS):
-        e = int(rng.integers(len(data)))
-        slots.append([e, int(rng.integers(0, len(data[e][0]) - window)), None])
-    groups = [(0.0, slots[:frozen_slots]), (1.0, slots[frozen_slots:])]
-    policy.train()
-    for _ in range(iters):
-        opt.zero_grad()
-        for lr, group in groups:
-            if not group:
-                continue
-            policy.set_memorize(lr=lr)
-            xs, ys, es = [], [], []
-            for slot in group:
-                if slot[1] + window > len(data[slot[0]][0]):  # episode done: start another
-                    slot[:] = [int(rng.integers(len(data))), 0, None]
-                frames, labels, executed = data[slot[0]]
-                a, slot[1] = slot[1], slot[1] + window
-                xs.append(frames[a : a + window])
-                ys.append(labels[a : a + window])
-                es.append(executed[a : a + window])
-            state, memory = policy.initial_state(len(group))
-            for j, slot in enumerate(group):
-                if slot[2] is not None:
-                    state[j], memory[j] = slot[2]
-            pred, state, memory = policy.forward_sequence(
-                torch.from_numpy(np.stack(xs)),
-                state,
-                memory,
-                executed_actions=torch.from_numpy(np.stack(es)),
-            )
-            for j, slot in enumerate(group):
-                slot[2] = (state[j].detach(), memory[j].detach())
-            loss = (((pred - torch.from_numpy(np.stack(ys))) ** 2) * weight).mean()
-            (loss * len(group) / SLOTS).backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    cfg = load_train_config(CONFIGS[preset])
+    slots = SLOTS if preset == "tiny" else cfg.train.batch_size
+    frozen = round(slots / 4) if frozen_slots is None else frozen_slots
+    cfg = cfg.with_updates(
+        seed=seed,
+        device="cpu",
+        data={
+            "sources": [{"path": str(episodes)}],
+            "cache_dir": str(episodes) + "-cache",
+            "holdout": {"fraction": 0.0, "tracks": [], "episodes": []},
+        },
+        train={
+            "steps": iters, "window": window, "batch_size": slots, "progress": "off",
+            "eval_every": None, "max_minutes": None,
+        },
+        recurrence={"memory_dropout": frozen / slots},
+    )  # fmt: skip
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: the harness measures, it does not resume
+    if via_cli:
+        run_dir.mkdir(parents=True)
+        path = run_dir.with_name(run_dir.name + ".yaml")
+        path.write_text(cfg.to_yaml())
+        cmd = [sys.executable, "-m", "cloud_jobs", "train", "--config", str(path)]
+        subprocess.run([*cmd, "--run-dir", str(run_dir)], check=True, cwd=ROOT)
+    else:
+        run_training(cfg, run_dir=run_dir)
+    policy = load_policy(run_dir / "policy.pt")
     policy.set_memorize(lr=1.0)
     return policy.eval()
 
@@ -167,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="cache for the recorded episodes")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--episodes", type=int, default=16)
+    ap.add_argument("--episodes", type=int, default=32)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--trim-max", type=float, default=0.3)
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--window", type=int, default=32)
-    ap.add_argument("--frozen-slots", type=int, default=4, choices=range(0, SLOTS))
+    ap.add_argument(
+        "--frozen-slots", type=int, default=None, help="of the batch (default: a quarter)"
+    )
+    ap.add_argument("--preset", choices=sorted(CONFIGS), default="tiny")
+    ap.add_argument("--via-cli", action="store_true", help="train as `python -m cloud_jobs train`")
     ap.add_argument("--trims", type=float, nargs="+", default=[0.15])
     ap.add_argument("--max-steps", type=int, default=500, help="ticks per closed-loop drive")
     ap.add_argument("--json", type=Path, default=None)
@@ -185,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        data = load(record(args.out, seed, args.episodes, args.steps, args.trim_max), args.window)
-        policy = train(data, seed, args.iters, args.window, args.frozen_slots)
+        episodes = record(args.out, seed, args.episodes, args.steps, args.trim_max, args.preset)
+        run_dir = args.out / f"run-{args.preset}-seed{seed}"
+        policy = train(
+            episodes, run_dir, seed, args.iters, args.window, args.frozen_slots,
+            preset=args.preset, via_cli=args.via_cli,
+        )  # fmt: skip
         train_s = time.perf_counter() - t0
         cte = drive(policy, trims, args.max_steps)
         mem = np.mean([cte[f"{t:+.2f}/memorize"] for t in trims if t])
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k not in ("out", "json")}
-        report = {"config": config, "model": MODEL, "runs": rows, "summary": summary}
+        report = {"config": config, "train_config": str(CONFIGS[args.preset].relative_to(ROOT))}
+        report.update(runs=rows, summary=summary)
         args.json.write_text(json.dumps(report, indent=1, default=list) + "\n")
     return 0
 

@@ -101,7 +101,8 @@ def test_fine_tune_saves_a_peft_adapter_that_loads_back_and_changes_outputs(worl
     assert len(manifest["episodes"]) == len(tr.train_eps) + len(tr.held_eps)
 
     base = load_policy(world / "base.pt").eval()
-    x = torch.from_numpy(np.asarray(tr.D.load_episode(tr.held_eps[0], (24, 32)).frames[:6]))[None]
+    held = tr.D.load_episode(tr.held_eps[0], (24, 32), tr.job.label, Path(tr.job.cache_dir))
+    x = torch.from_numpy(np.asarray(held.frames[:6]))[None]
     with torch.no_grad():
         before, _, _ = base.forward_sequence(x, *base.initial_state(1))
     loaded = PeftModel.from_pretrained(load_policy(world / "base.pt"), str(out)).eval()

@@ -69,7 +69,7 @@ def test_memorization_helps_under_a_steering_offset(tmp_path: Path) -> None:
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and fight xdist)
     bench = _bench()
     episodes = bench.record(tmp_path, seed=0, episodes=32, steps=300, trim_max=0.3)
-    policy = bench.train(bench.load(episodes, 32), seed=0, iters=600, window=32, frozen_slots=4)
+    policy = bench.train(episodes, tmp_path / "run", seed=0, iters=600, window=32, frozen_slots=4)
     cte = bench.drive(policy, [0.15, -0.15, 0.0])
     memorize = np.mean([cte["+0.15/memorize"], cte["-0.15/memorize"]])
     frozen = np.mean([cte["+0.15/frozen"], cte["-0.15/frozen"]])

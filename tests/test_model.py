@@ -277,6 +277,24 @@ def test_memorize_knobs_in_policy() -> None:
     assert p.config.mem_lr == 1.0 and p.config.mem_threshold == 0.0
 
 
+def test_per_sample_memory_lr_is_memory_dropout() -> None:
+    """``mem_lr_scale`` freezes some samples of a batch exactly as ``set_memorize(lr=0)``
+    freezes a whole policy, leaving the others memorizing (training's memory dropout)."""
+    p = _policy(action_feedback=True, motion_feedback=True)
+    imgs = _images(2, 4)
+    with torch.no_grad():
+        mixed, _, mem = p.forward_sequence(
+            imgs, *p.initial_state(2), mem_lr_scale=torch.tensor([0.0, 1.0])
+        )
+        on, _, mem_on = p.forward_sequence(imgs, *p.initial_state(2))
+        p.set_memorize(lr=0.0)
+        off, _, _ = p.forward_sequence(imgs, *p.initial_state(2))
+    torch.testing.assert_close(mixed[0], off[0])
+    torch.testing.assert_close(mixed[1], on[1])
+    assert not mem[0].any() and torch.equal(mem[1], mem_on[1]) and mem[1].any()
+    assert not torch.allclose(on[0], off[0])  # the memory does change the actions
+
+
 # --- ablations ------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ label) and the real ``brain.model`` policy with the tiny overrides of
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -19,9 +20,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from brain.model import export_onnx, load_policy  # noqa: E402
+from brain.model import build_policy, export_onnx, load_policy  # noqa: E402
 from cloud_jobs.train import data as D  # noqa: E402
 from cloud_jobs.train import run_training  # noqa: E402
+from cloud_jobs.train import windows as WS  # noqa: E402
 from cloud_jobs.train.config import (  # noqa: E402
     AugmentConfig,
     LossConfig,
@@ -30,8 +32,10 @@ from cloud_jobs.train.config import (  # noqa: E402
     load_train_config,
     parse_train_config,
 )
-from cloud_jobs.train.loop import TrainingError, bc_loss  # noqa: E402
+from cloud_jobs.train.dist import Dist  # noqa: E402
+from cloud_jobs.train.errors import TrainingError  # noqa: E402
 from cloud_jobs.train.optim import build_optimizers, lr_factor, split_params  # noqa: E402
+from cloud_jobs.train.step import Stepper, bc_loss, check_recurrence  # noqa: E402
 from cloud_jobs.train.tfds_read import list_tfds_episodes, parse_example  # noqa: E402
 from rlds.datasets import tf_example as pb  # noqa: E402
 from rlds.datasets.tfds import export_tfds  # noqa: E402
@@ -68,7 +72,7 @@ def write_episodes(root: Path, n: int = 4, steps: int = 40, seed: int = 0) -> No
                         t=i * 0.05,
                         action=[steer, 0.5],
                         observation={"image": img},
-                        extra={"expert_action": [steer, 0.25], "executed_action": [steer, 0.5]},
+                        extra={"expert_action": [steer, 0.25], "executed_action": [steer, 0.4]},
                     )
                 )
 
@@ -110,6 +114,13 @@ def test_shipped_configs_are_valid() -> None:
         assert cfg.train.window > cfg.train.burn_in
     pi5 = load_train_config(ROOT / "configs" / "train" / "pi5.yaml")
     assert pi5.model.preset == "pi5" and pi5.precision == "fp32"
+    for name in ("pi5", "tpu"):  # the shipped policy is trained with the memorization recipe
+        cfg = load_train_config(ROOT / "configs" / "train" / f"{name}.yaml")
+        rec = cfg.recurrence
+        assert rec.stateful and rec.teacher_forcing and rec.memory_dropout > 0, name
+        policy = build_policy(cfg.model.preset, **dict(cfg.model.overrides))
+        assert policy.config.image_hw == (120, 160) and policy.config.motion_feedback
+        assert check_recurrence(cfg, policy) == cfg.train.batch_size // 4  # the model honours it
 
 
 def test_config_errors_name_line_key_and_value(tmp_path: Path) -> None:
@@ -227,41 +238,74 @@ def test_cache_labels_windows_and_sampler(episodes: Path, tmp_path: Path) -> Non
     assert ep.frames.shape == (40, H, W, 3) and ep.frames.dtype == np.uint8
     assert np.all(ep.labels[:, 1] == 0.5)
     assert np.all(D.load_cache_entry(path, "expert_action", 1).labels[:, 1] == 0.25)
+    np.testing.assert_allclose(ep.executed[:, 1], 0.4)  # what teacher forcing feeds back
+    np.testing.assert_array_equal(ep.executed[:, 0], ep.labels[:, 0])
     smooth = D.load_cache_entry(path, "action", 5).labels
     np.testing.assert_allclose(smooth[10, 0], ep.labels[8:13, 0].mean(), rtol=1e-5)
 
-    ws = D.WindowSet([ep, ep], window=8, stride=4)
+    ws = WS.WindowSet([ep, ep], window=8, stride=4)
     assert len(ws) == 2 * len(range(0, 40 - 8 + 1, 4))
-    frames, labels = ws.get(len(ws) - 1)
-    assert frames.shape == (8, H, W, 3) and labels.shape == (8, 2)
+    frames, labels, executed = ws.get(len(ws) - 1)
+    assert frames.shape == (8, H, W, 3) and labels.shape == executed.shape == (8, 2)
 
     # ranks get disjoint shards that together cover each epoch; positions resume exactly
     n, b = 23, 4
-    shards = [D.WindowBatchSampler(n, b, seed=1, rank=r, world=2) for r in range(2)]
+    shards = [WS.WindowBatchSampler(n, b, seed=1, rank=r, world=2) for r in range(2)]
     per_epoch = shards[0].batches_per_epoch
     ids = []
     for s in shards:
         it = iter(s)
-        ids.append([w for _ in range(per_epoch) for _, w in next(it)])
+        ids.append([item.wid for _ in range(per_epoch) for item in next(it)])
     assert set(ids[0]) | set(ids[1]) == set(range(n))
     assert len(ids[0]) == len(ids[1]) == per_epoch * b
-    straight = iter(D.WindowBatchSampler(n, b, seed=1))
+    straight = iter(WS.WindowBatchSampler(n, b, seed=1))
     batches = [next(straight) for _ in range(9)]
-    s1 = D.WindowBatchSampler(n, b, seed=1)
+    s1 = WS.WindowBatchSampler(n, b, seed=1)
     e, k = divmod(7, s1.batches_per_epoch)
-    again = next(iter(D.WindowBatchSampler(n, b, seed=1, start_epoch=e, start_batch=k)))
+    again = next(iter(WS.WindowBatchSampler(n, b, seed=1, start_epoch=e, start_batch=k)))
     assert again == batches[7]
+
+
+def test_stateful_sampler_walks_episodes_window_after_window() -> None:
+    def ep(name: str, n: int) -> D.CachedEpisode:
+        z = np.zeros((n, 2), np.float32)
+        return D.CachedEpisode(name, None, np.zeros((n, 2, 2, 3), np.uint8), z, z)
+
+    ws = WS.WindowSet([ep("a", 40), ep("b", 24), ep("short", 5)], window=8, stride=8)
+    sampler = WS.StatefulBatchSampler(ws, 3, seed=2)
+    it = iter(sampler)
+    batches = [next(it) for _ in range(40)]
+    seen = set()
+    for j in range(3):
+        walk = [b[j] for b in batches]
+        assert walk[0].fresh
+        for prev, cur in itertools.pairwise(walk):
+            (e0, s0), (e1, s1) = ws.index[prev.wid], ws.index[cur.wid]
+            if cur.fresh:  # a new visit begins only where the last one ran out of windows
+                assert s0 + 16 > len(ws.episodes[e0]) and cur.key != prev.key
+                assert s1 == 0  # and, after the first, at the episode's start
+            else:  # otherwise the very next window of the same episode, the same visit
+                assert (e1, s1) == (e0, s0 + 8) and cur.key == prev.key
+        seen |= {int(ws.index[i.wid][0]) for i in walk}
+    assert seen == {0, 1}  # the too-short episode has no window
+    assert len({b[j].key for b in batches[:1] for j in range(3)}) == 3
+    assert len({tuple(b[j].wid for b in batches[:6]) for j in range(3)}) > 1  # not in lockstep
+    # the position is a function of the step: a resumed sampler replays it
+    assert next(iter(WS.StatefulBatchSampler(ws, 3, seed=2, start_step=17))) == batches[17]
+    # another rank walks its own slots
+    rank1 = next(iter(WS.StatefulBatchSampler(ws, 3, seed=2, rank=1, world=2)))
+    assert {i.key for i in rank1}.isdisjoint({i.key for i in batches[0]})
 
 
 def test_augmentation_is_seeded_and_bounded() -> None:
     frames = np.random.default_rng(0).integers(0, 256, (4, H, W, 3), dtype=np.uint8)
     cfg = AugmentConfig(brightness=0.3, contrast=0.3, shift_px=3)
-    a = D.augment_window(frames, cfg, np.random.default_rng(5))
-    b = D.augment_window(frames, cfg, np.random.default_rng(5))
+    a = WS.augment_window(frames, cfg, np.random.default_rng(5))
+    b = WS.augment_window(frames, cfg, np.random.default_rng(5))
     assert a.dtype == np.uint8 and a.shape == frames.shape
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, frames)
-    off = D.augment_window(
+    off = WS.augment_window(
         frames, cfg.model_copy(update={"enabled": False}), np.random.default_rng(5)
     )
     assert off is frames
@@ -270,11 +314,11 @@ def test_augmentation_is_seeded_and_bounded() -> None:
     cols = np.broadcast_to(np.arange(W, dtype=np.uint8)[None, None, :, None], (1, H, W, 3))
     still = AugmentConfig(brightness=0.0, contrast=0.0, shift_px=3)
     for seed in range(10):
-        out = D.augment_window(cols, still, np.random.default_rng(seed))
+        out = WS.augment_window(cols, still, np.random.default_rng(seed))
         np.testing.assert_array_equal(out, cols)
     sideways = still.model_copy(update={"shift_x_px": 3})
     moved = [
-        not np.array_equal(D.augment_window(cols, sideways, np.random.default_rng(s)), cols)
+        not np.array_equal(WS.augment_window(cols, sideways, np.random.default_rng(s)), cols)
         for s in range(10)
     ]
     assert any(moved)
@@ -369,6 +413,134 @@ def test_resume_is_exact(episodes: Path, cache_dir: Path, tmp_path: Path) -> Non
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+RECURRENCE = {"stateful": True, "teacher_forcing": True, "memory_dropout": 0.25}
+
+
+def recurrent(episodes: Path, cache_dir: Path, **sections: dict) -> TrainConfig:
+    """The tiny config with action + motion feedback and the memorization recipe."""
+    cfg = tiny(episodes, cache_dir, **sections)
+    over = {**cfg.model.overrides, "action_feedback": True, "motion_feedback": True}
+    return cfg.with_updates(model={"overrides": over}, recurrence=RECURRENCE)
+
+
+def test_step_carries_state_freezes_slots_and_feeds_back_executed_actions(
+    episodes: Path, cache_dir: Path
+) -> None:
+    """The recipe's pieces in one optimiser step: a continuing slot starts from its carried
+    state, a fresh one from zeros; the first quarter of the slots never write their memory;
+    the fed-back action is the executed one."""
+    cfg = recurrent(episodes, cache_dir)  # batch 4, memory_dropout 0.25
+    torch.manual_seed(0)
+    policy = build_policy(cfg.model.preset, **dict(cfg.model.overrides))
+    dist = Dist(device=torch.device("cpu"), kind="cpu")
+    opts = build_optimizers(policy, cfg.optim, 10, dist.device)
+    stepper = Stepper(cfg, dist, policy, opts, check_recurrence(cfg, policy))
+    assert stepper.mem_lr_scale is not None and stepper.mem_lr_scale.tolist() == [0, 1, 1, 1]
+    b, t = 4, cfg.train.window
+    h, w = policy.config.image_hw
+    zero_s, zero_m = policy.initial_state(b)
+    carry = {"state": torch.full_like(zero_s, 0.5), "memory": torch.full_like(zero_m, 0.25)}
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (b, t, h, w, 3), np.uint8))
+    batch = WS.Batch(
+        frames=frames,
+        labels=torch.zeros(b, t, 2),
+        executed=torch.full((b, t, 2), 0.3),
+        fresh=torch.tensor([False, True, False, True]),
+    )
+    _, state, memory, executed, scale = stepper.inputs(batch, carry)
+    for j in (0, 2):  # continuing slots: the carried state and memory
+        assert torch.equal(state[j], carry["state"][j]) and torch.equal(
+            memory[j], carry["memory"][j]
+        )
+    for j in (1, 3):  # a new episode visit: zeros
+        assert torch.equal(state[j], zero_s[j]) and torch.equal(memory[j], zero_m[j])
+    assert executed is not None and torch.equal(executed, batch.executed)
+    assert scale is stepper.mem_lr_scale
+
+    loss, gn, out = stepper(batch, carry)
+    assert out is not None and torch.isfinite(loss) and torch.isfinite(gn)
+    assert not out["state"].requires_grad  # detached: truncated BPTT
+    assert torch.equal(out["memory"][0], carry["memory"][0])  # frozen slot: memory untouched
+    assert all(not torch.equal(out["memory"][j], memory[j]) for j in (1, 2, 3))  # written
+    prev = out["state"][:, policy.config.state_layout()["prev_action"]]
+    torch.testing.assert_close(prev, torch.full((b, 2), 0.3))  # the executed action, fed back
+
+    # stateless: no carry in, none out
+    plain = cfg.with_updates(recurrence={"stateful": False, "teacher_forcing": False})
+    stepper = Stepper(plain, dist, policy, opts, check_recurrence(plain, policy))
+    _, state, _, executed, _ = stepper.inputs(batch, None)
+    assert executed is None and torch.equal(state, zero_s)
+    assert stepper(batch, None)[2] is None
+
+
+@pytest.mark.slow
+def test_recurrence_carries_state_and_resumes_exactly(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    cfg = recurrent(episodes, cache_dir)
+    straight = run_training(cfg, run_dir=tmp_path / "straight")
+    run_training(cfg, run_dir=tmp_path / "split", stop_at_step=10)
+    rest = run_training(cfg, run_dir=tmp_path / "split", resume=True)
+    assert straight["step"] == rest["step"] == 20
+    # the carried states are in the checkpoint: without them step 11 would start from zeros
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    wa, wb = weights(tmp_path / "straight" / "policy.pt"), weights(tmp_path / "split" / "policy.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    blob = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    (carry,) = blob["carry"]  # one rank
+    state, memory = torch.tensor(carry["state"]), torch.tensor(carry["memory"])
+    policy = load_policy(tmp_path / "straight" / "policy.pt")
+    assert state.shape == (4, policy.config.state_size)
+    # memory dropout: the first of the 4 slots never writes its memory, the others do
+    assert not memory[0].any() and memory[1:].abs().sum(dim=1).gt(0).all()
+    # teacher forcing: the last tick's fed-back action is the executed one (throttle 0.4),
+    # not the label (0.5) nor the policy's own output
+    prev = state[:, policy.config.state_layout()["prev_action"]]
+    torch.testing.assert_close(prev[:, 1], torch.full((4,), 0.4))
+
+
+@pytest.mark.slow
+def test_recurrence_differs_from_stateless_training(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    base = recurrent(episodes, cache_dir, train={"steps": 8, "eval_every": None})
+    runs = {
+        "recipe": base,
+        "stateless": base.with_updates(recurrence={"stateful": False}),
+        "free_running": base.with_updates(recurrence={"teacher_forcing": False}),
+        "no_dropout": base.with_updates(recurrence={"memory_dropout": 0.0}),
+    }
+    traces = {}
+    for name, cfg in runs.items():
+        run_training(cfg, run_dir=tmp_path / name)
+        traces[name] = losses(tmp_path / name)
+    assert all(np.isfinite(v) for t in traces.values() for _, v in t)
+    for name in ("stateless", "free_running", "no_dropout"):  # each switch changes training
+        assert traces[name] != traces["recipe"], name
+
+
+@pytest.mark.slow
+def test_recurrence_refuses_what_the_model_cannot_do(
+    episodes: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    plain = tiny(episodes, cache_dir, train={"steps": 1})
+    with pytest.raises(TrainingError, match="action_feedback"):
+        run_training(
+            plain.with_updates(recurrence={"teacher_forcing": True}), run_dir=tmp_path / "a"
+        )
+    no_mem = plain.with_updates(
+        model={"overrides": {**plain.model.overrides, "memory": False}},
+        recurrence={"memory_dropout": 0.5},
+    )
+    with pytest.raises(TrainingError, match="has none"):
+        run_training(no_mem, run_dir=tmp_path / "b")
+    with pytest.raises(TrainingError, match="at least one"):  # 0.1 of 4 windows: none frozen
+        run_training(plain.with_updates(recurrence={"memory_dropout": 0.1}), run_dir=tmp_path / "c")
+    with pytest.raises(TrainConfigError, match="memory_dropout"):
+        parse_train_config({**plain.model_dump(mode="json"), "recurrence": {"memory_dropout": 1.0}})
+
+
 @pytest.mark.slow
 def test_wall_budget_stops_cleanly_then_resumes(
     episodes: Path, cache_dir: Path, tmp_path: Path
@@ -454,8 +626,12 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny(episodes, cache_dir, train={"steps": 6, "eval_every": 3})
+@pytest.mark.parametrize("recipe", ["plain", "recurrence"])
+def test_ddp_two_cpu_processes(
+    episodes: Path, cache_dir: Path, tmp_path: Path, recipe: str
+) -> None:
+    make = recurrent if recipe == "recurrence" else tiny
+    cfg = make(episodes, cache_dir, train={"steps": 6, "eval_every": 3})
     path = _write_cfg(cfg, tmp_path / "ddp.yaml")
     run_dir = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -476,6 +652,10 @@ def test_ddp_two_cpu_processes(episodes: Path, cache_dir: Path, tmp_path: Path) 
     head = json.loads((run_dir / "metrics.ndjson").read_text().splitlines()[0])
     assert head["world"] == 2 and head["backend"] == "gloo"
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "policy.pt").is_file()
+    if recipe == "recurrence":  # both ranks' carried slots are gathered into the checkpoint
+        blob = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+        assert len(blob["carry"]) == 2
+        assert blob["carry"][0]["state"] != blob["carry"][1]["state"]
 
 
 def _xla_python() -> tuple[str | None, str]:
@@ -503,15 +683,21 @@ XLA_PYTHON, XLA_SKIP = _xla_python()
 @pytest.mark.integration
 @pytest.mark.skipif(XLA_PYTHON is None, reason=XLA_SKIP)
 @pytest.mark.timeout(600)  # XLA compiles the unrolled BPTT graph: ~1-2 min on 2 busy cores
-def test_xla_device_on_pjrt_cpu(episodes: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """The TPU code path (torch_xla device, PJRT, xm.optimizer_step) on PJRT's CPU client;
+@pytest.mark.parametrize("recipe", ["plain", "recurrence"])
+def test_xla_device_on_pjrt_cpu(
+    episodes: Path, cache_dir: Path, tmp_path: Path, recipe: str
+) -> None:
+    """The TPU code path (torch_xla device, PJRT, xm.optimizer_step) on PJRT's CPU client,
+    plain and with the memorization recipe (carried state, teacher forcing, memory dropout);
     the checkpoint it writes then loads, steps and exports in this environment."""
-    # Short windows and 2 steps: each new graph shape costs an XLA compile.
-    cfg = tiny(
+    # Short windows and few steps: each new graph shape costs an XLA compile.
+    make = recurrent if recipe == "recurrence" else tiny
+    steps = 3 if recipe == "recurrence" else 2  # the third step continues carried state
+    cfg = make(
         episodes,
         cache_dir,
         device="xla",
-        train={"steps": 2, "window": 4, "stride": 4, "eval_every": None},
+        train={"steps": steps, "window": 4, "stride": 4, "eval_every": None},
     )
     path = _write_cfg(cfg, tmp_path / "xla.yaml")
     env = dict(os.environ, PJRT_DEVICE="CPU")
@@ -530,7 +716,12 @@ def test_xla_device_on_pjrt_cpu(episodes: Path, cache_dir: Path, tmp_path: Path)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "complete" and "xla" in s["device"] and np.isfinite(s["final_train_loss"])
-    assert [st for st, _ in losses(tmp_path / "run")] == [1, 2]
+    assert [st for st, _ in losses(tmp_path / "run")] == list(range(1, steps + 1))
+    if recipe == "recurrence":  # the carried slots reach the checkpoint from the device
+        blob = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+        (carry,) = blob["carry"]
+        memory = torch.tensor(carry["memory"])
+        assert memory.shape[0] == 4 and not memory[0].any() and memory[1:].abs().sum() > 0
     policy = load_policy(tmp_path / "run" / "policy.pt").eval()
     assert all(torch.isfinite(v).all() for v in policy.state_dict().values())
     state, memory = policy.initial_state(1)

@@ -7,8 +7,8 @@ from ``cloud_jobs.train.data`` (the robot must not depend on cloud code):
 * episodes are the committed ones under the recording root that have camera images and a
   non-empty action, split train/held-out by a seeded hash of the episode id (stable as more
   episodes are recorded: an episode never moves from held-out into training);
-* each episode is decoded once (JPEG -> RGB -> the runner's INTER_AREA resize) into
-  ``<cache>/<key>.npz``, ``key`` hashing the episode's ``steps_sha256`` and the image size;
+* each episode is decoded once (JPEG -> RGB -> the runner's INTER_AREA resize) into the
+  decoded-frame cache that ``cloud_jobs train`` uses too (``rlds.framecache``);
 * :class:`ShuffleBuffer` streams windows of T consecutive ticks through a buffer of
   ``2 x batch`` (DESIGN.md) and draws batches from it; its whole state is JSON, saved in
   every checkpoint, so a resumed run draws exactly the batches it would have drawn.
@@ -17,8 +17,6 @@ from ``cloud_jobs.train.data`` (the robot must not depend on cloud code):
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +25,9 @@ from typing import Any
 import numpy as np
 
 from brain.imaging import resize_rgb
-from common.durable import move, write_json
-from rlds import images as rlds_images
+from common.durable import write_json
+from rlds import framecache
 from rlds.reader import Episode, list_episodes
-
-CACHE_VERSION = 1
 
 
 class DataError(RuntimeError):
@@ -75,83 +71,44 @@ class EpisodeArrays:
     labels: np.ndarray  # float32 [N, A]; NaN where a step has no usable label
 
 
-def _cache_key(ep: Episode, hw: tuple[int, int], label: str) -> str:
-    sha = ep.metadata.get("steps_sha256") or f"{ep.path}:{ep.metadata.get('file_size')}"
-    text = f"v{CACHE_VERSION}|{hw[0]}x{hw[1]}|{label}|{ep.episode_id}|{sha}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def _resizer(hw: tuple[int, int]) -> framecache.Resize:
+    def resize(rgb: np.ndarray) -> np.ndarray:
+        return resize_rgb(rgb, hw)
+
+    return resize
 
 
-def load_episode(
-    ep: Episode, hw: tuple[int, int], label: str = "action", cache_dir: Path | None = None
-) -> EpisodeArrays:
-    """Decoded frames and labels of one episode.
-
-    With ``cache_dir`` the frames come memory-mapped from ``<cache_dir>/<key>/frames.npy``
-    (decoded once, on first use), so a run's resident memory does not grow with the data.
-    """
-    entry = None if cache_dir is None else Path(cache_dir) / _cache_key(ep, hw, label)
-    if entry is not None and (entry / "labels.npy").is_file():
-        try:
-            return EpisodeArrays(
-                ep.episode_id,
-                np.load(entry / "frames.npy", mmap_mode="r"),
-                np.load(entry / "labels.npy"),
-            )
-        except (OSError, ValueError):
-            shutil.rmtree(entry, ignore_errors=True)  # a damaged cache entry is rebuilt
-    frames, labels = _decode_episode(ep, hw, label)
-    if entry is None:
-        return EpisodeArrays(ep.episode_id, frames, labels)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "frames.npy", frames)
-    np.save(tmp / "labels.npy", labels)  # written last: its presence marks a complete entry
-    # A cache: its files are not fsynced (a torn entry fails np.load and is rebuilt above).
+def _entry(ep: Episode, hw: tuple[int, int], cache_dir: Path) -> framecache.CachedFrames:
     try:
-        move(tmp, entry)
-    except OSError:  # another run cached it at the same moment
-        shutil.rmtree(tmp, ignore_errors=True)
-    del frames
-    return EpisodeArrays(
-        ep.episode_id, np.load(entry / "frames.npy", mmap_mode="r"), np.load(entry / "labels.npy")
-    )
+        return framecache.load_or_build(
+            cache_dir,
+            checksum=framecache.native_checksum(ep),
+            episode_id=ep.episode_id,
+            image_hw=hw,
+            resize=_resizer(hw),
+            read=framecache.native_reader(ep),
+        )
+    except framecache.FrameCacheError as e:
+        raise DataError(str(e)) from None
 
 
-def cache_entry(ep: Episode, hw: tuple[int, int], label: str, cache_dir: Path) -> Path:
-    """Where :func:`load_episode` keeps ``ep``'s arrays (other per-episode files go beside)."""
-    return Path(cache_dir) / _cache_key(ep, hw, label)
-
-
-def _decode_episode(ep: Episode, hw: tuple[int, int], label: str) -> tuple[np.ndarray, np.ndarray]:
-    frames: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    width: int | None = None
-    for step in ep.steps(decode_images=False):
-        data = step.encoded.get("image")
-        if data is None:
-            raise DataError(f"episode {ep.episode_id}: step {step.index} has no camera image")
-        rgb = rlds_images.decode_jpeg(data)
-        if rgb is None:
-            raise DataError(f"episode {ep.episode_id}: step {step.index}: JPEG does not decode")
-        frames.append(resize_rgb(rgb, hw))
-        a = np.asarray(step.action, dtype=np.float64).reshape(-1)
-        if label == "expert_action":
-            ex = step.extra.get("expert_action") if isinstance(step.extra, dict) else None
-            if isinstance(ex, list) and len(ex) == a.size:
-                a = np.asarray(ex, dtype=np.float64)
-        if width is None:
-            width = a.size
-        elif a.size != width:
-            raise DataError(
-                f"episode {ep.episode_id}: step {step.index} has {a.size} actions, not {width}"
-            )
-        labels.append(a)
-    if not frames or not width:
+def load_episode(ep: Episode, hw: tuple[int, int], label: str, cache_dir: Path) -> EpisodeArrays:
+    """Decoded frames (memory-mapped from the shared decoded-frame cache, decoded once on
+    first use, so a run's resident memory does not grow with the data) and the labels:
+    ``label`` per step, the step's ``action`` where it has none."""
+    entry = _entry(ep, hw, Path(cache_dir))
+    if len(entry) == 0 or entry.actions.shape[2] == 0:
         raise DataError(f"episode {ep.episode_id}: no steps with actions")
-    lab = np.stack(labels).astype(np.float32)
-    lab[~np.isfinite(lab)] = np.nan  # inf "hold" values carry no label either
-    return np.stack(frames), lab
+    try:
+        labels = entry.source(label)
+    except framecache.FrameCacheError as e:
+        raise DataError(str(e)) from None
+    return EpisodeArrays(ep.episode_id, entry.frames, labels)
+
+
+def cache_entry(ep: Episode, hw: tuple[int, int], cache_dir: Path) -> Path:
+    """Where :func:`load_episode` keeps ``ep``'s frames (other per-episode files go beside)."""
+    return Path(cache_dir) / framecache.cache_key(framecache.native_checksum(ep), hw)
 
 
 def window_index(lengths: Sequence[int], window: int) -> list[tuple[int, int]]:

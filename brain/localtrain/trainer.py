@@ -166,9 +166,7 @@ class Trainer:
         arr = D.load_episode(ep, hw, self.job.label, cache)
         if not self.cached_trunk:
             return arr.frames, arr.labels
-        pooled_path = (
-            D.cache_entry(ep, hw, self.job.label, cache) / f"pooled-{self.base_sha[:16]}.npy"
-        )
+        pooled_path = D.cache_entry(ep, hw, cache) / f"pooled-{self.base_sha[:16]}.npy"
         if pooled_path.is_file():
             return np.load(pooled_path), arr.labels
         out = []

@@ -82,10 +82,14 @@ class AssociativeMemory(nn.Module):
         memory: Tensor,
         prev_action: Tensor | None = None,
         motion: Tensor | None = None,
+        lr_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """h [B, d], memory [B, d_k*d_v] (+ prev_action [B, A] with ``action_feedback``,
         + ``motion(h, previous h)`` [B, d] with ``motion_feedback``)
-        -> (read-out [B, d], new memory [B, d_k*d_v])."""
+        -> (read-out [B, d], new memory [B, d_k*d_v]).
+
+        ``lr_scale`` [B] multiplies ``lr`` per sample: training with some samples frozen
+        (memory dropout) in the same batch as memorizing ones."""
         b = h.shape[0]
         x = self.norm(h)
         parts = [x]
@@ -101,7 +105,8 @@ class AssociativeMemory(nn.Module):
         g = torch.sigmoid(self.gates(x))
         alpha, beta = g[:, 0:1], g[:, 1:2]
         mem = memory.view(b, self.dv, self.dk)
-        mem, _ = delta_rule_update(mem, k, v, alpha, beta, self.lr, self.threshold)
+        lr = self.lr if lr_scale is None else self.lr * lr_scale.to(h.dtype).unsqueeze(-1)
+        mem, _ = delta_rule_update(mem, k, v, alpha, beta, lr, self.threshold)
         read = memory_read(mem, q)
         return self.out(read), mem.reshape(b, self.dv * self.dk)
 

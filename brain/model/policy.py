@@ -117,7 +117,9 @@ class Policy(nn.Module):
         features: Tensor = self.encoder(self.inputs(images, depths))
         return features
 
-    def core(self, feat: Tensor, state: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def core(
+        self, feat: Tensor, state: Tensor, memory: Tensor, mem_lr_scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One recurrent tick on encoded features: (action, state', memory')."""
         lay = self._layout
         tick = state[:, 0:1]
@@ -129,7 +131,7 @@ class Policy(nn.Module):
         if self.memory is not None:
             if prev_feat is not None:
                 motion = self.memory.motion(feat, prev_feat)
-            read, memory_out = self.memory(h, memory, prev_action, motion)
+            read, memory_out = self.memory(h, memory, prev_action, motion, mem_lr_scale)
             h = h + read
         else:
             memory_out = memory * 0.0  # unused, but kept as graph I/O (contract: X -> X_out)
@@ -165,6 +167,7 @@ class Policy(nn.Module):
         memory: Tensor,
         depths: Tensor | None = None,
         executed_actions: Tensor | None = None,
+        mem_lr_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """T ticks: images uint8 [B, T, H, W, 3] -> (actions [B, T, A], state, memory).
 
@@ -175,6 +178,9 @@ class Policy(nn.Module):
         ``executed_actions`` [B, T, A] (only with ``action_feedback``): the actions the robot
         actually executed at each tick (e.g. a demonstration's noisy drive), fed back to the
         next tick instead of the policy's own output (teacher forcing).
+
+        ``mem_lr_scale`` [B]: the memory's learning rate per sample (0 = frozen), so one batch
+        can train the policy both with and without its memory written (memory dropout).
         """
         if images.dim() != 5:
             raise ValueError(f"images must be [B, T, H, W, 3], got {tuple(images.shape)}")
@@ -186,7 +192,7 @@ class Policy(nn.Module):
             raise ValueError("executed_actions needs a model with action_feedback=True")
         actions = []
         for i in range(t):
-            a, state, memory = self.core(feats[:, i], state, memory)
+            a, state, memory = self.core(feats[:, i], state, memory, mem_lr_scale)
             if executed_actions is not None:
                 pa = self._layout["prev_action"]
                 executed = executed_actions[:, i].to(state.dtype)

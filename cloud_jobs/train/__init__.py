@@ -111,7 +111,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     from cloud_jobs.train.config import TrainConfigError
     from cloud_jobs.train.data import DataError
     from cloud_jobs.train.dist import DistError
-    from cloud_jobs.train.loop import TrainingError
+    from cloud_jobs.train.errors import TrainingError
 
     try:
         summary = run_training(

@@ -195,6 +195,25 @@ class LoopConfig(_Strict):
         return self
 
 
+class RecurrenceConfig(_Strict):
+    """How the recurrent state and the memory are trained (docs/model.md, "Test-time
+    memorization"): what a policy needs to adapt at run time, e.g. to a mis-trimmed servo."""
+
+    #: Stateful truncated BPTT: each batch slot walks an episode window after window
+    #: (``train.stride`` is then ``train.window``) and carries its detached state and memory
+    #: into the next window, so the memory is trained at the ages it reaches on the road.
+    #: Off: every window starts from the zero state.
+    stateful: bool = False
+    #: Feed the action the robot executed (``extra["executed_action"]``, else the step's
+    #: ``action``) back as the previous action instead of the policy's own output.
+    #: Needs a model with ``action_feedback``.
+    teacher_forcing: bool = False
+    #: This fraction of every batch's windows runs with the memory frozen (its learning
+    #: rate 0), so the policy also learns to drive without it and "frozen" at evaluation is
+    #: a trained condition.  Needs a model with ``memory``.
+    memory_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
 class DistributedConfig(_Strict):
     #: ``auto``: nccl on CUDA, gloo otherwise (env ``CONTINUON_DIST_BACKEND`` overrides).
     backend: Literal["auto", "nccl", "gloo"] = "auto"
@@ -218,6 +237,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
+    recurrence: RecurrenceConfig = RecurrenceConfig()
     distributed: DistributedConfig = DistributedConfig()
 
     def with_updates(self, **sections: dict[str, Any]) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""Training data: episodes -> a decoded-frame cache -> windows of T consecutive steps.
+"""Training data: episodes -> the decoded-frame cache -> episodes ready to window.
 
 1. **Sources** (``data.sources``): native episode roots (``rlds.reader``) and TFDS
    (RLDS) exports (``cloud_jobs.train.tfds_read``, no TensorFlow).  Episodes are
@@ -6,46 +6,32 @@
 2. **Split**: a source's ``role``, then the ``holdout`` rules (``sim.track`` layouts,
    episode ids, a seeded fraction) decide train or val per episode.
 3. **Cache**: each episode is decoded ONCE -- JPEG -> RGB -> ``preprocess_frame``
-   (the daemon runner's INTER_AREA resize) -- into ``<cache>/<key>/frames.npy``
-   (uint8 [N, H, W, 3]) and ``labels.npy`` (float32 [N, 2, A]: ``action`` and
-   ``extra["expert_action"]``, NaN where absent).  ``key`` hashes the episode's
-   content checksum (``steps_sha256`` of a native episode, the sha256 of a TFDS
-   record) with the image size, so an edited episode is decoded again and an
-   unchanged one never is; runs that share ``data.cache_dir`` share the work.
-   Entries are written to a temporary directory and renamed into place.
-4. **Windows**: ``(episode, start)`` pairs, ``start = 0, stride, 2*stride, ...,
-   N - T`` -- a window never crosses an episode boundary.  Frames are read from
-   the memory-mapped cache, so the dataset does not have to fit in RAM.
+   (the daemon runner's INTER_AREA resize) -- into the decoded-frame cache the robot's
+   fine-tune uses too (``rlds.framecache``: memory-mapped frames, the step's ``action``,
+   ``extra["expert_action"]`` and ``extra["executed_action"]``), keyed by the episode's
+   content checksum (``steps_sha256`` of a native episode, the sha256 of a TFDS record)
+   and the image size; runs that share ``data.cache_dir`` share the work.
+4. **Labels**: ``data.label`` (smoothed by ``data.label_smoothing``) and the executed
+   actions that teacher forcing feeds back.  Windows and batches: ``windows.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
-import math
-import shutil
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from cloud_jobs.train.config import AugmentConfig, DataConfig, DataSource
+from cloud_jobs.train.config import DataConfig, DataSource
 from cloud_jobs.train.tfds_read import TfdsEpisode, is_tfds_dir, list_tfds_episodes
-from common.durable import move
-from rlds import images as rlds_images
+from rlds import framecache
 from rlds.reader import Episode, list_episodes
 
 _log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
-LABEL_SOURCES = ("action", "expert_action")
 
 
 class DataError(RuntimeError):
@@ -68,27 +54,12 @@ class EpisodeRef:
     native: Episode | None = None
     tfds: TfdsEpisode | None = None
 
-    def cache_key(self, image_hw: tuple[int, int]) -> str:
-        text = f"v{CACHE_VERSION}|{image_hw[0]}x{image_hw[1]}|{self.checksum}"
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def read(self) -> tuple[list[bytes], np.ndarray, list[dict[str, Any]] | None]:
+    def read(self) -> tuple[Sequence[bytes], np.ndarray, Sequence[Any] | None]:
         """(JPEG bytes per step, float64 actions [N, A], per-step ``extra`` or None)."""
         if self.tfds is not None:
             return self.tfds.steps_arrays()
         assert self.native is not None
-        frames: list[bytes] = []
-        actions: list[np.ndarray] = []
-        extras: list[dict[str, Any]] = []
-        for step in self.native.steps(decode_images=False):
-            data = step.encoded.get("image")
-            if data is None:
-                raise DataError(f"{self.native.path}: step {step.index} has no image")
-            frames.append(data)
-            actions.append(np.asarray(step.action, dtype=np.float64).reshape(-1))
-            extras.append(step.extra)
-        act = np.stack(actions) if actions else np.zeros((0, 0))
-        return frames, act, extras
+        return framecache.native_reader(self.native)()
 
 
 def _track_of(meta: dict[str, Any]) -> str | None:
@@ -123,13 +94,12 @@ def _list_source(src: DataSource) -> list[EpisodeRef]:
         if src.splits is not None:
             raise DataError(f"data source {src.path}: 'splits' applies to TFDS exports only")
         for rec in list_episodes(path):
-            sha = str(rec.metadata.get("steps_sha256", ""))
             refs.append(
                 EpisodeRef(
                     episode_id=rec.episode_id,
                     track=_track_of(rec.metadata),
                     num_steps=rec.num_steps,
-                    checksum=f"rlds:{sha}:{rec.metadata.get('file_size')}",
+                    checksum=framecache.native_checksum(rec),
                     role=src.role,
                     source=str(path),
                     native=rec,
@@ -179,27 +149,6 @@ def list_data(cfg: DataConfig, seed: int) -> list[EpisodeRef]:
 # --------------------------------------------------------------------------- cache
 
 
-def _labels(actions: np.ndarray, extras: list[dict[str, Any]] | None) -> np.ndarray:
-    """float32 [N, 2, A]: the step's ``action`` and ``extra["expert_action"]`` (NaN if absent)."""
-    n, a = actions.shape
-    out = np.full((n, len(LABEL_SOURCES), a), np.nan, dtype=np.float32)
-    out[:, 0] = actions
-    if extras is not None:
-        for i, ex in enumerate(extras):
-            v = ex.get("expert_action") if isinstance(ex, dict) else None
-            if isinstance(v, list) and len(v) == a:
-                with contextlib.suppress(TypeError, ValueError):
-                    out[i, 1] = np.asarray(v, dtype=np.float64)
-    return out
-
-
-def _decode(data: bytes, preprocess: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    rgb = rlds_images.decode_jpeg(data)
-    if rgb is None:
-        raise DataError("a JPEG frame does not decode")
-    return preprocess(rgb)
-
-
 def build_cache_entry(
     ref: EpisodeRef,
     cache_dir: Path,
@@ -207,49 +156,22 @@ def build_cache_entry(
     preprocess: Callable[[np.ndarray], np.ndarray],
     threads: int = 2,
 ) -> Path:
-    """Decode ``ref`` into ``cache_dir/<key>/`` unless it is there already; returns the dir."""
-    key = ref.cache_key(image_hw)
-    final = cache_dir / key
-    if (final / "meta.json").is_file():
-        return final
-    tmp = cache_dir / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    """Decode ``ref`` into the shared frame cache unless it is there already; returns the
+    entry's directory (``rlds.framecache``)."""
     try:
-        jpegs, actions, extras = ref.read()
-        n = len(jpegs)
-        if actions.ndim != 2 or actions.shape[0] != n:
-            raise DataError(f"episode {ref.episode_id}: actions {actions.shape} for {n} steps")
-        h, w = image_hw
-        frames = np.lib.format.open_memmap(
-            tmp / "frames.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3)
+        entry = framecache.load_or_build(
+            cache_dir,
+            checksum=ref.checksum,
+            episode_id=ref.episode_id,
+            image_hw=image_hw,
+            resize=preprocess,
+            read=ref.read,
+            threads=threads,
+            meta={"track": ref.track, "source": ref.source},
         )
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for i, img in enumerate(pool.map(lambda b: _decode(b, preprocess), jpegs)):
-                if img.shape != (h, w, 3):
-                    raise DataError(f"episode {ref.episode_id}: preprocessed frame is {img.shape}")
-                frames[i] = img
-        frames.flush()
-        del frames
-        np.save(tmp / "labels.npy", _labels(actions, extras))
-        meta = {
-            "cache_version": CACHE_VERSION,
-            "episode_id": ref.episode_id,
-            "track": ref.track,
-            "num_steps": n,
-            "checksum": ref.checksum,
-            "source": ref.source,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        try:  # a cache: its files are not fsynced; a damaged entry is decoded again
-            move(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # not a concurrent writer winning
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    except framecache.FrameCacheError as e:
+        raise DataError(f"{ref.source}: {e}") from None
+    return entry.path
 
 
 def smooth_labels(labels: np.ndarray, k: int) -> np.ndarray:
@@ -276,192 +198,22 @@ class CachedEpisode:
     track: str | None
     frames: np.ndarray  # uint8 [N, H, W, 3], memory-mapped
     labels: np.ndarray  # float32 [N, A] (the configured label, smoothed)
+    executed: np.ndarray  # float32 [N, A] (executed action, else the step's action; 0 if none)
 
     def __len__(self) -> int:
         return len(self.frames)
 
 
 def load_cache_entry(path: Path, label: str, smoothing: int) -> CachedEpisode:
-    meta = json.loads((path / "meta.json").read_text())
-    frames = np.load(path / "frames.npy", mmap_mode="r")
-    both = np.load(path / "labels.npy")
-    labels = both[:, LABEL_SOURCES.index(label)]
-    if label != "action":  # steps without the chosen label fall back to `action`
-        missing = ~np.isfinite(labels).all(axis=1)
-        labels = np.where(missing[:, None], both[:, 0], labels)
+    entry = framecache.load_entry(path)
+    if entry is None:
+        raise DataError(f"{path}: the cache entry is missing or damaged (it is rebuilt next run)")
+    # A step with no usable executed action feeds back neutral, never NaN, into the state.
+    executed = np.nan_to_num(entry.source("executed_action"), nan=0.0)
     return CachedEpisode(
-        meta["episode_id"], meta.get("track"), frames, smooth_labels(labels, smoothing)
+        entry.episode_id,
+        entry.meta.get("track"),
+        entry.frames,
+        smooth_labels(entry.source(label), smoothing),
+        executed,
     )
-
-
-# --------------------------------------------------------------------------- windows
-
-
-def window_starts(n: int, window: int, stride: int) -> list[int]:
-    if n < window:
-        return []
-    return list(range(0, n - window + 1, stride))
-
-
-class WindowSet:
-    """All windows of T steps over a list of cached episodes."""
-
-    def __init__(self, episodes: Sequence[CachedEpisode], window: int, stride: int) -> None:
-        self.episodes = list(episodes)
-        self.window = window
-        index = [
-            (e, s)
-            for e, ep in enumerate(self.episodes)
-            for s in window_starts(len(ep), window, stride)
-        ]
-        self.index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
-        self.too_short = [ep.episode_id for ep in self.episodes if len(ep) < window]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def num_steps(self) -> int:
-        return sum(len(ep) for ep in self.episodes)
-
-    def get(self, wid: int) -> tuple[np.ndarray, np.ndarray]:
-        e, s = self.index[wid]
-        ep = self.episodes[e]
-        return (
-            np.asarray(ep.frames[s : s + self.window]),
-            np.asarray(ep.labels[s : s + self.window]),
-        )
-
-    def spread(self, count: int) -> list[int]:
-        """Up to ``count`` window ids spread evenly over the set (deterministic)."""
-        n = len(self)
-        if n <= count:
-            return list(range(n))
-        return [int(i) for i in np.linspace(0, n - 1, count).round().astype(int)]
-
-
-def _shift(a: np.ndarray, d: int, axis: int) -> np.ndarray:
-    """``a`` moved by ``d`` along ``axis``; the uncovered border repeats the edge."""
-    out = np.empty_like(a)
-    n = a.shape[axis]
-    d = max(-(n - 1), min(n - 1, d))
-
-    def sl(start: int | None, stop: int | None) -> tuple[slice, ...]:
-        idx = [slice(None)] * a.ndim
-        idx[axis] = slice(start, stop)
-        return tuple(idx)
-
-    if d > 0:
-        out[sl(d, None)] = a[sl(0, n - d)]
-        out[sl(0, d)] = a[sl(0, 1)]
-    else:
-        out[sl(0, n + d)] = a[sl(-d, None)]
-        out[sl(n + d, None)] = a[sl(n - 1, n)]
-    return out
-
-
-def augment_window(frames: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Brightness/contrast jitter and a small (vertical) shift, the same for every frame."""
-    if not cfg.enabled:
-        return frames
-    gain = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
-    contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
-    dy = int(rng.integers(-cfg.shift_px, cfg.shift_px + 1))
-    dx = int(rng.integers(-cfg.shift_x_px, cfg.shift_x_px + 1))
-    # The photometric part is one affine map of the 256 pixel values: a lookup table.
-    mean = float(frames.mean())
-    lut = np.rint(np.clip((np.arange(256) - mean) * contrast + mean * gain, 0, 255))
-    t, h, w, c = frames.shape
-    flat = np.ascontiguousarray(frames).reshape(t * h, w * c)
-    out = cv2.LUT(flat, lut.astype(np.uint8)).reshape(t, h, w, c)
-    if dy:  # translate, repeating the edge pixels
-        out = _shift(out, dy, axis=1)
-    if dx:
-        out = _shift(out, dx, axis=2)
-    return np.ascontiguousarray(out)
-
-
-class WindowDataset:
-    """Map-style dataset of ``(epoch, window id)`` -> (frames uint8 [T,H,W,3], labels [T,A]).
-
-    The augmentation of a window depends only on (seed, epoch, window id), never on
-    which worker or process assembles it, so a run is reproducible and resumable
-    whatever ``data.workers`` is.
-    """
-
-    def __init__(self, windows: WindowSet, augment: AugmentConfig | None, seed: int) -> None:
-        self.windows = windows
-        self.augment = augment
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        epoch, wid = item
-        frames, labels = self.windows.get(wid)
-        if self.augment is not None and self.augment.enabled:
-            rng = np.random.default_rng([self.seed, epoch, wid, 0xA06])
-            frames = augment_window(frames, self.augment, rng)
-        return frames, labels
-
-
-class WindowBatchSampler:
-    """Batches of ``(epoch, window id)`` for one rank, forever, from a given position.
-
-    Each epoch is a permutation of all windows seeded by (seed, epoch), padded by
-    wrapping to a multiple of ``batch_size * world`` (as ``DistributedSampler``
-    does), and dealt to ranks round-robin: rank r gets positions r, r + world, ...
-    Every batch is full.  ``(epoch, batch)`` is the whole sampler state, saved in
-    checkpoints, so a resumed run sees exactly the batches it would have seen.
-    """
-
-    def __init__(
-        self,
-        num_windows: int,
-        batch_size: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        start_epoch: int = 0,
-        start_batch: int = 0,
-    ) -> None:
-        if num_windows < 1:
-            raise DataError("no training windows")
-        self.n = num_windows
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world = world
-        self.start_epoch = start_epoch
-        self.start_batch = start_batch
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(self.n / (self.batch_size * self.world))
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, epoch, 0x5A3]).permutation(self.n)
-        total = self.batches_per_epoch * self.batch_size * self.world
-        reps = math.ceil(total / self.n)
-        padded = np.tile(perm, reps)[:total]
-        return padded[self.rank :: self.world]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, batch = self.start_epoch, self.start_batch
-        while True:
-            mine = self.epoch_order(epoch)
-            while batch < self.batches_per_epoch:
-                ids = mine[batch * self.batch_size : (batch + 1) * self.batch_size]
-                yield [(epoch, int(w)) for w in ids]
-                batch += 1
-            epoch, batch = epoch + 1, 0
-
-
-def collate(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, Any]:
-    import torch
-
-    frames = torch.from_numpy(np.stack([f for f, _ in items]))
-    labels = torch.from_numpy(np.stack([lab for _, lab in items]).astype(np.float32))
-    return frames, labels
