@@ -338,7 +338,7 @@ def test_daemon_on_the_sim_drives_in_both_trigger_modes(tmp_path, trigger):
         await asyncio.sleep(0.8)
         daemon.control.timing.reset()
         await asyncio.sleep(2.0)
-        stats = daemon.brain.stats()
+        stats = daemon.brain.stats().to_json()
         await stop_daemon(daemon, task)
         return boot, stats, daemon
 

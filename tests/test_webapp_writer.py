@@ -22,7 +22,7 @@ from tests.test_webapp_browser import (  # noqa: F401 - fixtures used by name
 
 def test_writer_restart_shown_in_the_app(main_screen, robot):  # noqa: F811
     b = main_screen
-    rec = lambda: robot.brain.status()["recording"]  # noqa: E731
+    rec = lambda: robot.brain.status().to_json()["recording"]  # noqa: E731
     try:
         robot.brain.start_recording()
         robot.brain.set_mode("autonomous")
