@@ -27,7 +27,9 @@ from brain.interface_models import (
     UpdateStatus,
 )
 from tests.daemon_helpers import make_daemon, start_daemon, stop_daemon
+from tests.emulation import wall
 from tests.network_helpers import record_episodes
+from tests.waiting import wait_until_async
 
 METHODS = sorted(
     name
@@ -116,7 +118,8 @@ def test_the_sim_daemon_returns_what_it_declares(tmp_path):
         daemon, _ = make_daemon(tmp_path)
         record_episodes(daemon.config.episodes_dir(), 2)
         task = await start_daemon(daemon)
-        try:
+        try:  # the sim renders its textures before the first frame
+            await wait_until_async(lambda: daemon.sensors.latest()[0], "a camera frame", wall(10))
             return await _exercise(daemon.brain, tmp_path)
         finally:
             await stop_daemon(daemon, task)

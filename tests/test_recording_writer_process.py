@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from brain.config import parse_config
 from brain.control.loop import Step
@@ -174,6 +175,7 @@ def test_the_control_process_runs_no_encoder(tmp_path):
     assert not [n for n in names if "encode" in n], names
 
 
+@pytest.mark.integration  # the real daemon as a subprocess, SIGKILLed
 def test_sigkill_of_the_daemon_takes_the_writer_with_it(tmp_path):
     """The whole daemon SIGKILLed while recording: no orphan writer, the episode is recovered."""
     from edge_agent.control_socket import request
