@@ -40,6 +40,7 @@ async def until(pred, timeout: float, step: float = 0.05) -> bool:
     return pred()
 
 
+@pytest.mark.slow  # records, kills, waits for the restart and 30 more steps: ~4 s of driving
 def test_sigkill_of_the_writer_alone_is_recovered_and_the_writer_restarted(tmp_path):
     async def script(d):
         brain = d.brain
