@@ -16,6 +16,20 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from brain.config import Config
+from brain.interface_models import (
+    BrainStats,
+    BrainStatus,
+    DeadmanStatus,
+    EpisodeDeleted,
+    EpisodeSummary,
+    ExportSummary,
+    ModeChange,
+    RecordingStatus,
+    Telemetry,
+    TrainingStatus,
+    UpdateResult,
+    UpdateStatus,
+)
 
 
 class CommandError(ValueError):
@@ -37,7 +51,11 @@ class CameraFrame:
 
 @runtime_checkable
 class UpdaterInterface(Protocol):
-    """What the OTA updater (brain/ota) offers the brain handle; see docs/ota.md."""
+    """What the OTA updater (brain/ota) offers the brain handle; see docs/ota.md.
+
+    Its dicts are validated into UpdateStatus / UpdateResult by the handle, so a key the
+    models do not know is refused there instead of leaking onto the network unannounced.
+    """
 
     def status(self) -> dict[str, Any]: ...
 
@@ -54,7 +72,10 @@ class UpdaterInterface(Protocol):
 
 @runtime_checkable
 class TrainerInterface(Protocol):
-    """What the local fine-tuning manager (brain/localtrain) offers the brain handle."""
+    """What the local fine-tuning manager (brain/localtrain) offers the brain handle.
+
+    Its dicts are validated into TrainingStatus by the handle (as UpdaterInterface's are).
+    """
 
     def status(self) -> dict[str, Any]:
         """State, step, loss, ETA, resource level, last result: JSON-ready."""
@@ -67,35 +88,41 @@ class TrainerInterface(Protocol):
 
 @runtime_checkable
 class BrainInterface(Protocol):
+    """Every method returns a typed model (brain/interface_models.py), never a dict.
+
+    The network side serialises them with ``.to_json()`` at the edge, so the JSON on the
+    wire is the models' and a change to it is a type error, not a silent drift.
+    """
+
     @property
     def robot_id(self) -> str: ...
 
     @property
     def action_names(self) -> tuple[str, ...]: ...
 
-    def status(self) -> dict[str, Any]:
-        """Mode, flags, e-stop reason, model, supervisor tasks: cheap, JSON-ready."""
+    def status(self) -> BrainStatus:
+        """Mode, flags, e-stop reason, model, supervisor tasks: cheap."""
         ...
 
-    def stats(self) -> dict[str, Any]:
-        """Control-loop timing, sensors, safety and policy counters: JSON-ready."""
+    def stats(self) -> BrainStats:
+        """Control-loop timing, sensors, safety and policy counters."""
         ...
 
     def reset_stats(self) -> None:
         """Start the timing statistics afresh (e.g. after a warm-up)."""
         ...
 
-    def set_mode(self, mode: str, reason: str = "") -> dict[str, Any]: ...
+    def set_mode(self, mode: str, reason: str = "") -> ModeChange: ...
 
-    def estop(self, reason: str) -> dict[str, Any]: ...
+    def estop(self, reason: str) -> ModeChange: ...
 
-    def reset_estop(self) -> dict[str, Any]: ...
+    def reset_estop(self) -> ModeChange: ...
 
-    def start_recording(self, tags: list[str] | None = None) -> dict[str, Any]:
+    def start_recording(self, tags: list[str] | None = None) -> RecordingStatus:
         """Arm recording: episodes are written while the mode records (MANUAL, ...)."""
         ...
 
-    def stop_recording(self) -> dict[str, Any]:
+    def stop_recording(self) -> RecordingStatus:
         """Disarm recording; the open episode is committed."""
         ...
 
@@ -103,11 +130,11 @@ class BrainInterface(Protocol):
         """Latest joystick command; the safety watchdog stops the robot if these stop coming."""
         ...
 
-    def heartbeat(self) -> dict[str, Any]:
+    def heartbeat(self) -> DeadmanStatus:
         """An operator is watching: lets supervised autonomy drive (autonomous_heartbeat_s)."""
         ...
 
-    def telemetry(self) -> dict[str, Any]:
+    def telemetry(self) -> Telemetry:
         """Small, frequent state for streaming: mode, last command, tick, model, sim pose."""
         ...
 
@@ -117,31 +144,31 @@ class BrainInterface(Protocol):
 
     # -- episodes (rlds) ------------------------------------------------------------------
 
-    def list_episodes(self) -> list[dict[str, Any]]: ...
+    def list_episodes(self) -> list[EpisodeSummary]: ...
 
-    def delete_episode(self, episode_id: str) -> dict[str, Any]:
+    def delete_episode(self, episode_id: str) -> EpisodeDeleted:
         """Raises NotFound for an unknown id; refuses the episode being recorded."""
         ...
 
-    async def export_episodes(self, options: dict[str, Any]) -> dict[str, Any]:
+    async def export_episodes(self, options: dict[str, Any]) -> ExportSummary:
         """Export committed episodes (format, out dir, splits); returns the manifest summary."""
         ...
 
     # -- local training and updates (CommandError when the component is absent) -----------
 
-    def training_status(self) -> dict[str, Any]: ...
+    def training_status(self) -> TrainingStatus: ...
 
-    def start_training(self, options: dict[str, Any]) -> dict[str, Any]: ...
+    def start_training(self, options: dict[str, Any]) -> TrainingStatus: ...
 
-    def stop_training(self) -> dict[str, Any]: ...
+    def stop_training(self) -> TrainingStatus: ...
 
-    def update_status(self) -> dict[str, Any]: ...
+    def update_status(self) -> UpdateStatus: ...
 
-    async def check_update(self) -> dict[str, Any]: ...
+    async def check_update(self) -> UpdateResult: ...
 
-    async def install_update(self, archive: Path) -> dict[str, Any]: ...
+    async def install_update(self, archive: Path) -> UpdateResult: ...
 
-    async def rollback_update(self) -> dict[str, Any]: ...
+    async def rollback_update(self) -> UpdateResult: ...
 
 
 @dataclass(frozen=True, slots=True)

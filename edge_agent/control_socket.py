@@ -117,9 +117,9 @@ def handle_request(brain: BrainInterface, req: Any, config: Config | None = None
     cmd = req["cmd"]
     try:
         if cmd == "status":
-            result: Any = brain.status()
+            result: Any = brain.status().to_json()
         elif cmd == "stats":
-            result = brain.stats()
+            result = brain.stats().to_json()
         elif cmd == "reset_stats":
             brain.reset_stats()
             result = None
@@ -127,11 +127,11 @@ def handle_request(brain: BrainInterface, req: Any, config: Config | None = None
             mode = req.get("mode")
             if not isinstance(mode, str):
                 raise CommandError('"mode" needs a string field "mode"')
-            result = brain.set_mode(mode, str(req.get("reason", "cli")))
+            result = brain.set_mode(mode, str(req.get("reason", "cli"))).to_json()
         elif cmd == "estop":
-            result = brain.estop(str(req.get("reason", "cli")))
+            result = brain.estop(str(req.get("reason", "cli"))).to_json()
         elif cmd == "reset":
-            result = brain.reset_estop()
+            result = brain.reset_estop().to_json()
         elif cmd == "record":
             action = req.get("action")
             tags = req.get("tags")
@@ -142,9 +142,9 @@ def handle_request(brain: BrainInterface, req: Any, config: Config | None = None
             ):
                 raise CommandError('"tags" must be a list of strings')
             if action == "start":
-                result = brain.start_recording(tags)
+                result = brain.start_recording(tags).to_json()
             else:
-                result = brain.stop_recording()
+                result = brain.stop_recording().to_json()
         elif cmd == "teleop":
             action = req.get("action")
             if not isinstance(action, list) or not all(
@@ -154,7 +154,7 @@ def handle_request(brain: BrainInterface, req: Any, config: Config | None = None
             brain.teleop([float(v) for v in action])
             result = None
         elif cmd == "heartbeat":
-            result = brain.heartbeat()
+            result = brain.heartbeat().to_json()
         elif cmd == "pair":
             result = _pair(config)
         elif cmd == "tokens":
@@ -178,16 +178,16 @@ async def handle_ota(brain: BrainInterface, req: dict[str, Any]) -> dict[str, An
     action = req.get("action")
     try:
         if action == "status":
-            result: Any = brain.update_status()
+            result: Any = brain.update_status().to_json()
         elif action == "check":
-            result = await brain.check_update()
+            result = (await brain.check_update()).to_json()
         elif action == "rollback":
-            result = await brain.rollback_update()
+            result = (await brain.rollback_update()).to_json()
         elif action == "install":
             path = req.get("path")
             if not isinstance(path, str) or not path:
                 raise CommandError('"ota" "install" needs a string "path" (absolute)')
-            result = await brain.install_update(Path(path))
+            result = (await brain.install_update(Path(path))).to_json()
         else:
             raise CommandError('"ota" needs "action": status, check, install or rollback')
     except CommandError as exc:

@@ -37,6 +37,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from brain.config import Config
 from brain.interface import BrainInterface, Service
+from brain.interface_models import BrainStatus
 from common.backoff import Backoff, BackoffPolicy
 
 _log = logging.getLogger(__name__)
@@ -159,15 +160,15 @@ class Advertiser:
         if not port:
             return None
         try:
-            st = self.brain.status()
+            st: BrainStatus | None = self.brain.status()
         except Exception:
-            st = {}
+            st = None
         props = {
             "id": self.brain.robot_id,
-            "model": str(st.get("model_version") or ""),
+            "model": (st and st.model_version) or "",
             "api": API_VERSION,
-            "kind": str(st.get("robot_kind") or ""),
-            "sw": str(st.get("software_version") or ""),
+            "kind": st.robot_kind if st else "",
+            "sw": st.software_version if st else "",
             # The app must know to speak TLS (and then check the pinned fingerprint).
             "scheme": "https" if self.config.api.tls_cert else "http",
         }

@@ -10,6 +10,9 @@ fails quietly otherwise:
 * a test module holding torch at module level must carry the ``torch`` marker, or the
   torch-free lanes (``-m "not torch"``, the robot's own environment) would import it.
 
+A whole-suite run of the fast lane also fails if it never imported one of our packages: the lane
+is the one every edit runs, so a package it does not touch is a package nobody tests.
+
 A module whose own ``pytestmark`` already rules it out of the ``-m`` expression is not imported
 at all: deselecting its tests after import would still pay for TensorFlow, peft or litert-torch
 (tens of seconds of the fast lane's minute).
@@ -128,3 +131,35 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if EMULATED:
         return f"CONTINUON_EMULATED=1: @pytest.mark.timing bounds scaled x{SLOWDOWN:g}"
     return None
+
+
+# What `make test-fast` must touch, and its marker expression (Makefile FAST_LANE).
+PACKAGES = ("brain", "rlds", "edge_agent", "cloud_jobs", "common")
+FAST_LANE = "not slow and not integration"
+
+
+def _loaded(package: str) -> int:
+    return sum(1 for m in list(sys.modules) if m == package or m.startswith(package + "."))
+
+
+def _whole_fast_lane(config: pytest.Config) -> bool:
+    paths = [Path(a.split("::")[0]).resolve() for a in config.args]
+    return config.getoption("markexpr") == FAST_LANE and all(p == TESTS for p in paths)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    counts = ", ".join(f"{p} {_loaded(p)}" for p in PACKAGES)
+    terminalreporter.write_line(f"modules of our packages loaded in this run: {counts}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus != 0 or not _whole_fast_lane(session.config):
+        return
+    missing = [p for p in PACKAGES if _loaded(p) == 0]
+    if missing:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"the fast lane never imported: {', '.join(missing)}", red=True)

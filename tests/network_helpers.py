@@ -15,6 +15,20 @@ import numpy as np
 
 from brain.config import Config, parse_config
 from brain.episodes import EpisodeStore
+from brain.interface import CommandError
+from brain.interface_models import (
+    BrainStatus,
+    DeadmanStatus,
+    EpisodeSummary,
+    ExportSummary,
+    ModeChange,
+    ModeFlags,
+    RecordingStatus,
+    Telemetry,
+    TrainingStatus,
+    UpdateResult,
+    UpdateStatus,
+)
 from rlds.types import StepInput
 from rlds.writer import EpisodeWriter
 
@@ -26,7 +40,7 @@ class FakeBrain:
         self.mode = "idle"
         self.estop_reason: str | None = None
         self.model_version: str | None = "model-1"
-        self.update: dict[str, Any] = {"state": "idle", "current": "model-1"}
+        self.update = UpdateStatus(available=True, phase="idle", busy=False, last_result=None)
         self.update_checks = 0
         self.motion_calls: list[tuple[str, Any]] = []
         self.exports: list[dict[str, Any]] = []
@@ -40,65 +54,85 @@ class FakeBrain:
     def action_names(self) -> tuple[str, ...]:
         return ("steering", "throttle")
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "robot_id": self._robot_id,
-            "robot_kind": "car",
-            "software_version": "0.1.0",
-            "mode": self.mode,
-            "estop_reason": self.estop_reason,
-            "model_version": self.model_version,
-            "tasks": {},
-        }
+    def status(self) -> BrainStatus:
+        return BrainStatus(
+            robot_id=self._robot_id,
+            robot_kind="car",
+            software_version="0.1.0",
+            mode=self.mode,
+            flags=ModeFlags(motion=False, record=False, inference=False),
+            estop_reason=self.estop_reason,
+            autopilot="policy",
+            model_version=self.model_version,
+            uptime_s=1.0,
+            control_running=True,
+            tasks={},
+            recording=None,
+            deadman=_DEADMAN,
+        )
 
-    def telemetry(self) -> dict[str, Any]:
-        return {"mode": self.mode, "ticks": 42, "action": [0.0, 0.0]}
+    def telemetry(self) -> Telemetry:
+        return Telemetry(
+            t=1.0,
+            mode=self.mode,
+            estop_reason=self.estop_reason,
+            action=[0.0, 0.0],
+            neutral=True,
+            ticks=42,
+            model_version=self.model_version,
+            recording=False,
+            deadman_holding=False,
+        )
 
-    def update_status(self) -> dict[str, Any]:
-        return dict(self.update)
+    def update_status(self) -> UpdateStatus:
+        return self.update
 
-    async def check_update(self) -> dict[str, Any]:
+    async def check_update(self) -> UpdateResult:
         self.update_checks += 1
-        return {"checked": True, "installed": None}
+        return UpdateResult.model_validate({"result": "up to date", **self.update.to_json()})
 
-    def training_status(self) -> dict[str, Any]:
-        return {"available": False}
+    def training_status(self) -> TrainingStatus:
+        return TrainingStatus(available=False)
 
-    def list_episodes(self) -> list[dict[str, Any]]:
-        return self._episodes.list() if self._episodes else []
+    def list_episodes(self) -> list[EpisodeSummary]:
+        rows = self._episodes.list() if self._episodes else []
+        return [EpisodeSummary.model_validate(r) for r in rows]
 
-    async def export_episodes(self, options: dict[str, Any]) -> dict[str, Any]:
+    async def export_episodes(self, options: dict[str, Any]) -> ExportSummary:
         assert self._episodes is not None, "FakeBrain needs a config to export"
         self.exports.append(dict(options))
-        return await self._episodes.export(options)
+        return ExportSummary.model_validate(await self._episodes.export(options))
 
     # Everything that moves, arms or changes the robot: recorded, so tests can assert none ran.
-    def set_mode(self, mode: str, reason: str = "") -> dict[str, Any]:
+    def set_mode(self, mode: str, reason: str = "") -> ModeChange:
         self.motion_calls.append(("set_mode", mode))
-        return {}
+        return ModeChange.model_validate({"from": self.mode, "to": self.mode})
 
-    def estop(self, reason: str) -> dict[str, Any]:
+    def estop(self, reason: str) -> ModeChange:
         self.motion_calls.append(("estop", reason))
-        return {}
+        return ModeChange.model_validate({"from": self.mode, "to": self.mode})
 
-    def reset_estop(self) -> dict[str, Any]:
+    def reset_estop(self) -> ModeChange:
         self.motion_calls.append(("reset_estop", None))
-        return {}
+        return ModeChange.model_validate({"from": self.mode, "to": self.mode})
 
     def teleop(self, action: list[float]) -> None:
         self.motion_calls.append(("teleop", action))
 
-    def heartbeat(self) -> dict[str, Any]:
+    def heartbeat(self) -> DeadmanStatus:
         self.motion_calls.append(("heartbeat", None))
-        return {}
+        return _DEADMAN
 
-    def start_recording(self, tags: list[str] | None = None) -> dict[str, Any]:
+    def start_recording(self, tags: list[str] | None = None) -> RecordingStatus:
         self.motion_calls.append(("start_recording", tags))
-        return {}
+        raise CommandError("recording is not available")
 
-    def stop_recording(self) -> dict[str, Any]:
+    def stop_recording(self) -> RecordingStatus:
         self.motion_calls.append(("stop_recording", None))
-        return {}
+        raise CommandError("recording is not available")
+
+
+_DEADMAN = DeadmanStatus(heartbeat_s=None, holding=False, heartbeat_age_s=None)
 
 
 def config_for(tmp_path: Path, **sections: dict[str, Any]) -> Config:

@@ -180,17 +180,17 @@ class RecordingUpdater:
         self.installed: list[tuple[Path, bytes]] = []
 
     def status(self):
-        return {"available": True, "state": "idle"}
+        return {"available": True, "phase": "idle"}
 
     async def check(self):
-        return {"update": None}
+        return {"result": "up to date", **self.status()}
 
     async def install(self, archive):
         self.installed.append((archive, archive.read_bytes()))
-        return {"installed": archive.name}
+        return {"result": f"installed {archive.name}", **self.status()}
 
     async def rollback(self):
-        return {"rolled_back": True}
+        return {"result": "rolled back to v1", **self.status()}
 
 
 @pytest.mark.slow
@@ -302,9 +302,9 @@ def test_update_upload_streams_to_disk_with_a_limit(tmp_path):
             assert resp.status == 400
             assert len(updater.installed) == 1 and list(uploads.iterdir()) == []
             resp = await c.post("/api/v1/updates/rollback", headers=h)
-            assert await resp.json() == {"rolled_back": True}
+            assert await resp.json() == {"result": "rolled back to v1", **updater.status()}
             resp = await c.post("/api/v1/updates/check", headers=h)
-            assert await resp.json() == {"update": None}
+            assert await resp.json() == {"result": "up to date", **updater.status()}
 
     asyncio.run(body())
 

@@ -162,9 +162,9 @@ def test_round_trip_status_telemetry_events_and_commands(tmp_path, broker):
                 brain.estop_reason = "bumper"
                 brain.mode = "estop"
                 await w.wait(lambda: events_of(w, "estop"))
-                brain.update = {"state": "installed", "current": "model-2"}
+                brain.update = brain.update.model_copy(update={"phase": "trial"})
                 upd = await w.wait(lambda: events_of(w, "update"))
-                assert upd[0]["status"]["state"] == "installed"
+                assert upd[0]["status"]["phase"] == "trial"
 
                 await w.send({"id": "c1", "cmd": "ping"})
                 r = await w.wait(lambda: replies(w, "c1"))
@@ -571,7 +571,7 @@ def test_in_the_real_daemon_events_status_and_no_motion_from_the_cloud(tmp_path,
                 # The cloud cannot clear the e-stop either.
                 await w.send({"id": "d5", "cmd": "reset-estop"})
                 await w.wait(lambda: replies(w, "d5"))
-                assert daemon.brain.status()["estop_reason"] == "bumper hit"
+                assert daemon.brain.status().to_json()["estop_reason"] == "bumper hit"
                 daemon.request_stop("test")
                 await asyncio.wait_for(task, wall(10))
                 last = await w.wait(lambda: not w.on("status")[-1]["online"] and w.on("status"))

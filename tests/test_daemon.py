@@ -193,8 +193,8 @@ def test_expert_autopilot_drives_the_sim(tmp_path):
         task = await start_daemon(daemon)
         daemon.brain.set_mode("autonomous")
         await asyncio.sleep(3.0)
-        metrics = daemon.brain.stats()["sim"]
-        stats = daemon.brain.stats()["control"]
+        metrics = daemon.brain.stats().to_json()["sim"]
+        stats = daemon.brain.stats().to_json()["control"]
         await stop_daemon(daemon, task)
         return metrics, stats
 
@@ -231,7 +231,7 @@ def test_task_crash_restarts_and_crash_loop_latches_estop(tmp_path):
         task = await start_daemon(daemon)
         daemon.brain.set_mode("manual")
         await asyncio.sleep(1.0)
-        status = daemon.brain.status()
+        status = daemon.brain.status().to_json()
         await stop_daemon(daemon, task)
         return status
 

@@ -134,14 +134,14 @@ def test_daemon_autonomy_stops_when_heartbeats_stop(tmp_path, trigger):
         daemon.brain.set_mode("autonomous")
         await asyncio.sleep(0.8)
         t_beats = time.monotonic()
-        holding_before = daemon.brain.telemetry()["deadman_holding"]
+        holding_before = daemon.brain.telemetry().to_json()["deadman_holding"]
         for _ in range(10):  # 1 s of heartbeats from the CLI's path
             r = handle_request(daemon.brain, {"cmd": "heartbeat"})
             assert r["ok"] and r["result"]["heartbeat_s"] == 0.5
             await asyncio.sleep(0.1)
         t_last = time.monotonic()
         await asyncio.sleep(1.2)
-        status = daemon.brain.status()
+        status = daemon.brain.status().to_json()
         await stop_daemon(daemon, task)
         return act.snapshot(), t_beats, t_last, holding_before, status
 

@@ -683,12 +683,32 @@ def test_real_car_without_move_writes_nothing(dev_dir: Path, monkeypatch) -> Non
     assert len(rig.buses) == 1 and rig.buses[0][1].deinited  # just the probe's scan
 
 
+class SteppedClock:
+    """Time that passes only when the check sleeps: the sequence runs at once, holds included."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, dt: float) -> None:
+        self.t += dt
+
+
 def test_real_car_move_sweeps_pulses_and_ends_neutral(dev_dir: Path, monkeypatch) -> None:
+    from brain.hwcheck.actuators import car_sequence
+
     rig = install_pca(monkeypatch)
     cfg = fast_car_config()
-    ctx = CheckContext(cfg, move=True, dev_dir=dev_dir, move_step_s=0.002)
+    clock = SteppedClock()
+    ctx = CheckContext(
+        cfg, move=True, dev_dir=dev_dir, move_step_s=0.002, clock=clock, sleep=clock.sleep
+    )
     res = run_check(ctx, "actuators", check_actuators)
     assert res.status == PASS, res
+    # every phase was held for its time (on the check's clock, not the test's wall clock)
+    assert clock.t >= sum(hold for *_, hold in car_sequence(ctx)) > 0
     chip = rig.chip()
     freq = cfg.hardware.actuators.pca9685.frequency_hz
     steer = [c for ch, c in chip.channel_writes() if ch == 0]

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from brain.cli import BUILTIN_COMMANDS, _wants_plugins, build_parser
 from edge_agent.control_socket import request
 from tests.daemon_helpers import sim_config, spawn_daemon
@@ -65,6 +67,7 @@ ALLOWED = frozenset(
 FORBIDDEN = ("cloud_jobs", "torch", "peft", "onnx", "onnxruntime", "tensorflow", "transformers")
 
 
+@pytest.mark.integration  # the real daemon as a subprocess (`continuon run`)
 def test_running_daemon_imports_only_allowlisted_packages(tmp_path):
     proc, sock, ctl = spawn_daemon(tmp_path, sim_config(tmp_path), stderr=subprocess.PIPE)
     try:

@@ -67,21 +67,25 @@ def test_training_mode_holds_still_and_returns_to_idle(tmp_path):
             brain.set_mode("idle")
             await asyncio.sleep(0.2)
 
-            st = brain.start_training({})
+            st = brain.start_training({}).to_json()
             assert st["state"] in ("starting", "running")
             assert daemon.modes.mode is Mode.TRAINING
-            assert brain.status()["flags"]["motion"] is False
+            assert brain.status().to_json()["flags"]["motion"] is False
             with pytest.raises(CommandError, match="already running"):
                 brain.start_training({})
             t_training = time.monotonic()
             seen_training = False
-            while brain.training_status()["state"] not in ("finished", "failed", "stopped"):
+            while brain.training_status().to_json()["state"] not in (
+                "finished",
+                "failed",
+                "stopped",
+            ):
                 if daemon.modes.mode is Mode.TRAINING:
                     seen_training = True
                     brain.teleop([1.0, 1.0])  # ignored: TRAINING allows no motion
                 await asyncio.sleep(0.1)
-                assert time.monotonic() - t_training < 120, brain.training_status()
-            st = brain.training_status()
+                assert time.monotonic() - t_training < 120, brain.training_status().to_json()
+            st = brain.training_status().to_json()
             assert st["state"] == "finished", st
             assert seen_training
             assert daemon.modes.mode is Mode.IDLE

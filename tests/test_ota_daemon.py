@@ -86,7 +86,7 @@ def test_unhealthy_update_rolls_back_while_the_car_keeps_driving(tmp_path, repo)
         task = await start_daemon(daemon)
         # the periodic check runs at start: 1.0.0 is downloaded, verified, tried, committed
         await wait_until_async(
-            lambda: daemon.brain.update_status()["phase"] == "committed", timeout=15.0
+            lambda: daemon.brain.update_status().to_json()["phase"] == "committed", timeout=15.0
         )
         assert daemon.policy.model.version == "1.0.0"
         daemon.brain.set_mode("autonomous")
@@ -95,11 +95,11 @@ def test_unhealthy_update_rolls_back_while_the_car_keeps_driving(tmp_path, repo)
         marks = [snap(daemon)]
         await served(daemon, 10)  # 1.0.0 drives
         marks.append(snap(daemon))
-        result = await daemon.brain.check_update()
+        result = (await daemon.brain.check_update()).to_json()
         marks.append(snap(daemon))
         await served(daemon, 10)  # 1.0.0 drives again
         marks.append(snap(daemon))
-        again = await daemon.brain.check_update()
+        again = (await daemon.brain.check_update()).to_json()
         await stop_daemon(daemon, task)
         return daemon, act.snapshot(), result, again, marks
 
@@ -170,7 +170,7 @@ def test_daemon_boots_on_the_committed_slot_and_cli_talks_to_it(tmp_path, repo, 
         task = await start_daemon(daemon)
         # the staged bundle's trial runs at start and commits
         await wait_until_async(
-            lambda: daemon.brain.update_status()["phase"] == "committed", timeout=15.0
+            lambda: daemon.brain.update_status().to_json()["phase"] == "committed", timeout=15.0
         )
         out = await asyncio.to_thread(
             cli_main, ["ota", "status", "--json", "--config", str(cfg_path)]
@@ -216,7 +216,7 @@ def test_ota_install_of_a_version_that_failed_before_is_refused_with_exit_1(tmp_
         daemon = Daemon(parse_config(raw), services=[make_service])
         task = await start_daemon(daemon)
         rc = await asyncio.to_thread(cli_main, install)
-        status = daemon.brain.update_status()
+        status = daemon.brain.update_status().to_json()
         await stop_daemon(daemon, task)
         return rc, status
 
@@ -238,7 +238,7 @@ def test_policy_model_in_config_overrides_the_slot(tmp_path, repo):
         daemon, _ = make_daemon(tmp_path, **over, **{"policy.model": str(explicit)})
         task = await start_daemon(daemon)
         version = daemon.policy.model.version
-        status = daemon.brain.update_status()
+        status = daemon.brain.update_status().to_json()
         await stop_daemon(daemon, task)
         return version, status
 
@@ -250,7 +250,7 @@ def test_ota_disabled_means_no_updater(tmp_path):
     async def body():
         daemon, _ = make_daemon(tmp_path, **{"ota.enabled": False})
         task = await start_daemon(daemon)
-        status = daemon.brain.update_status()
+        status = daemon.brain.update_status().to_json()
         await stop_daemon(daemon, task)
         return status
 

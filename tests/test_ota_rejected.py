@@ -298,10 +298,10 @@ def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
             h = api.bearer(await api.token())
             oct_h = dict(h, **{"Content-Type": "application/octet-stream"})
             await wait_until_async(
-                lambda: daemon.brain.update_status()["phase"] == "committed", timeout=30.0
+                lambda: daemon.brain.update_status().to_json()["phase"] == "committed", timeout=30.0
             )
             await asyncio.to_thread(publish, repo, bundles["v2"])
-            res = await daemon.brain.check_update()
+            res = (await daemon.brain.check_update()).to_json()
             assert res["result"] == "committed 2.0.0", res
             ota_dir = api.config.ota_dir()
             before = slot_bytes(ota_dir)
@@ -331,13 +331,13 @@ def test_rejected_uploads_keep_both_slots_and_rollback_works(tmp_path, bundles):
                 msg = (await resp.json())["error"]["message"]
                 answers[name] = (resp.status, msg)
                 assert resp.status == 422 and needle in msg, (name, resp.status, msg)
-                st = daemon.brain.update_status()
+                st = daemon.brain.update_status().to_json()
                 assert st["committed"]["version"] == "2.0.0", name
                 assert st["previous"]["version"] == "1.0.0", name
                 assert slot_bytes(ota_dir) == before, name  # not a byte changed in either slot
             assert sorted(p.name for p in (ota_dir / "slots").iterdir()) == ["A", "B"]
             assert list((api.config.state_dir() / "edge" / "uploads").iterdir()) == []
-            st = daemon.brain.update_status()
+            st = daemon.brain.update_status().to_json()
             assert st["failed_versions"] == []  # refusals say nothing about a model
             # the committed model still drives ...
             w2 = await driven_by(api, "2.0.0")

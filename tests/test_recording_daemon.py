@@ -64,7 +64,7 @@ def test_manual_records_and_a_mode_change_ends_the_episode(tmp_path):
         await asyncio.sleep(1.0)
         d.brain.set_mode("idle")
         await asyncio.sleep(0.3)
-        return d.brain.status()["recording"]
+        return d.brain.status().to_json()["recording"]
 
     cfg, status = run_session(tmp_path, script, **{"safety.slew_per_s": {}})
     eps = list_episodes(cfg.episodes_dir())
@@ -107,7 +107,7 @@ def test_recording_refused_below_free_space_floor(tmp_path):
     async def script(d):
         with pytest.raises(CommandError, match="free"):
             d.brain.start_recording()
-        return d.brain.status()["recording"]["armed"]
+        return d.brain.status().to_json()["recording"]["armed"]
 
     _, armed = run_session(tmp_path, script, **{"recording.min_free_mb": 1e12})
     assert armed is False

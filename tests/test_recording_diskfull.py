@@ -108,13 +108,15 @@ def test_disk_full_commits_truncated_disarms_once_and_the_car_keeps_driving(tmp_
         d.brain.start_recording(["diskfull"])
         d.brain.set_mode("autonomous")  # the expert drives; the sim-donkey records it
         await wait_until_async(
-            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=30, every=0.05
+            lambda: d.brain.status().to_json()["recording"]["fault"] is not None,
+            timeout=30,
+            every=0.05,
         )
         ticks_at_fault = d.control.timing.ticks
         t_fault = time.monotonic()
         await asyncio.sleep(2.0)  # what an armed recorder did here: a new episode every tick
-        status = d.brain.status()
-        stats = d.brain.stats()
+        status = d.brain.status().to_json()
+        stats = d.brain.stats().to_json()
         ticks = d.control.timing.ticks - ticks_at_fault
         elapsed = time.monotonic() - t_fault
         dirs_while_full = sorted(p.name for p in episodes.iterdir())
@@ -122,15 +124,23 @@ def test_disk_full_commits_truncated_disarms_once_and_the_car_keeps_driving(tmp_
         filler = small_fs / "filler"
         filler.unlink()  # space is back
         await wait_until_async(
-            lambda: d.brain.status()["recording"]["fault"] is None, timeout=5, every=0.05
+            lambda: d.brain.status().to_json()["recording"]["fault"] is None, timeout=5, every=0.05
         )
-        after_space = d.brain.status()["recording"]
+        after_space = d.brain.status().to_json()["recording"]
         d.brain.start_recording()
         await wait_until_async(lambda: rec.stats.last_error is None, timeout=10, every=0.05)
         await asyncio.sleep(1.0)
         d.brain.set_mode("idle")  # ends (commits) the second episode
         await asyncio.sleep(0.5)
-        return status, stats, ticks, elapsed, dirs_while_full, after_space, d.brain.status()
+        return (
+            status,
+            stats,
+            ticks,
+            elapsed,
+            dirs_while_full,
+            after_space,
+            d.brain.status().to_json(),
+        )
 
     with recorder_errors() as errors:
         _, out = run_session(
@@ -188,7 +198,7 @@ def test_no_episode_directory_below_the_floor(tmp_path, small_fs):
         fill(small_fs, MiB // 2)
         with pytest.raises(CommandError, match="below the floor"):
             d.brain.start_recording()
-        return d.brain.status()["recording"]
+        return d.brain.status().to_json()["recording"]
 
     with recorder_errors() as errors:
         _, rec = run_session(
@@ -206,10 +216,12 @@ def test_auto_record_below_the_floor_makes_no_directory_and_says_so_once(tmp_pat
     async def script(d):
         d.brain.set_mode("autonomous")
         await wait_until_async(
-            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=10, every=0.05
+            lambda: d.brain.status().to_json()["recording"]["fault"] is not None,
+            timeout=10,
+            every=0.05,
         )
         await asyncio.sleep(1.0)
-        return d.brain.status()["recording"]
+        return d.brain.status().to_json()["recording"]
 
     with recorder_errors() as errors:
         _, rec = run_session(
@@ -234,9 +246,11 @@ def test_falling_below_the_floor_mid_episode_ends_it_cleanly(tmp_path, small_fs)
         d.brain.start_recording()
         d.brain.set_mode("autonomous")
         await wait_until_async(
-            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=30, every=0.05
+            lambda: d.brain.status().to_json()["recording"]["fault"] is not None,
+            timeout=30,
+            every=0.05,
         )
-        return d.brain.status()["recording"], free(small_fs)
+        return d.brain.status().to_json()["recording"], free(small_fs)
 
     with recorder_errors() as errors:
         _, (rec, left) = run_session(
@@ -384,23 +398,27 @@ def test_read_only_filesystem_stops_recording_until_restarted(tmp_path, small_fs
         await asyncio.sleep(1.0)
         d.brain.set_mode("idle")  # commits the first episode; no file is open any more
         await wait_until_async(
-            lambda: d.brain.status()["recording"]["episodes_committed"] == 1, timeout=5, every=0.05
+            lambda: d.brain.status().to_json()["recording"]["episodes_committed"] == 1,
+            timeout=5,
+            every=0.05,
         )
         remount("ro")
         try:
             d.brain.set_mode("autonomous")
             await wait_until_async(
-                lambda: d.brain.status()["recording"]["fault"] is not None, timeout=10, every=0.05
+                lambda: d.brain.status().to_json()["recording"]["fault"] is not None,
+                timeout=10,
+                every=0.05,
             )
             await asyncio.sleep(2.5)  # plenty of free space: the fault must not clear by itself
-            during = d.brain.status()["recording"]
+            during = d.brain.status().to_json()["recording"]
         finally:
             remount("rw")
         d.brain.start_recording()
         await wait_until_async(lambda: d.recorder.stats.last_error is None, timeout=10, every=0.05)
         d.brain.set_mode("idle")
         await asyncio.sleep(0.5)
-        return during, d.brain.status()["recording"]
+        return during, d.brain.status().to_json()["recording"]
 
     with recorder_errors() as errors:
         _, (during, final) = run_session(
@@ -453,10 +471,12 @@ def test_an_episode_that_cannot_start_leaves_no_directory(tmp_path, small_fs):
         d.brain.start_recording()
         d.brain.set_mode("autonomous")
         await wait_until_async(
-            lambda: d.brain.status()["recording"]["fault"] is not None, timeout=10, every=0.05
+            lambda: d.brain.status().to_json()["recording"]["fault"] is not None,
+            timeout=10,
+            every=0.05,
         )
         await asyncio.sleep(1.0)
-        return d.brain.status()["recording"], left, free(small_fs)
+        return d.brain.status().to_json()["recording"], left, free(small_fs)
 
     with recorder_errors() as errors:
         _, (rec, before, after) = run_session(

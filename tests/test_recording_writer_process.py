@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from brain.config import parse_config
 from brain.control.loop import Step
@@ -39,12 +40,13 @@ async def until(pred, timeout: float, step: float = 0.05) -> bool:
     return pred()
 
 
+@pytest.mark.slow  # records, kills, waits for the restart and 30 more steps: ~4 s of driving
 def test_sigkill_of_the_writer_alone_is_recovered_and_the_writer_restarted(tmp_path):
     async def script(d):
         brain = d.brain
         brain.start_recording(["writer-kill"])
         brain.set_mode("autonomous")  # the sim expert drives; sim-donkey records it
-        rec = lambda: brain.status()["recording"]  # noqa: E731
+        rec = lambda: brain.status().to_json()["recording"]  # noqa: E731
         assert await until(lambda: rec()["steps_written"] >= 40, 20), rec()
         first = rec()
         victim = first["writer_process"]["pid"]
@@ -59,7 +61,7 @@ def test_sigkill_of_the_writer_alone_is_recovered_and_the_writer_restarted(tmp_p
         assert await until(lambda: rec()["steps_written"] >= written + 30, 20), rec()
         ticks = d.control.timing.ticks - ticks0
         elapsed = time.monotonic() - t0
-        status, stats = brain.status(), brain.stats()
+        status, stats = brain.status().to_json(), brain.stats().to_json()
         brain.set_mode("idle")  # ends (commits) the second episode
         assert await until(lambda: not rec()["recording"], 10)
         return first, victim, status, stats, ticks, elapsed
@@ -165,13 +167,16 @@ def test_the_control_process_runs_no_encoder(tmp_path):
     async def script(d):
         d.brain.start_recording()
         d.brain.set_mode("autonomous")
-        assert await until(lambda: d.brain.status()["recording"]["steps_written"] >= 20, 20)
+        assert await until(
+            lambda: d.brain.status().to_json()["recording"]["steps_written"] >= 20, 20
+        )
         return [t.name for t in threading.enumerate()]
 
     _, names = run_session(tmp_path, script)
     assert not [n for n in names if "encode" in n], names
 
 
+@pytest.mark.integration  # the real daemon as a subprocess, SIGKILLed
 def test_sigkill_of_the_daemon_takes_the_writer_with_it(tmp_path):
     """The whole daemon SIGKILLed while recording: no orphan writer, the episode is recovered."""
     from edge_agent.control_socket import request

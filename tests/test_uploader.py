@@ -32,7 +32,7 @@ def export_dir(tmp_path_factory) -> Path:
     cfg = config_for(tmp)
     record_episodes(cfg.episodes_dir(), 4, steps=16)
     res = asyncio.run(FakeBrain(cfg).export_episodes({"format": "rlds"}))
-    return Path(res["out_dir"])
+    return Path(res.out_dir)
 
 
 def total_bytes(d: Path) -> int:

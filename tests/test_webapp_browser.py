@@ -117,7 +117,7 @@ class RobotUnderTest:
         return answer["result"]
 
     def mode(self) -> str:
-        return self.brain.status()["mode"]
+        return self.brain.status().to_json()["mode"]
 
     def stop(self) -> None:
         if getattr(self, "loop", None) is not None:
@@ -321,7 +321,7 @@ def test_estop_button_latches_the_robot(main_screen, robot):
     assert robot.mode() != "estop"
     by_id(b, "estop").click()
     wait_until(lambda: robot.mode() == "estop", "ESTOP on the robot", timeout=2)
-    assert robot.brain.status()["estop_reason"]
+    assert robot.brain.status().to_json()["estop_reason"]
     with pytest.raises(Exception, match="latched"):
         robot.brain.set_mode("manual")  # latched: only a reset leaves it
 
@@ -449,9 +449,9 @@ def test_open_app_keeps_supervised_autonomy_driving(main_screen, robot):
         wait_until(lambda: control.heartbeat.received >= before + 3, "heartbeats", timeout=8)
         wait_until(lambda: not control.deadman_holding, "the deadman to let go", timeout=3)
         time.sleep(1.5)  # longer than the window: only continued heartbeats keep it driving
-        dm = robot.brain.status()["deadman"]
+        dm = robot.brain.status().to_json()["deadman"]
         assert not dm["holding"] and dm["heartbeat_age_s"] < 1.0, dm
-        assert robot.brain.telemetry()["neutral"] is False  # the sim's expert drives
+        assert robot.brain.telemetry().to_json()["neutral"] is False  # the sim's expert drives
     finally:
         robot.brain.set_mode("idle")
     sent = control.heartbeat.received
@@ -490,21 +490,24 @@ def test_record_toggle_starts_and_stops_recording(main_screen, robot):
         robot.brain.set_mode("manual")
     btn = by_id(b, "record-btn")
     b.js("arguments[0].scrollIntoView({block: 'center'})", btn)
-    before = {e["episode_id"] for e in robot.brain.list_episodes()}
+    before = {e.episode_id for e in robot.brain.list_episodes()}
 
     btn.click()
-    wait_until(lambda: robot.brain.status()["recording"]["armed"], "recording armed")
+    wait_until(lambda: robot.brain.status().to_json()["recording"]["armed"], "recording armed")
     wait_until(lambda: btn.get_attribute("aria-pressed") == "true", "the toggle to show it")
     wait_until(
-        lambda: robot.brain.status()["recording"]["steps_written"] > 5, "steps being recorded"
+        lambda: robot.brain.status().to_json()["recording"]["steps_written"] > 5,
+        "steps being recorded",
     )
     wait_until(lambda: "recording" in by_id(b, "record-info").text, "the recording line")
 
     btn.click()
-    wait_until(lambda: not robot.brain.status()["recording"]["armed"], "recording disarmed")
+    wait_until(
+        lambda: not robot.brain.status().to_json()["recording"]["armed"], "recording disarmed"
+    )
     wait_until(lambda: btn.get_attribute("aria-pressed") == "false", "the toggle to show it")
     new = wait_until(
-        lambda: {e["episode_id"] for e in robot.brain.list_episodes()} - before,
+        lambda: {e.episode_id for e in robot.brain.list_episodes()} - before,
         "the committed episode",
     )
     (episode_id,) = new
@@ -517,7 +520,7 @@ def test_episode_export_and_delete(main_screen, robot):
     b = main_screen
     episodes = robot.brain.list_episodes()
     assert episodes, "the recording test should have left an episode"
-    episode_id = episodes[0]["episode_id"]
+    episode_id = episodes[0].episode_id
     row = f"#episodes-list li[data-id='{episode_id}']"
 
     export = by_id(b, "episodes-export")
@@ -527,7 +530,7 @@ def test_episode_export_and_delete(main_screen, robot):
     toast = by_id(b, "toast")
     wait_until(lambda: "Export done" in toast.text, "the export to finish", timeout=30)
     assert toast.get_attribute("data-kind") == "info", toast.text
-    assert "rlds" in robot.brain.list_episodes()[0]["exports"]
+    assert "rlds" in robot.brain.list_episodes()[0].exports
     wait_until(
         lambda: "exported: rlds" in b.driver.find_element("css selector", row).text,
         "the export mark in the list",
@@ -536,11 +539,11 @@ def test_episode_export_and_delete(main_screen, robot):
     delete = b.driver.find_element("css selector", f"{row} button")
     delete.click()  # first tap only arms it
     time.sleep(0.3)
-    assert episode_id in {e["episode_id"] for e in robot.brain.list_episodes()}
+    assert episode_id in {e.episode_id for e in robot.brain.list_episodes()}
     assert delete.text == "Sure?"
     delete.click()
     wait_until(
-        lambda: episode_id not in {e["episode_id"] for e in robot.brain.list_episodes()},
+        lambda: episode_id not in {e.episode_id for e in robot.brain.list_episodes()},
         "the episode to be deleted on the robot",
     )
     wait_until(lambda: not b.driver.find_elements("css selector", row), "the row to go")
@@ -567,7 +570,7 @@ def test_health_and_update_panels_render(main_screen, robot):
     assert health["control loop"].startswith("ok")
 
     updates = wait_until(lambda: panel_rows(b, "update-info"), "the update panel")
-    status = robot.brain.update_status()
+    status = robot.brain.update_status().to_json()
     if status.get("available") is False:
         assert "not available" in updates["state"]
         return
@@ -592,7 +595,7 @@ def test_health_and_update_panels_render(main_screen, robot):
         wait_until(lambda: toast.get_attribute("data-kind") == "error", "the refusal", 10)
     finally:
         shutil.rmtree(junk.parent, ignore_errors=True)
-    after = robot.brain.update_status()
+    after = robot.brain.update_status().to_json()
     assert after["last_error"] and "bundle" in toast.text.lower(), (toast.text, after)
     assert after["committed"] == status["committed"]  # nothing was installed
     wait_until(lambda: panel_rows(b, "update-info").get("last error"), "the error in the panel")
@@ -601,7 +604,7 @@ def test_health_and_update_panels_render(main_screen, robot):
 def test_training_panel_shows_progress_and_refusals(main_screen, robot):
     b = main_screen
     training = wait_until(lambda: panel_rows(b, "training-info"), "the training panel")
-    status = robot.brain.training_status()
+    status = robot.brain.training_status().to_json()
     if status.get("available") is False:
         assert "not available" in training["state"]
         return
@@ -617,7 +620,7 @@ def test_training_panel_shows_progress_and_refusals(main_screen, robot):
         toast = by_id(b, "toast")
         wait_until(lambda: toast.get_attribute("data-kind") == "error", "the refusal")
         assert "manual" in toast.text, toast.text
-        assert robot.brain.training_status()["state"] == status["state"]
+        assert robot.brain.training_status().to_json()["state"] == status["state"]
     finally:
         robot.brain.set_mode("idle")
 

@@ -44,7 +44,7 @@ def test_recording_fault_shown_until_space_is_back(main_screen, robot):  # noqa:
         robot.daemon.recorder.budget.min_free_bytes = 0  # the 500 MB floor would stop it first
         robot.brain.start_recording()
         robot.brain.set_mode("autonomous")
-        wait_until(lambda: robot.brain.status()["recording"]["fault"], "the fault", 30)
+        wait_until(lambda: robot.brain.status().to_json()["recording"]["fault"], "the fault", 30)
         fault = by_id(b, "record-fault")
         wait_until(fault.is_displayed, "the fault line in the app")
         assert "disk is full" in fault.text and "truncated" in fault.text, fault.text

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from tests.test_webapp_browser import (  # noqa: F401 - fixtures used by name
     browser,
     by_id,
@@ -19,10 +21,13 @@ from tests.test_webapp_browser import (  # noqa: F401 - fixtures used by name
     wait_until,
 )
 
+# Headless Chromium, as the rest of the browser tests (tests/test_webapp_browser.py).
+pytestmark = pytest.mark.integration
+
 
 def test_writer_restart_shown_in_the_app(main_screen, robot):  # noqa: F811
     b = main_screen
-    rec = lambda: robot.brain.status()["recording"]  # noqa: E731
+    rec = lambda: robot.brain.status().to_json()["recording"]  # noqa: E731
     try:
         robot.brain.start_recording()
         robot.brain.set_mode("autonomous")

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from brain.config import Config
 from brain.interface import BrainInterface, CommandError
+from brain.interface_models import UpdateResult
 from common.health import API_STATUS, HostReading, Level, Thresholds, assess, read_host
 from edge_agent.api import streams
 from edge_agent.api.keys import AUTH, BRAIN, CONFIG, TOKEN_ID, UPLOAD_LOCK
@@ -126,16 +127,16 @@ async def health(request: web.Request) -> web.Response:
     brain = request.app[BRAIN]
     status = brain.status()
     checks = await asyncio.to_thread(health_checks, request.app[CONFIG])
-    control = {"status": "ok" if status.get("control_running") else "critical"}
+    control = {"status": "ok" if status.control_running else "critical"}
     checks["control_loop"] = control
     bad = {API_STATUS[Level.CRITICAL], API_STATUS[Level.EMERGENCY]}
     return _json(
         {
             "ok": not any(c["status"] in bad for c in checks.values()),
-            "mode": status.get("mode"),
+            "mode": status.mode,
             "api_version": API_VERSION,
             "robot_id": brain.robot_id,
-            "software_version": status.get("software_version"),
+            "software_version": status.software_version,
             "checks": checks,
         }
     )
@@ -164,62 +165,63 @@ async def stream_ticket(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return _json(request.app[BRAIN].status())
+    return _json(request.app[BRAIN].status().to_json())
 
 
 async def stats(request: web.Request) -> web.Response:
-    return _json(request.app[BRAIN].stats())
+    return _json(request.app[BRAIN].stats().to_json())
 
 
 async def set_mode(request: web.Request) -> web.Response:
     body = await read_body(request, ModeBody)
-    return _json(request.app[BRAIN].set_mode(body.mode, body.reason))
+    return _json(request.app[BRAIN].set_mode(body.mode, body.reason).to_json())
 
 
 async def estop(request: web.Request) -> web.Response:
     body = await read_body(request, EstopBody)
-    return _json(request.app[BRAIN].estop(body.reason))
+    return _json(request.app[BRAIN].estop(body.reason).to_json())
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     await read_body(request, Empty)
-    return _json(request.app[BRAIN].heartbeat())
+    return _json(request.app[BRAIN].heartbeat().to_json())
 
 
 async def reset(request: web.Request) -> web.Response:
     await read_body(request, Empty)
-    return _json(request.app[BRAIN].reset_estop())
+    return _json(request.app[BRAIN].reset_estop().to_json())
 
 
 async def list_episodes(request: web.Request) -> web.Response:
     rows = await asyncio.to_thread(request.app[BRAIN].list_episodes)
-    return _json({"episodes": rows})
+    return _json({"episodes": [row.to_json() for row in rows]})
 
 
 async def recording_start(request: web.Request) -> web.Response:
     body = await read_body(request, RecordingStartBody)
-    return _json(request.app[BRAIN].start_recording(body.tags))
+    return _json(request.app[BRAIN].start_recording(body.tags).to_json())
 
 
 async def recording_stop(request: web.Request) -> web.Response:
     await read_body(request, Empty)
-    return _json(request.app[BRAIN].stop_recording())
+    return _json(request.app[BRAIN].stop_recording().to_json())
 
 
 async def delete_episode(request: web.Request) -> web.Response:
     episode_id = request.match_info["episode_id"]
     if not EPISODE_ID.match(episode_id):
         raise ApiError(404, "not_found", f"no episode {episode_id!r}")
-    return _json(request.app[BRAIN].delete_episode(episode_id))
+    return _json(request.app[BRAIN].delete_episode(episode_id).to_json())
 
 
 async def export_episodes(request: web.Request) -> web.Response:
     body = await read_body(request, ExportBody)
-    return _json(await request.app[BRAIN].export_episodes(body.model_dump(exclude_none=True)))
+    exported = await request.app[BRAIN].export_episodes(body.model_dump(exclude_none=True))
+    return _json(exported.to_json())
 
 
 async def training(request: web.Request) -> web.Response:
-    return _json(request.app[BRAIN].training_status())
+    return _json(request.app[BRAIN].training_status().to_json())
 
 
 async def training_start(request: web.Request) -> web.Response:
@@ -227,22 +229,23 @@ async def training_start(request: web.Request) -> web.Response:
     # Only the fields the client sent: the trainer fills the rest from the config.  On a
     # thread: the start check hashes the base weights and scans the episodes.
     opts = body.model_dump(exclude_unset=True)
-    return _json(await asyncio.to_thread(request.app[BRAIN].start_training, opts))
+    started = await asyncio.to_thread(request.app[BRAIN].start_training, opts)
+    return _json(started.to_json())
 
 
 async def training_stop(request: web.Request) -> web.Response:
     await read_body(request, Empty)
-    return _json(request.app[BRAIN].stop_training())
+    return _json(request.app[BRAIN].stop_training().to_json())
 
 
 async def updates(request: web.Request) -> web.Response:
-    return _json(request.app[BRAIN].update_status())
+    return _json(request.app[BRAIN].update_status().to_json())
 
 
-async def _updater_call(call: Awaitable[dict[str, Any]], status: int, code: str) -> web.Response:
+async def _updater_call(call: Awaitable[UpdateResult], status: int, code: str) -> web.Response:
     """The updater refuses with its own exceptions (trust, busy, slot); say why, never 500."""
     try:
-        return _json(await call)
+        return _json((await call).to_json())
     except (CommandError, ApiError):
         raise
     except Exception as exc:

@@ -214,7 +214,7 @@ async def teleop_ws(request: web.Request) -> web.WebSocketResponse:
             if not auth.tokens.is_live(token_id):
                 await ws.close(code=CLOSE_REVOKED, message=b"token revoked")
                 return
-            await ws.send_json({"type": "telemetry", **brain.telemetry()}, dumps=_dumps)
+            await ws.send_json({"type": "telemetry", **brain.telemetry().to_json()}, dumps=_dumps)
             await asyncio.sleep(1.0 / hz)
 
     async def handle(text: str) -> None:
@@ -288,7 +288,7 @@ def _handle_teleop_message(brain: BrainInterface, text: str) -> dict[str, Any] |
             brain.teleop(msg.action)
             return None
         if isinstance(msg, EstopMsg):
-            return {"type": "estop", **brain.estop(msg.reason)}
+            return {"type": "estop", **brain.estop(msg.reason).to_json()}
         return {"type": "pong"}
     except ApiError as exc:
         return _ws_error(exc.code, exc.message)

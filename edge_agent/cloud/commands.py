@@ -149,7 +149,7 @@ class CommandHandler:
             if command.cmd == "ping":
                 result: Any = {"pong": True, "robot_id": self.brain.robot_id}
             elif command.cmd == "check-update":
-                result = await self.brain.check_update()
+                result = (await self.brain.check_update()).to_json()
                 self.emit({"type": "update-check", "result": result})
             else:
                 result = await self._upload_episodes(command)
@@ -173,7 +173,7 @@ class CommandHandler:
         if self._upload_lock.locked():
             raise CommandError("an upload is already running")
         async with self._upload_lock:
-            exported = await self.brain.export_episodes(dict(command.args))
+            exported = (await self.brain.export_episodes(dict(command.args))).to_json()
             out_dir = str(exported["out_dir"])
             self.emit({"type": "upload-started", "id": command.id, "out_dir": out_dir})
             report = await self.uploader(out_dir, "")

@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from brain.config import Config
 from brain.interface import BrainInterface, Service
+from brain.interface_models import BrainStatus
 from common.backoff import Backoff, BackoffPolicy
 from edge_agent.cloud.commands import (
     MAX_COMMAND_BYTES,
@@ -114,10 +115,6 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
-
 _UPDATE_KEYS = ("state", "phase", "available", "version", "current", "pending", "error")
 
 
@@ -126,7 +123,7 @@ class StatusWatcher:
 
     def __init__(self, brain: BrainInterface) -> None:
         self.brain = brain
-        self._prev: dict[str, Any] | None = None
+        self._prev: BrainStatus | None = None
         self._prev_update: Any = None
         self._restarts: dict[str, int] = {}
         self._failing = False
@@ -145,40 +142,33 @@ class StatusWatcher:
         events: list[dict[str, Any]] = []
         prev = self._prev
         if prev is not None:
-            if st.get("mode") != prev.get("mode"):
-                events.append({"type": "mode", "from": prev.get("mode"), "to": st.get("mode")})
-            if st.get("estop_reason") and st.get("estop_reason") != prev.get("estop_reason"):
-                events.append({"type": "estop", "reason": st.get("estop_reason")})
-            if st.get("model_version") != prev.get("model_version"):
-                events.append(
-                    {
-                        "type": "model",
-                        "from": prev.get("model_version"),
-                        "to": st.get("model_version"),
-                    }
-                )
-        for name, task in (st.get("tasks") or {}).items():
-            restarts = int(_get(task, "restarts") or 0)
+            if st.mode != prev.mode:
+                events.append({"type": "mode", "from": prev.mode, "to": st.mode})
+            if st.estop_reason and st.estop_reason != prev.estop_reason:
+                events.append({"type": "estop", "reason": st.estop_reason})
+            if st.model_version != prev.model_version:
+                events.append({"type": "model", "from": prev.model_version, "to": st.model_version})
+        for name, task in st.tasks.items():
+            restarts = task.restarts
             if restarts > self._restarts.get(name, 0 if prev is not None else restarts):
                 events.append(
                     {
                         "type": "task-error",
                         "task": name,
                         "restarts": restarts,
-                        "error": _get(task, "last_error"),
+                        "error": task.last_error,
                     }
                 )
             self._restarts[name] = restarts
-        usig = (
-            {k: upd.get(k) for k in _UPDATE_KEYS if k in upd} or upd
-            if isinstance(upd, dict)
-            else upd
-        )
+        u = upd.to_json()
+        usig = {k: u[k] for k in _UPDATE_KEYS if k in u} or u
         if prev is not None and usig != self._prev_update:
             events.append({"type": "update", "status": usig})
         self._prev_update = usig
-        changed = prev is None or any(
-            st.get(k) != prev.get(k) for k in ("mode", "estop_reason", "model_version")
+        changed = prev is None or (st.mode, st.estop_reason, st.model_version) != (
+            prev.mode,
+            prev.estop_reason,
+            prev.model_version,
         )
         self._prev = st
         return events, changed
@@ -262,11 +252,11 @@ class CloudLink:
             "online": True,
             "robot_id": self.robot_id,
             "t": round(time.time(), 3),
-            "mode": st.get("mode"),
-            "estop_reason": st.get("estop_reason"),
-            "model_version": st.get("model_version"),
-            "software_version": st.get("software_version"),
-            "robot_kind": st.get("robot_kind"),
+            "mode": st.mode,
+            "estop_reason": st.estop_reason,
+            "model_version": st.model_version,
+            "software_version": st.software_version,
+            "robot_kind": st.robot_kind,
             "events_dropped": self.queue.stats()["dropped"],
         }
 
@@ -419,7 +409,7 @@ class CloudLink:
         period = self.config.cloud.telemetry_period_s
         while True:
             try:
-                payload = {"t": round(time.time(), 3), **self.brain.telemetry()}
+                payload = {"t": round(time.time(), 3), **self.brain.telemetry().to_json()}
             except Exception as exc:
                 payload = {"t": round(time.time(), 3), "error": str(exc)}
             await client.publish(
