@@ -81,7 +81,6 @@ class RecordingStatus(Reply):
     fault: JsonObject | None
     recording: bool
     episode_id: str | None
-    root: str
     steps_written: int
     steps_dropped: int
     episodes_committed: int

@@ -238,7 +238,6 @@ class Recorder:
             "fault": fault.as_dict() if fault is not None else None,
             "recording": bool(w.get("recording")),
             "episode_id": w.get("episode_id"),
-            "root": str(self.root),
             "steps_written": s.steps_written,
             "steps_dropped": s.steps_dropped,
             "episodes_committed": s.episodes_committed,

@@ -152,6 +152,9 @@ def test_the_sim_daemon_returns_what_it_declares(tmp_path):
         "deadman",
     ]
     assert isinstance(status["tasks"]["control"]["restarts"], int)
+    # what goes to the LAN names no directory of the robot (the recorder's root once did)
+    for name in ("status", "stats", "telemetry"):
+        assert str(tmp_path) not in json.dumps(got[name].to_json()), name
     tel = got["telemetry"].to_json()
     assert list(tel) == [
         "t",
