@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cloud_jobs.pipeline.daemon import DaemonProcess, continuon_exe
-from cloud_jobs.pipeline.later import run_later_stages
+from cloud_jobs.pipeline.delivery import run_delivery_stages
 from cloud_jobs.pipeline.report import write_report
 from cloud_jobs.pipeline.stages import StageFailed, Stages, cloud_jobs_cmd, run_cmd
 
 if TYPE_CHECKING:
-    from cloud_jobs.pipeline.later import Repo
+    from cloud_jobs.pipeline.delivery import Repo
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = (
@@ -82,7 +82,7 @@ class Pipeline:
     def _minutes_left(self) -> float:
         return self.opts.budget_minutes - (time.monotonic() - self.started) / 60.0
 
-    def _robot_config(self, name: str, **over: Any) -> Path:
+    def robot_config(self, name: str, **over: Any) -> Path:
         """A sim robot config for this run: its own state dir, a small camera, headless."""
         raw = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
         raw["paths"] = {"state_dir": str(self.run_dir / f"robot-{name}")}
@@ -105,7 +105,7 @@ class Pipeline:
 
     def record(self) -> dict[str, Any]:
         """The daemon records with the sim's expert driving; demos add more layouts, faster."""
-        cfg = self._robot_config("record", **{"control.autopilot": "expert"})
+        cfg = self.robot_config("record", **{"control.autopilot": "expert"})
         daemon = DaemonProcess(cfg, self.run_dir / "daemon-record.log")
         daemon.start()
         try:
@@ -236,7 +236,7 @@ class Pipeline:
         self.figures["closed_loop"] = result.get("summary", {})
         return {"summary": _eval_summary(result), "eval": str(out / "eval.json")}
 
-    # The stages after evaluate are wired in `stages_after_evaluate` below.
+    # The stages after evaluate (export → ... → bench) are in delivery.py.
 
     def run(self) -> Path:
         s = self.stages
@@ -251,7 +251,7 @@ class Pipeline:
                 s.run("validate", self.validate)
                 s.run("train", self.train)
             s.run("evaluate", self.evaluate)
-            run_later_stages(self)
+            run_delivery_stages(self)
         finally:
             s.run("report", lambda: write_report(self))
         return self.run_dir

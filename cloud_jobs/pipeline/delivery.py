@@ -1,4 +1,4 @@
-"""From a trained policy to laps on the robot: export → bundle → publish → OTA → drive → bench.
+"""Delivery: a trained policy to laps on the robot (export, bundle, publish, OTA, drive, bench).
 
 The robot side is the real daemon (``continuon run``) whose updater polls a TUF
 repository served over HTTP on loopback, exactly as a robot polls the cloud.
@@ -153,7 +153,7 @@ def publish(p: Pipeline) -> dict[str, Any]:
 
 def update(p: Pipeline) -> dict[str, Any]:
     """A fresh robot (no model) finds the bundle, installs it, drives its trial, commits it."""
-    cfg = p._robot_config(
+    cfg = p.robot_config(
         "drive",
         **{
             "control.autopilot": "policy",
@@ -272,7 +272,7 @@ def bench(p: Pipeline) -> dict[str, Any]:
     return {"summary": f"{backend} p50 {float(np.median(samples[20:])):.2f} ms"}
 
 
-def run_later_stages(p: Pipeline) -> None:
+def run_delivery_stages(p: Pipeline) -> None:
     s = p.stages
     try:
         s.run("export", lambda: export(p))
