@@ -411,7 +411,7 @@ def build_parser(prog: str = "cloud_jobs evaluate") -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-lr", type=float, default=None, help="memory lr multiplier")
     p.add_argument("--surprise-threshold", type=float, default=None)
-    p.add_argument("--steering-offset", type=float, default=0.0, help="servo mis-trim")
+    p.add_argument("--steering-trim", type=float, default=0.0, help="servo mis-trim")
     p.add_argument("--lighting", default="day", choices=("day", "dusk", "overcast", "glare"))
     p.add_argument("--texture", default="asphalt", choices=("asphalt", "concrete", "carpet"))
     p.add_argument("--width", type=int, default=640, help="camera width before preprocessing")
@@ -466,7 +466,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             lighting=args.lighting,
             texture=args.texture,
-            steering_offset=args.steering_offset,
+            steering_trim=args.steering_trim,
             width=args.width,
             height=args.height,
             render_size=args.render_size,

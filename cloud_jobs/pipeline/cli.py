@@ -29,6 +29,12 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daemon-episodes", type=int, default=2)
     p.add_argument("--demo-episodes", type=int, default=12)
     p.add_argument("--demo-steps", type=int, default=400)
+    p.add_argument(
+        "--demo-trim-range",
+        type=float,
+        default=0.1,
+        help="servo trim per demo episode drawn in [-X, X] (trim-aware labels; 0: none)",
+    )
     p.add_argument("--eval-tracks", default="chicane")
     p.add_argument("--laps", type=int, default=1, help="closed-loop evaluation laps per track")
     p.add_argument("--drive-laps", type=int, default=1, help="autonomous laps on the daemon")
@@ -47,6 +53,7 @@ def _options(args: argparse.Namespace) -> PipelineOptions:
         daemon_episodes=args.daemon_episodes,
         demo_episodes=args.demo_episodes,
         demo_steps=args.demo_steps,
+        demo_trim_range=args.demo_trim_range,
         eval_tracks=args.eval_tracks,
         laps=args.laps,
         drive_laps=args.drive_laps,

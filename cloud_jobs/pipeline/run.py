@@ -51,6 +51,8 @@ class PipelineOptions:
     demo_episodes: int = 12
     demo_steps: int = 400
     demo_tracks: str = "oval,kidney,hairpin,random-1,random-2,random-3"
+    #: Each demo's servo trim (sim.steering_trim) is drawn in [-x, x]; the labels know it.
+    demo_trim_range: float = 0.1
     eval_tracks: str = "chicane"
     laps: int = 1
     drive_laps: int = 1
@@ -145,6 +147,8 @@ class Pipeline:
                 w,
                 "--height",
                 h,
+                "--trim-range",
+                self.opts.demo_trim_range,
             ],
             self.log,
         )
