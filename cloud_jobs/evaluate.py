@@ -59,6 +59,7 @@ from brain.hardware.sim.closed_loop import (  # noqa: F401 - re-exported API
     sim_config,
     step_budget,
 )
+from rlds.fsutil import sha256_file
 
 ACTION_NAMES = ("steering", "throttle")
 DEFAULT_TRACKS = ("chicane", "snake", "random-101")
@@ -489,8 +490,9 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 "model_version": driver.model.version,
             }
             run_dir = args.onnx.parent
-            if args.policy is not None:
+            if args.policy is not None:  # the checkpoint this graph was exported from
                 info["policy"] = str(args.policy)
+                info["checkpoint_sha256"] = sha256_file(args.policy)
         elif args.policy is not None:
             from brain.model import load_policy
 
@@ -501,6 +503,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             info = {
                 "backend": "torch",
                 "policy": str(args.policy),
+                # what the release gate matches against the bundle's provenance
+                "checkpoint_sha256": sha256_file(args.policy),
                 "memory_lr": lr,
                 "surprise_threshold": threshold,
             }

@@ -21,6 +21,7 @@ from cloud_jobs.pipeline.stages import (
     free_port,
     run_cmd,
 )
+from cloud_jobs.release import gate_argv
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.run import Pipeline
@@ -142,6 +143,9 @@ def publish(p: Pipeline) -> dict[str, Any]:
             *("publish", "--repo", repo, "--keys", keys, _set(p.bundle, "bundle")),
             *("--release-counter", RELEASE_COUNTER, "--hardware-id", HARDWARE_ID),
             *("--version", _set(p.model_version, "model version")),
+            # the same gate, checked again where it binds: the bundle's own checkpoint
+            *("--evaluation", _set(p.eval_json, "evaluation"), *gate_argv(p.opts.gate)),
+            *(["--force"] if p.opts.force else []),
         ],
         p.log,
     )

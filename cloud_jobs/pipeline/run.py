@@ -1,25 +1,29 @@
 """The pipeline's stages, in the order a robot builder would run them by hand.
 
-record (daemon + sim expert) → validate/export → train → evaluate → export/quantize
-(parity gate) → bundle → publish (TUF, served on loopback) → the daemon's updater
-installs it (hot swap, health window) → autonomous laps → report.
+record (daemon + sim expert) → validate/export → train → evaluate → release gate →
+export/quantize (parity gate) → bundle → publish (TUF, served on loopback) → the daemon's
+updater installs it (hot swap, health window) → autonomous laps → report.  A model that
+fails the release gate stops the run there (``--force`` publishes it anyway, recorded).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from brain.bundle.manifest import ReleaseGate
 from cloud_jobs.pipeline.daemon import DaemonProcess, continuon_exe
 from cloud_jobs.pipeline.delivery import run_delivery_stages
 from cloud_jobs.pipeline.report import write_report
 from cloud_jobs.pipeline.stages import StageFailed, Stages, cloud_jobs_cmd, run_cmd
+from cloud_jobs.release import judge
+from rlds.fsutil import sha256_file
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.delivery import Repo
@@ -30,6 +34,7 @@ STAGES = (
     "validate",
     "train",
     "evaluate",
+    "gate",
     "export",
     "bundle",
     "publish",
@@ -58,6 +63,8 @@ class PipelineOptions:
     drive_laps: int = 1
     camera: tuple[int, int] = (160, 120)  # width, height of the sim camera for this run
     train_steps: int | None = None  # default: the training config's (pi5: 420, tiny: 600)
+    gate: ReleaseGate = field(default_factory=ReleaseGate)
+    force: bool = False  # publish although the release gate fails (recorded in the bundle)
 
 
 class Pipeline:
@@ -72,6 +79,7 @@ class Pipeline:
         self.stages = Stages(self.run_dir, STAGES)
         # Filled by the stages, in order (each is set before a later stage reads it).
         self.policy_pt: Path | None = None
+        self.eval_json: Path | None = None
         self.export_dir: Path | None = None
         self.model_version: str | None = None
         self.bundle: Path | None = None
@@ -236,11 +244,27 @@ class Pipeline:
             ],
             self.log,
         )
-        result = json.loads((out / "eval.json").read_text())
+        self.eval_json = out / "eval.json"
+        result = json.loads(self.eval_json.read_text())
         self.figures["closed_loop"] = result.get("summary", {})
-        return {"summary": _eval_summary(result), "eval": str(out / "eval.json")}
+        return {"summary": _eval_summary(result), "eval": str(self.eval_json)}
 
-    # The stages after evaluate (export → ... → bench) are in delivery.py.
+    def release_gate(self) -> dict[str, Any]:
+        """Judge the evaluation before anything is exported or published (cloud_jobs.release)."""
+        assert self.eval_json is not None and self.policy_pt is not None
+        record = judge(
+            json.loads(self.eval_json.read_text()),
+            self.opts.gate,
+            checkpoint_sha256=sha256_file(self.policy_pt),
+            forced=self.opts.force,
+        )
+        self.figures["release_gate"] = record.model_dump(mode="json")
+        why = "; ".join(record.reasons)
+        if not record.passed and not self.opts.force:
+            raise StageFailed(f"the release gate failed, nothing is published: {why}")
+        return {"summary": "passed" if record.passed else f"FAILED, forced past it: {why}"}
+
+    # The stages after the gate (export → ... → bench) are in delivery.py.
 
     def run(self) -> Path:
         s = self.stages
@@ -255,6 +279,7 @@ class Pipeline:
                 s.run("validate", self.validate)
                 s.run("train", self.train)
             s.run("evaluate", self.evaluate)
+            s.run("gate", self.release_gate)
             run_delivery_stages(self)
         finally:
             s.run("report", lambda: write_report(self))
