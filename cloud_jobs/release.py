@@ -178,38 +178,3 @@ def stamp_bundle(bundle: Path, record: ReleaseRecord, out: Path) -> EdgeManifest
         stamped = EdgeManifest.model_validate({**manifest.model_dump(), "release": record})
         write_archive(stamped, staged, out)
     return stamped
-
-
-def publish_released(
-    repo: Any,
-    bundle: Path,
-    *,
-    evaluation: Path | None,
-    gate: ReleaseGate,
-    force: bool = False,
-    **expect: Any,
-) -> tuple[Any, ReleaseRecord]:
-    """Judge, stamp and publish ``bundle`` to ``repo`` (a ``publish.repository.Repository``).
-
-    ``expect``: release_counter / hardware_id / version the manifest must match.  Raises
-    ReleaseRefused (nothing published) when the gate fails and ``force`` is not set.
-    """
-    from brain.bundle.unpack import read_archive_manifest
-    from cloud_jobs.publish.repository import publish_bundle
-
-    manifest = read_archive_manifest(bundle)
-    data, digest = load_evaluation(evaluation) if evaluation is not None else (None, None)
-    record = judge(
-        data,
-        gate,
-        checkpoint_sha256=manifest.provenance.checkpoint_sha256,
-        evaluation_sha256=digest,
-        forced=force,
-    )
-    if not record.passed and not force:
-        raise ReleaseRefused("release gate failed: " + "; ".join(record.reasons))
-    with tempfile.TemporaryDirectory(dir=Path(bundle).parent, prefix=".publish-") as tmp:
-        stamped = Path(tmp) / Path(bundle).name
-        stamp_bundle(Path(bundle), record, stamped)
-        target = publish_bundle(repo, stamped, **expect)
-    return target, record

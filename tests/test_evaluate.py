@@ -273,3 +273,23 @@ def test_resize_matches_the_robot_runner() -> None:
     world = SimWorld(demos.sim_config_for(demos.plan_demos(["oval"], 1)[0]), CameraConfig())
     rgb = world.render_rgb()
     np.testing.assert_array_equal(evaluate.resize_frame(rgb), model.preprocess_frame(rgb))
+
+
+@pytest.mark.slow
+def test_suite_with_a_policy_reports_success_and_the_cte_ratio(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    out = tmp_path / "suite"
+    argv = ["--policy", str(run / "policy.pt"), "--suite", "standard", "--max-steps", "4"]
+    assert evaluate.cli_main([*argv, "--render-size", "model", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert len(result["runs"]) == 60 and result["backend"] == "torch"
+    assert {(r["lighting"], r["texture"]) for r in result["runs"]} == {
+        (li, tx) for li in ("day", "dusk", "glare") for tx in ("asphalt", "carpet")
+    }
+    pol = result["summary"]["policy"]
+    assert pol["tracks"] == 60 and pol["success_rate"] == 0.0  # 4 steps are no lap
+    assert pol["cte_ratio"] == pytest.approx(
+        pol["mean_abs_cte_m"] / result["summary"]["expert"]["mean_abs_cte_m"]
+    )
+    assert result["checkpoint_sha256"] == evaluate.sha256_file(run / "policy.pt")
+    assert "| policy | 0/60 (0%)" in (out / "suite.md").read_text()

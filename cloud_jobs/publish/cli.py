@@ -8,9 +8,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from brain.bundle.manifest import BundleError
+from cloud_jobs.publish.gated import publish_released
 from cloud_jobs.publish.keys import ROLES, KeysError, KeyStore
 from cloud_jobs.publish.repository import Expiry, PublishError, Repository
-from cloud_jobs.release import ReleaseRefused, add_gate_args, gate_from_args, publish_released
+from cloud_jobs.release import ReleaseRefused, add_gate_args, gate_from_args
 
 
 def _expiry_args(p: argparse.ArgumentParser) -> None:
