@@ -81,6 +81,12 @@ def test_report_figures_match_what_the_stages_wrote(first_run):
     assert ex["failed_gates"] == failed
     assert not set(failed) & set(ex["preferred_backends"])
 
+    # the demos were recorded with a servo trim each, drawn in the default range
+    from rlds.reader import list_episodes
+
+    trims = [e.metadata["sim"]["steering_trim"] for e in list_episodes(run_dir / "demos")]
+    assert len(set(trims)) == len(trims) == 6 and all(abs(t) <= 0.1 for t in trims)
+
     # the release gate's verdict is in the published bundle's manifest, forced or passed
     gate = figs["release_gate"]
     (published,) = (run_dir / "repo" / "targets").glob("*.tar")
