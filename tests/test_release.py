@@ -218,3 +218,29 @@ def test_the_pipeline_stops_at_a_failing_gate_before_publishing(tmp_path: Path) 
     # the verdict is the evaluation's: the policy's own summary, judged
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert gate["completed"] == ev["summary"]["policy"]["completed"] < 1
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_pipelines_publish_stage_goes_through_the_gate(tmp_path: Path, force: bool) -> None:
+    """delivery.publish runs `cloud_jobs publish --evaluation ... [--force]` as a subprocess."""
+    from cloud_jobs.pipeline import delivery
+    from cloud_jobs.pipeline.run import Pipeline, PipelineOptions
+    from cloud_jobs.pipeline.stages import HARDWARE_ID, StageFailed
+
+    p = Pipeline(PipelineOptions(force=force), tmp_path / "run")
+    p.bundle = make_bundle(tmp_path, hardware_id=HARDWARE_ID, release_counter=1)
+    p.model_version = "1.0.0"
+    p.eval_json = _write(tmp_path, _eval(runs=1, completed=0, off=1, cte=0.4))
+    try:
+        if not force:
+            with pytest.raises(StageFailed, match=r"release gate failed.*1 off-track event"):
+                delivery.publish(p)
+            assert _published(p.run_dir / "repo") == []
+            return
+        delivery.publish(p)
+    finally:
+        if p.repo is not None:
+            p.repo.stop()
+    (target,) = _published(p.run_dir / "repo")
+    rec = read_archive_manifest(target).release
+    assert rec is not None and rec.forced and rec.off_track_events == 1
