@@ -1,7 +1,7 @@
 """Does test-time memorization help against a steering mis-trim?  Memorize vs frozen, per seed.
 
 Issue [model], item 5: with a changed condition (here a mis-trimmed steering servo,
-``SimConfig.steering_offset``) the memory, written at run time, should measurably beat the
+``SimConfig.steering_trim``) the memory, written at run time, should measurably beat the
 same policy with the memory frozen (``--memorize`` vs ``--no-memorize`` in
 ``cloud_jobs evaluate``).  This is the harness behind the table in docs/model.md
 ("Test-time memorization against a mis-trimmed servo"); tests/test_memorization.py runs
@@ -78,11 +78,11 @@ def record(
         return out
     specs = demos.plan_demos(
         ["oval", "kidney"], episodes, steps=steps, width=width, height=height, seed=seed + 1,
-        noise=0.1, steering_offset_max=trim_max, label="trim_aware", drive="label",
+        noise=0.1, trim_range=trim_max, label="trim_aware", drive="label",
     )  # fmt: skip
     trims = np.linspace(-trim_max, trim_max, episodes)
     specs = [
-        dataclasses.replace(s, steering_offset=round(float(t), 4))
+        dataclasses.replace(s, steering_trim=round(float(t), 4))
         for s, t in zip(specs, trims, strict=True)
     ]
     demos.record_demos(specs, out, workers=1)
@@ -145,7 +145,7 @@ def drive(policy: Any, trims: list[float], max_steps: int = 500) -> dict[str, fl
     for trim in trims:
         for lr in (1.0, 0.0):
             cond = evaluate.EvalConditions(
-                laps=1, max_steps=max_steps, steering_offset=trim, render_size="model"
+                laps=1, max_steps=max_steps, steering_trim=trim, render_size="model"
             )
             row, _ = evaluate.run_drive(evaluate.TorchDriver(policy, memory_lr=lr), "oval", cond)
             out[f"{trim:+.2f}/{'memorize' if lr else 'frozen'}"] = row["mean_abs_cte_m"]

@@ -12,8 +12,9 @@ Here the noise is an Ornstein-Uhlenbeck process on steering (and a weaker one on
 throttle): temporally correlated, so the car really drifts instead of jittering
 in place, and clipped.  Each episode is one :class:`DemoSpec`, drawn from a seeded
 RNG per episode index: its track, lighting, ground texture, start pose along the
-track and, optionally, a steering mis-trim (``SimConfig.steering_offset``) that a
-policy with test-time memory can learn to adapt to.
+track and a servo trim (``SimConfig.steering_trim``) drawn uniformly in
+``[-trim_range, trim_range]``: a mis-trimmed car that a policy with test-time memory
+can learn to adapt to, with labels from an expert who knows the trim.
 
 Episodes are written with :class:`rlds.writer.EpisodeWriter` with the same
 metadata as the daemon's recorder (robot id ``sim``, ``rate_hz``,
@@ -22,8 +23,9 @@ tags), camera frames at the robot's resolution (640x480 by default) so training
 sees the same ``preprocess_frame`` path as on the robot.
 
 Per step, ``action`` is the label (clean expert action) and ``extra`` holds
-``executed_action`` (what the car did), ``expert_action`` (the nominal pure
-pursuit command), ``noise``, ``cte_m``, ``speed_mps`` and the car ``state``.
+``executed_action`` (what the car did), ``expert_action`` (the trim-aware pure
+pursuit command), ``nominal_action`` (the same without the trim), ``noise``,
+``cte_m``, ``speed_mps`` and the car ``state``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ LIGHTINGS = ("day", "dusk", "overcast", "glare")
 TEXTURES = ("asphalt", "concrete", "carpet")
 #: An episode stops early when the car is this far beyond the road edge (it is lost).
 LOST_MARGIN_M = 0.6
+LABELS = ("trim_aware", "nominal")
+DRIVES = ("label", "nominal")
+#: SimConfig.steering_trim's bound.
+MAX_TRIM = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ class DemoSpec:
     seed: int
     lighting: str
     texture: str
-    steering_offset: float
+    steering_trim: float
     #: Start pose: arc length along the centreline, lateral offset (m, + left), yaw error (rad).
     start_s: float
     start_lateral_m: float
@@ -79,14 +85,16 @@ class DemoSpec:
     rate_hz: float
     width: int
     height: int
-    #: "expert": label = nominal pure pursuit (trim-unaware, like the sim's expert);
-    #: "trim_aware": label = pure pursuit minus the steering offset (what a driver who
-    #: knows the trim would command), which makes the trim worth inferring from history.
-    label: str = "expert"
+    #: "trim_aware": label = pure pursuit minus the trim (what a driver who knows the
+    #: trim commands; the sim's expert), which makes the trim worth inferring from history;
+    #: "nominal": label = pure pursuit unaware of the trim.
+    label: str = "trim_aware"
     #: What the noise is added to for driving: "label" (DART: the car follows the label plus
-    #: noise) or "expert" (the trim-unaware pure pursuit plus noise, so a mis-trim shows in
+    #: noise) or "nominal" (the trim-unaware pure pursuit plus noise, so a mis-trim shows in
     #: the images as the drift it causes while the labels say how to correct it).
     drive: str = "label"
+    #: The range the trim was drawn from (0: no trim), recorded with the episode.
+    trim_range: float = 0.0
     jpeg_quality: int = 90
 
 
@@ -103,9 +111,9 @@ def plan_demos(
     height: int = 480,
     lightings: Sequence[str] = LIGHTINGS,
     textures: Sequence[str] = TEXTURES,
-    steering_offset_max: float = 0.0,
+    trim_range: float = 0.0,
     start_jitter: bool = True,
-    label: str = "expert",
+    label: str = "trim_aware",
     drive: str = "label",
     jpeg_quality: int = 90,
 ) -> list[DemoSpec]:
@@ -113,17 +121,19 @@ def plan_demos(
 
     Tracks are used round-robin so each gets its share; lighting, texture and start
     pose are drawn at random (every lighting/texture appears once enough episodes
-    are recorded).  ``steering_offset_max`` > 0 draws a mis-trim uniformly in
-    [-max, max] per episode.
+    are recorded).  ``trim_range`` > 0 draws a servo trim uniformly in
+    [-trim_range, trim_range] per episode (from the same seeded RNG).
     """
     if not tracks:
         raise ValueError("at least one track is needed")
     if episodes < 1 or steps < 1:
         raise ValueError("episodes and steps must be >= 1")
-    if label not in ("expert", "trim_aware"):
-        raise ValueError(f"label must be 'expert' or 'trim_aware', got {label!r}")
-    if drive not in ("label", "expert"):
-        raise ValueError(f"drive must be 'label' or 'expert', got {drive!r}")
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+    if drive not in DRIVES:
+        raise ValueError(f"drive must be one of {DRIVES}, got {drive!r}")
+    if not 0.0 <= trim_range <= MAX_TRIM:
+        raise ValueError(f"trim range must be in [0, {MAX_TRIM}], got {trim_range}")
     for t in tracks:
         make_track(t)  # fail early on a bad name, with the track module's message
     specs = []
@@ -137,10 +147,8 @@ def plan_demos(
                 seed=int(rng.integers(0, 2**31 - 1)),
                 lighting=str(lightings[int(rng.integers(len(lightings)))]),
                 texture=str(textures[int(rng.integers(len(textures)))]),
-                steering_offset=(
-                    round(float(rng.uniform(-steering_offset_max, steering_offset_max)), 4)
-                    if steering_offset_max > 0
-                    else 0.0
+                steering_trim=(
+                    round(float(rng.uniform(-trim_range, trim_range)), 4) if trim_range > 0 else 0.0
                 ),
                 start_s=float(rng.uniform(0.0, track.length)) if start_jitter else 0.0,
                 start_lateral_m=float(rng.uniform(-0.15, 0.15)) if start_jitter else 0.0,
@@ -154,6 +162,7 @@ def plan_demos(
                 height=int(height),
                 label=label,
                 drive=drive,
+                trim_range=float(trim_range),
                 jpeg_quality=int(jpeg_quality),
             )
         )
@@ -205,7 +214,7 @@ def sim_config_for(spec: DemoSpec) -> SimConfig:
             "seed": spec.seed,
             "lighting": spec.lighting,
             "texture": spec.texture,
-            "steering_offset": spec.steering_offset,
+            "steering_trim": spec.steering_trim,
         }
     )
 
@@ -267,12 +276,11 @@ def record_episode(spec: DemoSpec, out: Path, tags: Sequence[str] = ()) -> dict[
         for k in range(spec.steps):
             state = world.state
             image = world.render_rgb()
-            expert = world.expert_action()
-            label = expert.copy()
-            if spec.label == "trim_aware":
-                label[0] = float(np.clip(label[0] - spec.steering_offset, -1.0, 1.0))
+            expert = world.expert_action()  # knows the trim
+            nominal = world.expert_action(trim_aware=False)
+            label = expert if spec.label == "trim_aware" else nominal
             noise = np.array([steer_noise(), thr_noise()])
-            base = label if spec.drive == "label" else expert
+            base = label if spec.drive == "label" else nominal
             executed = np.clip(base + noise, -1.0, 1.0)
             max_noise = max(max_noise, abs(float(noise[0])))
             cte = float(world.tracker.m.cte_m)
@@ -289,6 +297,7 @@ def record_episode(spec: DemoSpec, out: Path, tags: Sequence[str] = ()) -> dict[
                         "frame_seq": k,
                         "executed_action": [float(v) for v in executed],
                         "expert_action": [float(v) for v in expert],
+                        "nominal_action": [float(v) for v in nominal],
                         "noise": [float(v) for v in noise],
                         "cte_m": cte,
                         "speed_mps": float(state.speed),
@@ -323,7 +332,7 @@ def record_episode(spec: DemoSpec, out: Path, tags: Sequence[str] = ()) -> dict[
         "track": spec.track,
         "lighting": spec.lighting,
         "texture": spec.texture,
-        "steering_offset": spec.steering_offset,
+        "steering_trim": spec.steering_trim,
         "steps": info.num_steps,
         "laps": m["laps"],
         "mean_abs_cte_m": m["mean_abs_cte_m"],
@@ -404,22 +413,22 @@ def build_parser(prog: str = "cloud_jobs record-demos") -> argparse.ArgumentPars
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--rate", type=float, default=20.0, help="control rate (Hz)")
     p.add_argument(
-        "--steering-offset-max",
+        "--trim-range",
         type=float,
         default=0.0,
-        help="draw a steering mis-trim in [-X, X] per episode (adaptation curriculum)",
+        help="draw a servo trim (sim.steering_trim) in [-X, X] per episode, from --seed",
     )
     p.add_argument(
         "--label",
-        choices=("expert", "trim_aware"),
-        default="expert",
-        help="expert: nominal pure pursuit; trim_aware: pure pursuit minus the mis-trim",
+        choices=LABELS,
+        default="trim_aware",
+        help="trim_aware: pure pursuit minus the trim (the sim's expert); nominal: without",
     )
     p.add_argument(
         "--drive",
-        choices=("label", "expert"),
+        choices=DRIVES,
         default="label",
-        help="label: the car follows label + noise (DART); expert: trim-unaware expert + noise",
+        help="label: the car follows label + noise (DART); nominal: trim-unaware expert + noise",
     )
     p.add_argument("--lightings", default=",".join(LIGHTINGS))
     p.add_argument("--textures", default=",".join(TEXTURES))
@@ -451,7 +460,7 @@ def record_demos_main(argv: Sequence[str] | None = None) -> int:
             height=args.height,
             lightings=_csv(args.lightings),
             textures=_csv(args.textures),
-            steering_offset_max=args.steering_offset_max,
+            trim_range=args.trim_range,
             start_jitter=not args.no_start_jitter,
             label=args.label,
             drive=args.drive,

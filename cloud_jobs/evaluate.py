@@ -59,6 +59,8 @@ from brain.hardware.sim.closed_loop import (  # noqa: F401 - re-exported API
     sim_config,
     step_budget,
 )
+from cloud_jobs.suite import SUITES, get_suite, run_suite, summarize, table_markdown, write_suite
+from common.digest import sha256_file
 from common.durable import write_json
 
 ACTION_NAMES = ("steering", "throttle")
@@ -282,20 +284,6 @@ def plot_training(metrics_path: Path, path: Path) -> bool:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    if not rows:
-        return {}
-    return {
-        "tracks": len(rows),
-        "completed": sum(bool(r["completed"]) for r in rows),
-        "laps": sum(r["laps"] for r in rows),
-        "mean_abs_cte_m": float(np.mean([r["mean_abs_cte_m"] for r in rows])),
-        "max_abs_cte_m": float(np.max([r["max_abs_cte_m"] for r in rows])),
-        "off_track_events": sum(r["off_track_events"] for r in rows),
-        "mean_speed_mps": float(np.mean([r["mean_speed_mps"] for r in rows])),
-    }
-
-
 def evaluate(
     policy: Driver | None,
     tracks: Sequence[str],
@@ -351,7 +339,7 @@ def evaluate(
             plot_track(track, traces, rows, png)
             result["plots"][track] = png.name
     for d in drivers:
-        result.setdefault("summary", {})[d.name] = _summary(
+        result.setdefault("summary", {})[d.name] = summarize(
             [result["tracks"][t][d.name] for t in tracks]
         )
     if out is not None and plots and run_dir is not None:
@@ -390,8 +378,18 @@ def build_parser(prog: str = "cloud_jobs evaluate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Closed-loop evaluation in the simulator.")
     p.add_argument("--policy", type=Path, help="RUN_DIR/policy.pt (torch)")
     p.add_argument("--onnx", type=Path, help="evaluate this ONNX step graph (ONNX Runtime)")
-    p.add_argument("--tracks", default=",".join(DEFAULT_TRACKS), help="comma-separated layouts")
-    p.add_argument("--laps", type=int, default=3)
+    p.add_argument(
+        "--tracks",
+        default=None,
+        help=f"comma-separated layouts (default {','.join(DEFAULT_TRACKS)})",
+    )
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default=None,
+        help="the generalization suite: unseen layouts x lighting x texture (cloud_jobs.suite)",
+    )
+    p.add_argument("--laps", type=int, default=None, help="laps per run (default 3; suite: 1)")
     p.add_argument("--rate", type=float, default=20.0, help="control rate (Hz)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget per track")
     p.add_argument("--seed", type=int, default=0, help="sim seed (texture, sensor noise)")
@@ -410,7 +408,7 @@ def build_parser(prog: str = "cloud_jobs evaluate") -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-lr", type=float, default=None, help="memory lr multiplier")
     p.add_argument("--surprise-threshold", type=float, default=None)
-    p.add_argument("--steering-offset", type=float, default=0.0, help="servo mis-trim")
+    p.add_argument("--steering-trim", type=float, default=0.0, help="servo mis-trim")
     p.add_argument("--lighting", default="day", choices=("day", "dusk", "overcast", "glare"))
     p.add_argument("--texture", default="asphalt", choices=("asphalt", "concrete", "carpet"))
     p.add_argument("--width", type=int, default=640, help="camera width before preprocessing")
@@ -446,86 +444,115 @@ def _memory_settings(args: argparse.Namespace) -> tuple[float | None, float | No
     return lr, args.surprise_threshold
 
 
+def _conditions(args: argparse.Namespace, tracks: list[str]) -> EvalConditions:
+    """The run's conditions from the options; ValueError names what is wrong."""
+    for t in tracks:
+        make_track(t)
+    if args.suite is not None:
+        get_suite(args.suite)
+        if args.tracks is not None:
+            raise ValueError("--suite chooses the layouts: drop --tracks")
+    laps = args.laps if args.laps is not None else (1 if args.suite else 3)
+    if laps < 1:
+        raise ValueError("--laps must be >= 1")
+    conditions = EvalConditions(
+        laps=laps,
+        rate_hz=args.rate,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        lighting=args.lighting,
+        texture=args.texture,
+        steering_trim=args.steering_trim,
+        width=args.width,
+        height=args.height,
+        render_size=args.render_size,
+        off_track_timeout_s=args.off_track_timeout,
+        stall_timeout_s=args.stall_timeout,
+    )
+    sim_config(tracks[0] if tracks else "oval", conditions)  # validates the trim etc.
+    return conditions
+
+
+def _load_driver(
+    args: argparse.Namespace, lr: float | None, threshold: float | None
+) -> tuple[Driver | None, Path | None, dict[str, Any]]:
+    """(driver, run dir, info for eval.json); the expert alone when no model is given."""
+    if args.onnx is not None:
+        onnx = OnnxDriver(args.onnx, threads=args.threads)
+        info: dict[str, Any] = {
+            "backend": "onnx",
+            "onnx": str(args.onnx),
+            "model_version": onnx.model.version,
+        }
+        if args.policy is not None:  # the checkpoint this graph was exported from
+            info["policy"] = str(args.policy)
+            info["checkpoint_sha256"] = sha256_file(args.policy)
+        return onnx, args.onnx.parent, info
+    if args.policy is not None:
+        from brain.model import load_policy
+
+        policy = load_policy(args.policy)
+        driver = TorchDriver(
+            policy, memory_lr=lr, surprise_threshold=threshold, threads=args.threads
+        )
+        info = {
+            "backend": "torch",
+            "policy": str(args.policy),
+            # what the release gate matches against the bundle's provenance
+            "checkpoint_sha256": sha256_file(args.policy),
+            "memory_lr": lr,
+            "surprise_threshold": threshold,
+        }
+        return driver, args.policy.parent, info
+    return None, None, {"backend": "expert-only"}
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """``cloud_jobs evaluate``; returns a process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    tracks = [t.strip() for t in args.tracks.split(",") if t.strip()]
+    args = build_parser().parse_args(argv)
+    tracks = [t.strip() for t in (args.tracks or ",".join(DEFAULT_TRACKS)).split(",") if t.strip()]
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
-        for t in tracks:
-            make_track(t)
-        if args.laps < 1:
-            raise ValueError("--laps must be >= 1")
+        conditions = _conditions(args, tracks)
         lr, threshold = _memory_settings(args)
-        conditions = EvalConditions(
-            laps=args.laps,
-            rate_hz=args.rate,
-            max_steps=args.max_steps,
-            seed=args.seed,
-            lighting=args.lighting,
-            texture=args.texture,
-            steering_offset=args.steering_offset,
-            width=args.width,
-            height=args.height,
-            render_size=args.render_size,
-            off_track_timeout_s=args.off_track_timeout,
-            stall_timeout_s=args.stall_timeout,
-        )
-        sim_config(tracks[0] if tracks else "oval", conditions)  # validates offset etc.
     except ValueError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
-    driver: Driver | None = None
-    run_dir: Path | None = None
-    info: dict[str, Any] = {"backend": "expert-only"}
+    if args.policy is None and args.onnx is None and not args.expert:
+        print("evaluate: give --policy or --onnx (or keep the expert baseline)", file=sys.stderr)
+        return 2
     try:
-        if args.onnx is not None:
-            driver = OnnxDriver(args.onnx, threads=args.threads)
-            info = {
-                "backend": "onnx",
-                "onnx": str(args.onnx),
-                "model_version": driver.model.version,
-            }
-            run_dir = args.onnx.parent
-            if args.policy is not None:
-                info["policy"] = str(args.policy)
-        elif args.policy is not None:
-            from brain.model import load_policy
-
-            policy = load_policy(args.policy)
-            driver = TorchDriver(
-                policy, memory_lr=lr, surprise_threshold=threshold, threads=args.threads
-            )
-            info = {
-                "backend": "torch",
-                "policy": str(args.policy),
-                "memory_lr": lr,
-                "surprise_threshold": threshold,
-            }
-            run_dir = args.policy.parent
-        elif not args.expert:
-            print(
-                "evaluate: give --policy or --onnx (or keep the expert baseline)", file=sys.stderr
-            )
-            return 2
+        driver, run_dir, info = _load_driver(args, lr, threshold)
     except (OSError, RuntimeError, ValueError) as e:
         print(f"evaluate: cannot load the policy: {e}", file=sys.stderr)
         return 1
     out = args.out
     if out is None:
         out = (run_dir / "eval") if run_dir is not None else Path("eval")
-    result = evaluate(
-        driver,
-        tracks,
-        conditions,
-        out,
-        expert_baseline=args.expert,
-        run_dir=run_dir,
-        info=info,
-        plots=not args.no_plots,
-        log=log,
-    )
+    if args.suite is not None:
+        result = run_suite(
+            driver,
+            get_suite(args.suite),
+            conditions,
+            expert_baseline=args.expert,
+            info=info,
+            log=log,
+        )
+        write_suite(result, out)
+        if log:
+            log(table_markdown(result))
+    else:
+        result = evaluate(
+            driver,
+            tracks,
+            conditions,
+            out,
+            expert_baseline=args.expert,
+            run_dir=run_dir,
+            info=info,
+            plots=not args.no_plots,
+            log=log,
+        )
     if log:
         log(f"wrote {out / 'eval.json'} ({result['wall_s']:.1f}s)")
     print(json.dumps(result.get("summary", {}), indent=2))

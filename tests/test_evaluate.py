@@ -30,17 +30,17 @@ pytestmark = pytest.mark.torch
 
 
 def test_plan_demos_is_seeded_and_varied() -> None:
-    a = demos.plan_demos(["oval", "kidney"], 12, seed=3, steering_offset_max=0.2)
-    b = demos.plan_demos(["oval", "kidney"], 12, seed=3, steering_offset_max=0.2)
-    c = demos.plan_demos(["oval", "kidney"], 12, seed=4, steering_offset_max=0.2)
+    a = demos.plan_demos(["oval", "kidney"], 12, seed=3, trim_range=0.2)
+    b = demos.plan_demos(["oval", "kidney"], 12, seed=3, trim_range=0.2)
+    c = demos.plan_demos(["oval", "kidney"], 12, seed=4, trim_range=0.2)
     assert a == b and a != c
     assert [s.track for s in a[:4]] == ["oval", "kidney", "oval", "kidney"]
     assert len({s.lighting for s in a}) > 1 and len({s.texture for s in a}) > 1
     assert len({round(s.start_s, 3) for s in a}) == 12
-    assert all(abs(s.steering_offset) <= 0.2 for s in a)
-    assert len({s.steering_offset for s in a}) > 1
+    assert all(abs(s.steering_trim) <= 0.2 for s in a)
+    assert len({s.steering_trim for s in a}) > 1
     # Episode i depends only on (seed, i): asking for more episodes keeps the first ones.
-    assert demos.plan_demos(["oval", "kidney"], 14, seed=3, steering_offset_max=0.2)[:12] == a
+    assert demos.plan_demos(["oval", "kidney"], 14, seed=3, trim_range=0.2)[:12] == a
     with pytest.raises(ValueError, match="unknown track"):
         demos.plan_demos(["moon"], 1)
 
@@ -81,7 +81,7 @@ def test_record_demos_labels_are_clean_while_the_car_followed_the_noisy_actions(
         assert meta["source"] == "expert" and meta["rate_hz"] == 20.0
         assert meta["action_names"] == ["steering", "throttle"]
         assert "unit-test" in meta["tags"] and f"track={meta['sim']['track']}" in meta["tags"]
-        for key in ("track", "lighting", "texture", "seed", "steering_offset"):
+        for key in ("track", "lighting", "texture", "seed", "steering_trim"):
             assert key in meta["sim"]
         assert meta["sensors"]["image"]["width"] == 64
 
@@ -123,24 +123,45 @@ def test_record_demos_labels_are_clean_while_the_car_followed_the_noisy_actions(
 _SPEC_FIELDS = set(demos.DemoSpec.__dataclass_fields__)
 
 
+def test_record_demos_draws_a_trim_per_episode_from_the_seed(tmp_path: Path) -> None:
+    argv = ["--episodes", "3", "--steps", "4", "--tracks", "oval", "--width", "64"]
+    argv += ["--height", "48", "--workers", "1", "--trim-range", "0.2", "--quiet"]
+    for run, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        assert demos.record_demos_main([*argv, "--seed", seed, "--out", str(tmp_path / run)]) == 0
+
+    def trims(run: str) -> list[float]:
+        eps = sorted(list_episodes(tmp_path / run), key=lambda e: e.metadata["demo"]["index"])
+        for ep in eps:  # the sim config the car ran with and the demo spec agree
+            assert ep.metadata["sim"]["steering_trim"] == ep.metadata["demo"]["steering_trim"]
+            assert ep.metadata["demo"]["trim_range"] == 0.2
+        return [ep.metadata["sim"]["steering_trim"] for ep in eps]
+
+    a = trims("a")
+    assert len(set(a)) == 3 and all(abs(t) <= 0.2 for t in a)
+    assert a == trims("b") and a != trims("c")
+    assert a == [s.steering_trim for s in demos.plan_demos(["oval"], 3, seed=7, trim_range=0.2)]
+    assert demos.record_demos_main(["--out", str(tmp_path / "x"), "--trim-range", "0.7"]) == 2
+
+
 @pytest.mark.slow
 def test_record_demos_parallel_and_trim_aware_labels(tmp_path: Path) -> None:
     specs = demos.plan_demos(
-        ["oval"], 2, steps=20, width=64, height=48, steering_offset_max=0.3,
-        label="trim_aware", drive="expert", seed=2,
+        ["oval"], 2, steps=20, width=64, height=48, trim_range=0.3,
+        label="trim_aware", drive="nominal", seed=2,
     )  # fmt: skip
     results = demos.record_demos(specs, tmp_path, workers=2)
     assert [r["index"] for r in results] == [0, 1]
     for ep in list_episodes(tmp_path):
-        offset = ep.metadata["sim"]["steering_offset"]
-        assert offset != 0.0
+        trim = ep.metadata["sim"]["steering_trim"]
+        assert trim != 0.0 and ep.metadata["demo"]["trim_range"] == 0.3
         for s in ep.steps(decode_images=False):
-            expert = np.array(s.extra["expert_action"])
-            want = np.clip(expert[0] - offset, -1, 1)
+            nominal = np.array(s.extra["nominal_action"])
+            want = np.clip(nominal[0] - trim, -1, 1)
             assert s.action[0] == pytest.approx(want, abs=1e-12)
-            # drive="expert": the car follows the trim-unaware expert (plus noise).
+            assert s.extra["expert_action"][0] == pytest.approx(want, abs=1e-12)
+            # drive="nominal": the car follows the trim-unaware expert (plus noise).
             assert s.extra["executed_action"][0] == pytest.approx(
-                np.clip(expert[0] + s.extra["noise"][0], -1, 1), abs=1e-12
+                np.clip(nominal[0] + s.extra["noise"][0], -1, 1), abs=1e-12
             )
 
 
@@ -252,3 +273,23 @@ def test_resize_matches_the_robot_runner() -> None:
     world = SimWorld(demos.sim_config_for(demos.plan_demos(["oval"], 1)[0]), CameraConfig())
     rgb = world.render_rgb()
     np.testing.assert_array_equal(evaluate.resize_frame(rgb), model.preprocess_frame(rgb))
+
+
+@pytest.mark.slow
+def test_suite_with_a_policy_reports_success_and_the_cte_ratio(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    out = tmp_path / "suite"
+    argv = ["--policy", str(run / "policy.pt"), "--suite", "standard", "--max-steps", "4"]
+    assert evaluate.cli_main([*argv, "--render-size", "model", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert len(result["runs"]) == 60 and result["backend"] == "torch"
+    assert {(r["lighting"], r["texture"]) for r in result["runs"]} == {
+        (li, tx) for li in ("day", "dusk", "glare") for tx in ("asphalt", "carpet")
+    }
+    pol = result["summary"]["policy"]
+    assert pol["tracks"] == 60 and pol["success_rate"] == 0.0  # 4 steps are no lap
+    assert pol["cte_ratio"] == pytest.approx(
+        pol["mean_abs_cte_m"] / result["summary"]["expert"]["mean_abs_cte_m"]
+    )
+    assert result["checkpoint_sha256"] == evaluate.sha256_file(run / "policy.pt")
+    assert "| policy | 0/60 (0%)" in (out / "suite.md").read_text()

@@ -49,14 +49,14 @@ def test_memorization_bench_smoke(tmp_path: Path) -> None:
     from rlds.reader import list_episodes
 
     trims = sorted(
-        ep.metadata["demo"]["steering_offset"]
+        ep.metadata["demo"]["steering_trim"]
         for ep in list_episodes(tmp_path / "cache" / "episodes-seed0-4x80")
     )
     assert trims == pytest.approx([-0.3, -0.1, 0.1, 0.3])
 
 
 @pytest.mark.timeout(1200)  # ~5 min on one core: 32 episodes recorded, 600 iterations
-def test_memorization_helps_under_a_steering_offset(tmp_path: Path) -> None:
+def test_memorization_helps_under_a_steering_trim(tmp_path: Path) -> None:
     """A policy trained on trimmed demonstrations drives a trimmed car better with its
     memory written at run time than frozen, and not because freezing hurts everywhere:
     without a trim the frozen policy is as good, and the trim costs the memorizing one less.

@@ -26,6 +26,9 @@ def _pipeline(runs: Path, run_dir: Path, *extra: str) -> subprocess.CompletedPro
         *("--model", "tiny", "--budget-minutes", "8", "--runs-root", str(runs)),
         *("--run-dir", str(run_dir), "--record-seconds", "8", "--daemon-episodes", "2"),
         *("--demo-episodes", "6", "--demo-steps", "300", "--laps", "1"),
+        # a few minutes of training may not clear the release gate: publish anyway (recorded);
+        # tests/test_release.py has the run the gate stops
+        "--force",
         *extra,
     ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=840, check=False)
@@ -77,6 +80,21 @@ def test_report_figures_match_what_the_stages_wrote(first_run):
     failed = [a["backend"] for a in exp_report["artifacts"] if a.get("gate_passed") is False]
     assert ex["failed_gates"] == failed
     assert not set(failed) & set(ex["preferred_backends"])
+
+    # the demos were recorded with a servo trim each, drawn in the default range
+    from rlds.reader import list_episodes
+
+    trims = [e.metadata["sim"]["steering_trim"] for e in list_episodes(run_dir / "demos")]
+    assert len(set(trims)) == len(trims) == 6 and all(abs(t) <= 0.1 for t in trims)
+
+    # the release gate's verdict is in the published bundle's manifest, forced or passed
+    gate = figs["release_gate"]
+    (published,) = (run_dir / "repo" / "targets").glob("*.tar")
+    from brain.bundle.unpack import read_archive_manifest
+
+    release = read_archive_manifest(published).release
+    assert release is not None and release.model_dump(mode="json")["reasons"] == gate["reasons"]
+    assert release.passed == gate["passed"] and release.forced == (not gate["passed"])
 
     # the daemon's updater committed exactly the exported model, and drove on it
     version = exp_report["model_version"]

@@ -158,15 +158,47 @@ def test_turning_circle_matches_the_bicycle_model() -> None:
     assert w.state.yaw != yaw0 and w.state.t > t0
 
 
-def test_steering_offset_is_a_mistrimmed_servo() -> None:
-    straight = _world(steering_offset=0.0)
-    trimmed = _world(steering_offset=0.2)
+def test_steering_trim_is_a_mistrimmed_servo() -> None:
+    straight = _world(steering_trim=0.0)
+    trimmed = _world(steering_trim=0.2)
     for _ in range(20):
         straight.step([0.0, 0.5], 0.05)
         trimmed.step([0.0, 0.5], 0.05)
     assert straight.state.steer_actual == 0.0
     assert trimmed.state.steer_actual == pytest.approx(0.2 * MAX_STEER_RAD, rel=0.01)
-    assert trimmed.state.yaw < straight.state.yaw - 0.05  # +offset drifts right
+    assert trimmed.state.yaw < straight.state.yaw - 0.05  # +trim drifts right
+
+
+def _expert_lap(w: SimWorld, *, trim_aware: bool) -> dict[str, float]:
+    for _ in range(4000):
+        w.step(w.expert_action(trim_aware=trim_aware), 0.05)
+        if w.metrics()["laps"] >= 1:
+            break
+    m = w.metrics()
+    return {"laps": m["laps"], "off": m["off_track_events"], "cte": m["mean_abs_cte_m"]}
+
+
+def test_a_trimmed_car_drifts_and_the_trim_aware_expert_still_laps() -> None:
+    # Open loop, a straight command on a trimmed car leaves the road within 3 s.
+    drifting = _world(track="oval", steering_trim=0.15)
+    for _ in range(60):
+        drifting.step([0.0, 0.4], 0.05)
+    assert drifting.metrics()["off_track_events"] >= 1
+    # Closed loop, the expert who knows the trim laps as if there were none; the same
+    # driver unaware of it laps too (feedback) but on a line steadily off the centre.
+    base = _expert_lap(_world(track="chicane"), trim_aware=True)
+    for trim in (0.15, -0.25):
+        aware = _expert_lap(_world(track="chicane", steering_trim=trim), trim_aware=True)
+        unaware = _expert_lap(_world(track="chicane", steering_trim=trim), trim_aware=False)
+        assert aware["laps"] == 1 and aware["off"] == 0
+        assert aware["cte"] == pytest.approx(base["cte"], abs=1e-3)
+        assert unaware["laps"] == 1 and unaware["cte"] > 5 * aware["cte"]
+    # Its steering is the nominal command with the trim taken out.
+    w = _world(track="chicane", steering_trim=0.2)
+    w.step([0.1, 0.5], 0.5)
+    nominal, aware_a = w.expert_action(trim_aware=False), w.expert_action()
+    assert aware_a[0] == pytest.approx(np.clip(nominal[0] - 0.2, -1, 1))
+    assert aware_a[1] == nominal[1]
 
 
 def test_results_do_not_depend_on_how_time_is_chopped() -> None:

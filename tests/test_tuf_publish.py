@@ -141,7 +141,19 @@ def test_cli_end_to_end(tmp_path, capsys):
         "bundle", str(export), "--out", str(bundle), "--version", "3.0.0",
         "--release-counter", "3", "--hardware-id", HW,
     ]) == 0  # fmt: skip
+    # the release gate's input (tests/test_release.py covers the gate itself)
+    passing = {
+        "kind": "closed_loop_eval",
+        "checkpoint_sha256": "ab" * 32,
+        "conditions": {"laps": 1},
+        "summary": {
+            "policy": {"tracks": 1, "completed": 1, "off_track_events": 0, "mean_abs_cte_m": 0.02},
+            "expert": {"tracks": 1, "completed": 1, "off_track_events": 0, "mean_abs_cte_m": 0.02},
+        },
+    }
+    (tmp_path / "eval.json").write_text(json.dumps(passing))
     pub = ["publish", "--repo", str(repo_dir), "--keys", str(keys), str(bundle)]
+    pub += ["--evaluation", str(tmp_path / "eval.json")]
     assert cloud_jobs([*pub, "--release-counter", "3", "--hardware-id", HW]) == 0
     assert "published donkey-pi5-3.0.0.tar" in capsys.readouterr().out
     assert cloud_jobs([*pub, "--release-counter", "3"]) == 1  # same counter again

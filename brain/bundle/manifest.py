@@ -149,6 +149,44 @@ class Provenance(_Strict):
         return self
 
 
+class ReleaseGate(_Strict):
+    """The closed-loop bar a model must clear before ``cloud_jobs publish`` ships it."""
+
+    #: Laps each evaluation run must have asked for (a 40-step "evaluation" proves nothing).
+    min_laps: Annotated[int, Field(ge=1, le=100)] = 1
+    #: Share of the runs (tracks, or suite conditions) that must complete their laps.
+    min_completed_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    max_off_track_events: Annotated[int, Field(ge=0, le=10_000)] = 0
+    #: Policy mean |cross-track error| over the expert's, under the same conditions.
+    max_cte_ratio: Annotated[float, Field(gt=0.0, le=1000.0)] = 3.0
+
+
+class ReleaseRecord(_Strict):
+    """How the release gate judged the model: stamped into the manifest when it is published.
+
+    ``forced``: published although the gate did not pass (``--force``, for experiments).
+    """
+
+    passed: bool
+    forced: bool
+    reasons: Annotated[list[Annotated[str, Field(max_length=400)]], Field(max_length=16)]
+    gate: ReleaseGate
+    evaluation_sha256: Sha256 | None = None
+    runs: Annotated[int, Field(ge=0)] = 0
+    completed: Annotated[int, Field(ge=0)] = 0
+    laps_per_run: Annotated[int, Field(ge=0)] = 0
+    off_track_events: Annotated[int, Field(ge=0)] = 0
+    cte_ratio: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReleaseRecord:
+        if self.passed and (self.forced or self.reasons):
+            raise ValueError("a passed gate has no reasons against it and needs no force")
+        if not self.passed and not self.reasons:
+            raise ValueError("a failed gate must say why")
+        return self
+
+
 class EdgeManifest(_Strict):
     """The schema of ``edge_manifest.json`` (docs/publishing.md)."""
 
@@ -162,6 +200,9 @@ class EdgeManifest(_Strict):
     artifacts: Annotated[dict[str, ArtifactEntry], Field(min_length=1, max_length=16)]
     safety: SafetySpec
     provenance: Provenance
+    #: The release gate's verdict, stamped by ``cloud_jobs publish`` (absent: never published
+    #: through the gate, e.g. a local fine-tune's bundle).
+    release: ReleaseRecord | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EdgeManifest:
@@ -194,7 +235,9 @@ class EdgeManifest(_Strict):
 
     def to_json_bytes(self) -> bytes:
         """Canonical bytes (sorted keys, fixed separators): what is hashed and signed."""
-        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2) + "\n").encode()
+        # Without a release record the bytes are what they were before the field existed.
+        data = self.model_dump(mode="json", exclude={"release"} if self.release is None else None)
+        return (json.dumps(data, sort_keys=True, indent=2) + "\n").encode()
 
 
 def _describe(exc: ValidationError) -> str:

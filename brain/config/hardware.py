@@ -182,5 +182,5 @@ class SimConfig(Strict):
     texture: Literal["asphalt", "concrete", "carpet"] = "asphalt"
     image_noise_std: Annotated[float, Field(ge=0, le=50)] = 2.0
     depth_noise_std_m: Annotated[float, Field(ge=0, le=1)] = 0.005
-    steering_offset: Annotated[float, Field(ge=-0.5, le=0.5)] = 0.0
+    steering_trim: Annotated[float, Field(ge=-0.5, le=0.5)] = 0.0
     max_speed_mps: Annotated[float, Field(gt=0, le=20)] = 3.0

@@ -115,7 +115,7 @@ def closed_loop_compare(
         seed=int(sim.get("seed", 0)),
         lighting=str(sim.get("lighting", "day")),
         texture=str(sim.get("texture", "asphalt")),
-        steering_offset=float(sim.get("steering_offset", 0.0)),
+        steering_trim=float(sim.get("steering_trim", 0.0)),
         render_size="model",  # ~10x cheaper than 640x480 + resize, and close (docs/evaluation.md)
     )
     hw = tuple(getattr(candidate, "image_hw", (120, 160)))

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
+    from cloud_jobs.release import add_gate_args  # only when the subcommand is parsed
+
     p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-time budget")
     p.add_argument(
         "--skip-train",
@@ -29,13 +31,26 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daemon-episodes", type=int, default=2)
     p.add_argument("--demo-episodes", type=int, default=12)
     p.add_argument("--demo-steps", type=int, default=400)
+    p.add_argument(
+        "--demo-trim-range",
+        type=float,
+        default=0.1,
+        help="servo trim per demo episode drawn in [-X, X] (trim-aware labels; 0: none)",
+    )
     p.add_argument("--eval-tracks", default="chicane")
     p.add_argument("--laps", type=int, default=1, help="closed-loop evaluation laps per track")
     p.add_argument("--drive-laps", type=int, default=1, help="autonomous laps on the daemon")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish although the release gate fails (experiments; the bundle records it)",
+    )
+    add_gate_args(p)
 
 
 def _options(args: argparse.Namespace) -> PipelineOptions:
     from cloud_jobs.pipeline.run import PipelineOptions
+    from cloud_jobs.release import gate_from_args
 
     return PipelineOptions(
         budget_minutes=args.budget_minutes,
@@ -47,9 +62,12 @@ def _options(args: argparse.Namespace) -> PipelineOptions:
         daemon_episodes=args.daemon_episodes,
         demo_episodes=args.demo_episodes,
         demo_steps=args.demo_steps,
+        demo_trim_range=args.demo_trim_range,
         eval_tracks=args.eval_tracks,
         laps=args.laps,
         drive_laps=args.drive_laps,
+        gate=gate_from_args(args),
+        force=args.force,
     )
 
 
@@ -58,7 +76,12 @@ def _run(args: argparse.Namespace) -> int:
     from cloud_jobs.pipeline.stages import StageFailed
 
     try:
-        run_dir = run_pipeline(_options(args), args.run_dir)
+        opts = _options(args)
+    except ValueError as exc:  # a release-gate threshold out of range, named by pydantic
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = run_pipeline(opts, args.run_dir)
     except StageFailed as exc:
         print(f"pipeline failed: {exc}", file=sys.stderr)
         return 1

@@ -84,6 +84,30 @@ def _export_section(ex: dict[str, Any], bench: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gate_section(rec: dict[str, Any]) -> list[str]:
+    if not rec:
+        return []
+    g = rec.get("gate") or {}
+    verdict = "**passed**" if rec.get("passed") else "**FAILED**"
+    if rec.get("forced"):
+        verdict += ", published anyway (`--force`; the bundle's manifest records it)"
+    elif not rec.get("passed"):
+        verdict += ": stopped before export and publishing"
+    lines = ["## Release gate", "", f"Verdict: {verdict}.", ""]
+    lines += [f"- {r}" for r in rec.get("reasons") or []]
+    ratio = rec.get("cte_ratio")
+    lines += [
+        "",
+        f"Runs completed {rec.get('completed')}/{rec.get('runs')} "
+        f"(gate {g.get('min_completed_fraction', 0):.0%}, {rec.get('laps_per_run')} lap(s) each, "
+        f"gate >= {g.get('min_laps')}); off-track events {rec.get('off_track_events')} "
+        f"(gate <= {g.get('max_off_track_events')}); |cte| ratio to the expert "
+        f"{'n/a' if ratio is None else f'{ratio:.2f}x'} (gate <= {g.get('max_cte_ratio')}x).",
+        "",
+    ]
+    return lines
+
+
 def write_report(p: Pipeline) -> dict[str, Any]:
     run = p.run_dir
     figs = p.figures
@@ -110,6 +134,7 @@ def write_report(p: Pipeline) -> dict[str, Any]:
             lines += ["", f"Mean |cross-track error| policy / expert: **{ratio:.2f}x**."]
         lines.append("")
 
+    lines += _gate_section(figs.get("release_gate") or {})
     drive = figs.get("drive") or {}
     if drive:
         lines += ["## Autonomous laps on the robot (the daemon, after the OTA install)", ""]

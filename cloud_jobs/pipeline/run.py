@@ -1,29 +1,33 @@
 """The pipeline's stages, in the order a robot builder would run them by hand.
 
-record (daemon + sim expert) → validate/export → train → evaluate → export/quantize
-(parity gate) → bundle → publish (TUF, served on loopback) → the daemon's updater
-installs it (hot swap, health window) → autonomous laps → report.
+record (daemon + sim expert) → validate/export → train → evaluate → release gate →
+export/quantize (parity gate) → bundle → publish (TUF, served on loopback) → the daemon's
+updater installs it (hot swap, health window) → autonomous laps → report.  A model that
+fails the release gate stops the run there (``--force`` publishes it anyway, recorded).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from brain.bundle.manifest import ReleaseGate
 from cloud_jobs.pipeline.daemon import DaemonProcess, continuon_exe
-from cloud_jobs.pipeline.later import run_later_stages
+from cloud_jobs.pipeline.delivery import run_delivery_stages
 from cloud_jobs.pipeline.report import write_report
 from cloud_jobs.pipeline.stages import StageFailed, Stages, cloud_jobs_cmd, run_cmd
+from cloud_jobs.release import judge
+from common.digest import sha256_file
 from common.durable import replace_file
 
 if TYPE_CHECKING:
-    from cloud_jobs.pipeline.later import Repo
+    from cloud_jobs.pipeline.delivery import Repo
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = (
@@ -31,6 +35,7 @@ STAGES = (
     "validate",
     "train",
     "evaluate",
+    "gate",
     "export",
     "bundle",
     "publish",
@@ -52,11 +57,15 @@ class PipelineOptions:
     demo_episodes: int = 12
     demo_steps: int = 400
     demo_tracks: str = "oval,kidney,hairpin,random-1,random-2,random-3"
+    #: Each demo's servo trim (sim.steering_trim) is drawn in [-x, x]; the labels know it.
+    demo_trim_range: float = 0.1
     eval_tracks: str = "chicane"
     laps: int = 1
     drive_laps: int = 1
     camera: tuple[int, int] = (160, 120)  # width, height of the sim camera for this run
     train_steps: int | None = None  # default: the training config's (pi5: 420, tiny: 600)
+    gate: ReleaseGate = field(default_factory=ReleaseGate)
+    force: bool = False  # publish although the release gate fails (recorded in the bundle)
 
 
 class Pipeline:
@@ -71,6 +80,7 @@ class Pipeline:
         self.stages = Stages(self.run_dir, STAGES)
         # Filled by the stages, in order (each is set before a later stage reads it).
         self.policy_pt: Path | None = None
+        self.eval_json: Path | None = None
         self.export_dir: Path | None = None
         self.model_version: str | None = None
         self.bundle: Path | None = None
@@ -83,7 +93,7 @@ class Pipeline:
     def _minutes_left(self) -> float:
         return self.opts.budget_minutes - (time.monotonic() - self.started) / 60.0
 
-    def _robot_config(self, name: str, **over: Any) -> Path:
+    def robot_config(self, name: str, **over: Any) -> Path:
         """A sim robot config for this run: its own state dir, a small camera, headless."""
         raw = yaml.safe_load((ROOT / "configs" / "sim-donkey.yaml").read_text())
         raw["paths"] = {"state_dir": str(self.run_dir / f"robot-{name}")}
@@ -106,7 +116,7 @@ class Pipeline:
 
     def record(self) -> dict[str, Any]:
         """The daemon records with the sim's expert driving; demos add more layouts, faster."""
-        cfg = self._robot_config("record", **{"control.autopilot": "expert"})
+        cfg = self.robot_config("record", **{"control.autopilot": "expert"})
         daemon = DaemonProcess(cfg, self.run_dir / "daemon-record.log")
         daemon.start()
         try:
@@ -146,6 +156,8 @@ class Pipeline:
                 w,
                 "--height",
                 h,
+                "--trim-range",
+                self.opts.demo_trim_range,
             ],
             self.log,
         )
@@ -233,11 +245,27 @@ class Pipeline:
             ],
             self.log,
         )
-        result = json.loads((out / "eval.json").read_text())
+        self.eval_json = out / "eval.json"
+        result = json.loads(self.eval_json.read_text())
         self.figures["closed_loop"] = result.get("summary", {})
-        return {"summary": _eval_summary(result), "eval": str(out / "eval.json")}
+        return {"summary": _eval_summary(result), "eval": str(self.eval_json)}
 
-    # The stages after evaluate are wired in `stages_after_evaluate` below.
+    def release_gate(self) -> dict[str, Any]:
+        """Judge the evaluation before anything is exported or published (cloud_jobs.release)."""
+        assert self.eval_json is not None and self.policy_pt is not None
+        record = judge(
+            json.loads(self.eval_json.read_text()),
+            self.opts.gate,
+            checkpoint_sha256=sha256_file(self.policy_pt),
+            forced=self.opts.force,
+        )
+        self.figures["release_gate"] = record.model_dump(mode="json")
+        why = "; ".join(record.reasons)
+        if not record.passed and not self.opts.force:
+            raise StageFailed(f"the release gate failed, nothing is published: {why}")
+        return {"summary": "passed" if record.passed else f"FAILED, forced past it: {why}"}
+
+    # The stages after the gate (export → ... → bench) are in delivery.py.
 
     def run(self) -> Path:
         s = self.stages
@@ -252,7 +280,8 @@ class Pipeline:
                 s.run("validate", self.validate)
                 s.run("train", self.train)
             s.run("evaluate", self.evaluate)
-            run_later_stages(self)
+            s.run("gate", self.release_gate)
+            run_delivery_stages(self)
         finally:
             s.run("report", lambda: write_report(self))
         return self.run_dir

@@ -7,13 +7,11 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from brain.bundle.manifest import BundleError
+from cloud_jobs.publish.gated import publish_released
 from cloud_jobs.publish.keys import ROLES, KeysError, KeyStore
-from cloud_jobs.publish.repository import (
-    Expiry,
-    PublishError,
-    Repository,
-    publish_bundle,
-)
+from cloud_jobs.publish.repository import Expiry, PublishError, Repository
+from cloud_jobs.release import ReleaseRefused, add_gate_args, gate_from_args
 
 
 def _expiry_args(p: argparse.ArgumentParser) -> None:
@@ -101,7 +99,8 @@ def publish_main(argv: list[str]) -> int:
         return _publish_sub(argv[0], argv[1:])
     p = argparse.ArgumentParser(
         prog="cloud_jobs publish",
-        description="Publish an edge bundle to a TUF repository of static files.  "
+        description="Publish an edge bundle to a TUF repository of static files, once its "
+        "closed-loop evaluation passes the release gate (docs/evaluation.md).  "
         "Also: `cloud_jobs publish init|refresh|list --repo REPO --keys KEYS`.",
     )
     p.add_argument("bundle", type=Path, help="the bundle archive (cloud_jobs bundle)")
@@ -110,23 +109,42 @@ def publish_main(argv: list[str]) -> int:
     p.add_argument("--release-counter", type=int, help="must match the bundle manifest")
     p.add_argument("--hardware-id", help="must match the bundle manifest")
     p.add_argument("--version", help="must match the bundle manifest")
+    p.add_argument(
+        "--evaluation",
+        type=Path,
+        help="the model's closed-loop eval.json (cloud_jobs evaluate --policy ...)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish although the release gate fails (experiments; the manifest says so)",
+    )
+    add_gate_args(p)
     _expiry_args(p)
     args = p.parse_args(argv)
     try:
+        gate = gate_from_args(args)
         repo = Repository(args.repo, KeyStore(args.keys), expiry=_expiry(args))
-        tf = publish_bundle(
+        tf, record = publish_released(
             repo,
             args.bundle,
+            evaluation=args.evaluation,
+            gate=gate,
+            force=args.force,
             release_counter=args.release_counter,
             hardware_id=args.hardware_id,
             version=args.version,
         )
-    except (KeysError, PublishError, OSError) as exc:
+    except (KeysError, PublishError, BundleError, ReleaseRefused, OSError, ValueError) as exc:
         print(f"cloud_jobs publish: {exc}", file=sys.stderr)
+        if isinstance(exc, ReleaseRefused):
+            print("cloud_jobs publish: --force publishes it anyway (recorded)", file=sys.stderr)
         return 1
+    verdict = "release gate passed" if record.passed else "FORCED past the release gate"
     print(
         f"published {tf.path} ({tf.length} bytes, sha256 {tf.hashes['sha256'][:12]}...) "
         f"as targets v{repo.targets.signed.version}, timestamp v{repo.timestamp.signed.version}"
+        f"; {verdict}"
     )
     return 0
 

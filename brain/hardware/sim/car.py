@@ -38,8 +38,8 @@ class CarParams:
     rolling_mps2: float = 0.3
     #: Top reverse speed as a fraction of the top forward speed (ESCs limit reverse).
     reverse_fraction: float = 0.5
-    #: Mis-trim of the steering servo, added to the normalised command (SimConfig.steering_offset).
-    steering_offset: float = 0.0
+    #: Mis-trim of the steering servo, added to the normalised command (SimConfig.steering_trim).
+    steering_trim: float = 0.0
 
     @property
     def max_steer_rad(self) -> float:
@@ -102,7 +102,7 @@ class Car:
         """Advance SUBSTEP_S seconds under normalised commands in [-1, 1]."""
         p = self.params
         h = SUBSTEP_S
-        cmd = min(1.0, max(-1.0, steering + p.steering_offset)) * p.max_steer_rad
+        cmd = min(1.0, max(-1.0, steering + p.steering_trim)) * p.max_steer_rad
         self.steer += (cmd - self.steer) * self._steer_alpha
 
         u = min(1.0, max(-1.0, throttle))

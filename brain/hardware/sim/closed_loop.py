@@ -83,7 +83,7 @@ class EvalConditions:
     seed: int = 0
     lighting: str = "day"  # checked against SimConfig's choices by sim_config()
     texture: str = "asphalt"
-    steering_offset: float = 0.0
+    steering_trim: float = 0.0
     width: int = 640
     height: int = 480
     render_size: str = "full"  # full: camera size then resize (robot path) | model: 160x120
@@ -100,7 +100,7 @@ def sim_config(track: str, c: EvalConditions) -> SimConfig:
             "seed": c.seed,
             "lighting": c.lighting,
             "texture": c.texture,
-            "steering_offset": c.steering_offset,
+            "steering_trim": c.steering_trim,
         }
     )
 

@@ -2,9 +2,12 @@
 
 It produces the episodes a policy learns from and the baseline a policy is
 compared with, so it must be smooth (a jerky teacher teaches jerks) and finish
-laps on every layout.  It models the nominal car only: a mis-trimmed servo
-(SimConfig.steering_offset) is for the *learner* to discover, and pure pursuit's
-feedback keeps the expert on the road anyway.
+laps on every layout.  It plans on the nominal car and, like a driver who has
+set up his car, subtracts the servo's known trim (``SimConfig.steering_trim``) from
+its steering command: its labels are what *this* car needs to follow the line
+(the demonstrations' "trim-aware" labels).  ``act_nominal`` is the same driver
+unaware of the trim, whose feedback alone keeps a mis-trimmed car on the road with
+a steady offset: the drift a learner with test-time memory should learn to correct.
 """
 
 from __future__ import annotations
@@ -39,9 +42,17 @@ class ExpertParams:
 class PurePursuitExpert:
     """Steering by pure pursuit on the centreline, throttle from a curvature speed plan."""
 
-    def __init__(self, track: Track, car: CarParams, params: ExpertParams | None = None) -> None:
+    def __init__(
+        self,
+        track: Track,
+        car: CarParams,
+        params: ExpertParams | None = None,
+        *,
+        trim: float = 0.0,
+    ) -> None:
         self.track = track
         self.car = car
+        self.trim = float(trim)
         self.p = params or ExpertParams()
         self.speed_plan = self._plan_speeds()
 
@@ -69,6 +80,13 @@ class PurePursuitExpert:
         return min(p.lookahead_max_m, max(p.lookahead_min_m, ld))
 
     def act(self, state: CarState, s: float) -> np.ndarray:
+        """The trim-aware action: the nominal command with the servo's trim taken out."""
+        action = self.act_nominal(state, s)
+        if self.trim:
+            action[0] = max(-1.0, min(1.0, float(action[0]) - self.trim))
+        return action
+
+    def act_nominal(self, state: CarState, s: float) -> np.ndarray:
         """The action [steering, throttle] at ``state``, whose projection is at arc length ``s``."""
         tr = self.track
         car = self.car

@@ -37,7 +37,7 @@ class Pose:
 
 def car_params(cfg: SimConfig) -> CarParams:
     """The simulated car as the configuration describes it (trim included)."""
-    return CarParams(max_speed_mps=cfg.max_speed_mps, steering_offset=cfg.steering_offset)
+    return CarParams(max_speed_mps=cfg.max_speed_mps, steering_trim=cfg.steering_trim)
 
 
 def _as_action(action: np.ndarray | Sequence[float]) -> tuple[float, float]:
@@ -70,9 +70,9 @@ class SimWorld:
         self.params = car_params(sim_cfg)
         self.car = Car(self.params)
         self.tracker = TrackTracker(self.track)
-        # The demonstrator drives the nominal car: it does not know the trim.
+        # The demonstrator plans on the nominal car and takes the known trim out.
         nominal = CarParams(max_speed_mps=sim_cfg.max_speed_mps)
-        self.expert = PurePursuitExpert(self.track, nominal)
+        self.expert = PurePursuitExpert(self.track, nominal, trim=sim_cfg.steering_trim)
         self._rgb: RgbRenderer | None = None
         self._depth: DepthRenderer | None = None
         self._build_lock = threading.Lock()
@@ -149,9 +149,13 @@ class SimWorld:
         """Identifies the physics instant; sensor noise is drawn from it, so renders are pure."""
         return self._steps
 
-    def expert_action(self) -> np.ndarray:
-        """What the demonstrator would do now, as [steering, throttle] in [-1, 1]."""
-        return self.expert.act(self.state, self.tracker.s)
+    def expert_action(self, *, trim_aware: bool = True) -> np.ndarray:
+        """What the demonstrator would do now, as [steering, throttle] in [-1, 1].
+
+        ``trim_aware=False``: the command of a driver who does not know the servo's trim.
+        """
+        act = self.expert.act if trim_aware else self.expert.act_nominal
+        return act(self.state, self.tracker.s)
 
     def metrics(self) -> dict[str, float | int | bool | str | list[float]]:
         return self.tracker.as_dict(self.car.speed, self._steps * SUBSTEP_S)

@@ -1,4 +1,4 @@
-"""From a trained policy to laps on the robot: export → bundle → publish → OTA → drive → bench.
+"""Delivery: a trained policy to laps on the robot (export, bundle, publish, OTA, drive, bench).
 
 The robot side is the real daemon (``continuon run``) whose updater polls a TUF
 repository served over HTTP on loopback, exactly as a robot polls the cloud.
@@ -21,6 +21,7 @@ from cloud_jobs.pipeline.stages import (
     free_port,
     run_cmd,
 )
+from cloud_jobs.release import gate_argv
 
 if TYPE_CHECKING:
     from cloud_jobs.pipeline.run import Pipeline
@@ -142,6 +143,9 @@ def publish(p: Pipeline) -> dict[str, Any]:
             *("publish", "--repo", repo, "--keys", keys, _set(p.bundle, "bundle")),
             *("--release-counter", RELEASE_COUNTER, "--hardware-id", HARDWARE_ID),
             *("--version", _set(p.model_version, "model version")),
+            # the same gate, checked again where it binds: the bundle's own checkpoint
+            *("--evaluation", _set(p.eval_json, "evaluation"), *gate_argv(p.opts.gate)),
+            *(["--force"] if p.opts.force else []),
         ],
         p.log,
     )
@@ -153,7 +157,7 @@ def publish(p: Pipeline) -> dict[str, Any]:
 
 def update(p: Pipeline) -> dict[str, Any]:
     """A fresh robot (no model) finds the bundle, installs it, drives its trial, commits it."""
-    cfg = p._robot_config(
+    cfg = p.robot_config(
         "drive",
         **{
             "control.autopilot": "policy",
@@ -272,7 +276,7 @@ def bench(p: Pipeline) -> dict[str, Any]:
     return {"summary": f"{backend} p50 {float(np.median(samples[20:])):.2f} ms"}
 
 
-def run_later_stages(p: Pipeline) -> None:
+def run_delivery_stages(p: Pipeline) -> None:
     s = p.stages
     try:
         s.run("export", lambda: export(p))
