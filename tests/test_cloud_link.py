@@ -271,6 +271,8 @@ def test_broker_restart_queues_events_on_disk_and_delivers_them_in_order(tmp_pat
                 await asyncio.wait_for(link.connected.wait(), 10)
                 brain.mode = "manual"
                 await w.wait(lambda: events_of(w, "mode"))
+                # acknowledged too (QoS 1: a PUBACK lost with the broker means a resend)
+                await wait_until_async(lambda: link.queue.stats()["pending"] == 0, timeout=5)
             broker.stop()  # SIGTERM: the broker saves its sessions and goes away
             await wait_until_async(lambda: link.state != "connected", timeout=10)
 

@@ -32,6 +32,7 @@ ALLOWED = frozenset(
         "brain",
         "edge_agent",
         "rlds",
+        "common",
         # the robot's own libraries
         "numpy",
         "cv2",
