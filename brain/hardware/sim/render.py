@@ -172,7 +172,7 @@ class RgbRenderer:
                 dtype=np.float32,
             )
             coords = cv2.transform(band.xy, m)
-            cv2.remap(
+            cv2.remap(  # type: ignore[call-overload]  # map2=None: OpenCV's stubs want an array
                 ras.levels[k],
                 coords,
                 None,

@@ -225,26 +225,26 @@ def _paint(track: Track, h: int, w: int, x0: float, y1: float, res: float) -> di
         return _to_px(p, x0, y1, res)
 
     road = _mask(h, w)
-    cv2.polylines(road, [px(pts)], True, 255, max(1, round(track.width / res)), aa, 4)
+    cv2.polylines(road, [px(pts)], True, (255,), max(1, round(track.width / res)), aa, 4)
 
     line_px = max(2, round(0.05 / res))
     edges = _mask(h, w)
     inset = track.half_width - 0.045
     for side in (1.0, -1.0):
-        cv2.polylines(edges, [px(pts + side * inset * normal)], True, 255, line_px, aa, 4)
+        cv2.polylines(edges, [px(pts + side * inset * normal)], True, (255,), line_px, aa, 4)
 
     dash_len, gap_len = 0.3, 0.3
     per = round((dash_len + gap_len) / track.spacing)
     on = round(dash_len / track.spacing)
     dashes = [px(pts[i : i + on + 1]) for i in range(0, track.n - on, per)]
     centre = _mask(h, w)
-    cv2.polylines(centre, dashes, False, 255, line_px, aa, 4)
+    cv2.polylines(centre, dashes, False, (255,), line_px, aa, 4)
 
     start = _mask(h, w)
     across = np.stack(
         [pts[0] + track.half_width * normal[0], pts[0] - track.half_width * normal[0]]
     )
-    cv2.polylines(start, [px(across)], False, 255, max(2, round(0.08 / res)), aa, 4)
+    cv2.polylines(start, [px(across)], False, (255,), max(2, round(0.08 / res)), aa, 4)
 
     out = {"road": road, "edges": edges, "centre": centre, "start": start}
     return {k: v.astype(np.float32) * (1.0 / 255.0) for k, v in out.items()}
@@ -264,7 +264,7 @@ def _joints(track: Track, h: int, w: int, x0: float, y1: float, res: float) -> n
         )
         lines.append(_to_px(seg, x0, y1, res))
     m = _mask(h, w)
-    cv2.polylines(m, lines, False, 255, 1, cv2.LINE_AA, 4)
+    cv2.polylines(m, lines, False, (255,), 1, cv2.LINE_AA, 4)
     return m.astype(np.float32) * (1.0 / 255.0)
 
 
