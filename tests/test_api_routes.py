@@ -371,10 +371,16 @@ def test_camera_streams_send_only_new_frames_at_capped_rate(tmp_path):
                 assert msg.type == aiohttp.WSMsgType.BINARY
                 frames.append(msg.data)
             await ws.close()
+            enc = c.server.app[__import__("edge_agent.api.keys").api.keys.ENCODER]
+            encoded_for_ws = enc.encoded
             img = cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR)
             assert img.shape == (120, 160, 3)
             assert 8 <= len(frames) <= 17, len(frames)  # 10 fps cap over 1.5 s
-            assert len(set(frames)) == len(frames), "a frame was sent twice"
+            # One JPEG per new frame (by seq), and only the WebSocket asked so far: a frame sent
+            # twice would be a message without its own encode.  (Comparing the bytes is not the
+            # check: the idle sim's frames differ only by a noise window, and two of them can
+            # draw the same one.)
+            assert len(frames) <= encoded_for_ws, (len(frames), encoded_for_ws)
             # MJPEG with the Authorization header (and encoding happened once per frame)
             resp = await c.get("/api/v1/camera.mjpg", headers=api.bearer(tok))
             assert resp.status == 200
@@ -385,7 +391,6 @@ def test_camera_streams_send_only_new_frames_at_capped_rate(tmp_path):
             resp.close()
             part = data.split(b"\r\n\r\n", 1)[1]
             assert part[:2] == b"\xff\xd8"
-            enc = c.server.app[__import__("edge_agent.api.keys").api.keys.ENCODER]
             assert enc.encoded <= len(frames) + 5
 
     asyncio.run(body())
