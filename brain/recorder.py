@@ -183,7 +183,12 @@ class Recorder:
         self._closing.set()
         with self._lock:
             link = self._link
-        if link is not None:
+        if link is not None and link.steps_sent == 0:
+            # Nothing was ever handed to this writer, so it holds no episode: stop it now
+            # rather than wait for it to finish starting (its imports take ~0.5 s) to say goodbye.
+            link.proc.kill()
+            link.proc.wait()
+        elif link is not None:
             send_within(link.step_fd, pack({"k": "close", "drain_s": 0.6 * timeout}), 1.0)
             try:
                 link.proc.wait(timeout)
