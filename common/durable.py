@@ -78,6 +78,15 @@ def _open_tmp(path: Path, mode: int, tmp_name: str | None) -> tuple[int, Path]:
     return fd, tmp
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush a file someone else wrote (and closed) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_file(
     path: StrPath, data: bytes, *, mode: int = 0o644, tmp_name: str | None = None
 ) -> None:
@@ -116,11 +125,7 @@ def replacing(path: StrPath, *, mode: int = 0o644) -> Iterator[Path]:
     os.close(fd)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -176,11 +181,7 @@ def move(src: StrPath, dst: StrPath) -> None:
     """
     src, dst = Path(src), Path(dst)
     if src.is_file() and not src.is_symlink():
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(src)
     os.replace(src, dst)
     fsync_dir(dst.parent)
     if src.parent.resolve() != dst.parent.resolve():
