@@ -194,14 +194,9 @@ def move(src: StrPath, dst: StrPath) -> None:
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            p = os.path.join(dirpath, name)
-            if os.path.islink(p):
-                continue
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            p = Path(dirpath, name)
+            if not p.is_symlink():
+                _fsync_file(p)
         fsync_dir(dirpath)
 
 
