@@ -130,7 +130,7 @@ def test_export_leaves_no_normalisation_op_on_the_image(tmp_path: Path) -> None:
 
 
 def test_save_load_roundtrip(tmp_path: Path) -> None:
-    p = _policy(cms_levels=1, memory=False)
+    p = _policy(cms_levels=1, memory=False, motion_feedback=False)
     p.set_memorize(lr=0.5, threshold=0.1)
     save_policy(p, tmp_path / "p.pt")
     q = load_policy(tmp_path / "p.pt").eval()
@@ -159,7 +159,8 @@ def test_state_is_carried_and_reset(pi5) -> None:
 
 
 def test_cms_alone_carries_state() -> None:
-    p = _policy(memory=False)  # only the CMS carries context
+    # only the CMS carries context
+    p = _policy(memory=False, action_feedback=False, motion_feedback=False)
     img = _images(1)
     actions = []
     with torch.no_grad():
@@ -301,17 +302,17 @@ def test_per_sample_memory_lr_is_memory_dropout() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"memory": False},
+        {"memory": False, "motion_feedback": False},
         {"cms_levels": 1},
-        {"cms_levels": 1, "memory": False},
+        {"cms_levels": 1, "memory": False, "motion_feedback": False},
         {"depth": True},
         {"action_dim": 7, "action_tanh": False},
         {"enc_norm": "none", "keypoints": 0},
         {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"},
-        {"action_feedback": True},
-        {"action_feedback": True, "memory": False, "cms_levels": 1},
-        {"motion_feedback": True},
-        {"action_feedback": True, "motion_feedback": True},
+        {"action_feedback": False, "motion_feedback": False},
+        {"action_feedback": True, "motion_feedback": False},
+        {"motion_feedback": False, "memory": False, "cms_levels": 1},
+        {"action_feedback": False, "motion_feedback": True},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -341,8 +342,9 @@ def test_ablations_build_and_run(overrides) -> None:
 
 
 def test_motion_feedback_keeps_the_previous_features() -> None:
-    p = _policy(action_feedback=True, motion_feedback=True)
-    ref = _policy(action_feedback=True)
+    p = _policy()  # the preset feeds both back
+    assert p.config.action_feedback and p.config.motion_feedback
+    ref = _policy(motion_feedback=False)
     cfg = p.config
     lay = cfg.state_layout()
     assert cfg.state_size == ref.config.state_size + cfg.feature_dim
@@ -370,8 +372,8 @@ def test_motion_feedback_keeps_the_previous_features() -> None:
 
 
 def test_action_feedback_state_and_teacher_forcing() -> None:
-    p = _policy(action_feedback=True)
-    ref = _policy()
+    p = _policy(motion_feedback=False)
+    ref = _policy(action_feedback=False, motion_feedback=False)
     cfg = p.config
     assert cfg.state_size == ref.config.state_size + cfg.action_dim
     assert cfg.state_layout()["prev_action"] == slice(ref.config.state_size, cfg.state_size)
@@ -414,11 +416,11 @@ def _session(path: Path) -> ort.InferenceSession:
     "overrides",
     [
         {},
-        {"memory": False, "cms_levels": 1},
-        {"action_feedback": True},
+        {"memory": False, "cms_levels": 1, "motion_feedback": False},
+        {"action_feedback": False, "motion_feedback": False},
         {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"},
     ],
-    ids=["pi5", "ablated", "action_feedback", "groupnorm_silu_meanstd"],
+    ids=["pi5", "ablated", "no_feedback", "groupnorm_silu_meanstd"],
 )
 def test_onnx_export_parity_and_contract(tmp_path: Path, overrides) -> None:
     p = _policy(**overrides)

@@ -525,6 +525,8 @@ def test_recurrence_refuses_what_the_model_cannot_do(
     episodes: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     plain = tiny(episodes, cache_dir, train={"steps": 1})
+    no_feedback = {**plain.model.overrides, "action_feedback": False, "motion_feedback": False}
+    plain = plain.with_updates(model={"overrides": no_feedback})
     with pytest.raises(TrainingError, match="action_feedback"):
         run_training(
             plain.with_updates(recurrence={"teacher_forcing": True}), run_dir=tmp_path / "a"

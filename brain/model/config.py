@@ -188,8 +188,10 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # ~1.5 M parameters, ~35 M multiply-adds per step: the on-robot policy (Pi 5 CPU).
-    "pi5": ModelConfig(preset="pi5"),
+    # ~1.6 M parameters, ~35 M multiply-adds per step: the on-robot policy (Pi 5 CPU).  Its
+    # memory sees the command it gave and how the view moved in answer: the two halves of a
+    # servo-trim estimate, what lets it adapt at run time (docs/model.md, "Motion feedback").
+    "pi5": ModelConfig(preset="pi5", action_feedback=True, motion_feedback=True),
     # ~10 M parameters: a bigger model for cloud training / distillation experiments.
     "large": ModelConfig(
         preset="large",
