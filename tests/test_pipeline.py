@@ -195,11 +195,14 @@ def test_skip_train_reuses_the_last_model(first_run):
     assert "Test-time memorization" not in md and "Training recipe switches on" in md
 
 
-@pytest.mark.parametrize("trim", ["-0.1", "nan"])
-def test_a_bad_memorization_trim_is_refused_before_anything_runs(tmp_path, trim):
+@pytest.mark.parametrize(
+    ("trim", "says"),
+    [("-0.1", "must be >= 0"), ("nan", "must be >= 0"), ("0.9", "less than or equal to 0.5")],
+)
+def test_a_bad_memorization_trim_is_refused_before_anything_runs(tmp_path, trim, says):
     proc = _pipeline(tmp_path / "runs", tmp_path / "runs" / "x", "--memorization-trim", trim)
     assert proc.returncode == 2
-    assert "--memorization-trim must be >= 0" in proc.stderr
+    assert "--memorization-trim" in proc.stderr and says in proc.stderr, proc.stderr
     assert not (tmp_path / "runs" / "x").exists()
 
 

@@ -56,12 +56,23 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     add_gate_args(p)
 
 
+def _check_memorization_trim(trim: float) -> None:
+    """Refused before anything runs, not after training (the sim's own range check)."""
+    from brain.hardware.sim.closed_loop import EvalConditions, sim_config
+
+    if not (math.isfinite(trim) and trim >= 0):
+        raise ValueError(f"--memorization-trim must be >= 0 (0: off), got {trim}")
+    try:
+        sim_config("oval", EvalConditions(steering_trim=trim))
+    except ValueError as exc:
+        raise ValueError(f"--memorization-trim {trim}: {exc}") from None
+
+
 def _options(args: argparse.Namespace) -> PipelineOptions:
     from cloud_jobs.pipeline.run import PipelineOptions
     from cloud_jobs.release import gate_from_args
 
-    if not (math.isfinite(args.memorization_trim) and args.memorization_trim >= 0):
-        raise ValueError(f"--memorization-trim must be >= 0 (0: off), got {args.memorization_trim}")
+    _check_memorization_trim(args.memorization_trim)
     return PipelineOptions(
         budget_minutes=args.budget_minutes,
         skip_train=args.skip_train,

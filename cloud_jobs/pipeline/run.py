@@ -198,8 +198,8 @@ class Pipeline:
         raw["name"] = f"pipeline-{self.opts.model}"
         demos = self.run_dir / "demos"
         raw["data"]["sources"] = [{"path": str(self.dataset)}, {"path": str(demos)}]
-        # Training gets what the budget leaves after the later stages (~40 % of it, >= 1 min).
         _apply_recipe(raw)
+        # Training gets what the budget leaves after the later stages (~40 % of it, >= 1 min).
         minutes = max(1.0, min(self._minutes_left() * 0.55, self.opts.budget_minutes * 0.6))
         raw["train"]["max_minutes"] = round(minutes, 2)
         raw["train"]["progress"] = "off"
