@@ -153,6 +153,7 @@ def test_memorization_figures_come_from_the_drives(first_run):
     md = (run_dir / "report.md").read_text()
     section = md.split("## Test-time memorization (mis-trimmed car)", 1)[1].split("\n## ", 1)[0]
     assert md.index("## Closed loop") < md.index("## Test-time memorization")
+    assert "| steering trim | memorize: mean abs cte (m) | frozen: mean abs cte (m) |" in section
     for t in ("+0.15", "-0.15", "+0.00"):
         row = f"| {t} | {round(cte[f'{t}/memorize'], 3)} | {round(cte[f'{t}/frozen'], 3)} |"
         assert row in section

@@ -99,7 +99,7 @@ def _memorization_section(m: dict[str, Any]) -> list[str]:
         "run time (memory lr 1, memorize) or frozen (lr 0).",
         "",
     ]
-    lines += [_row(["steering trim", "memorize mean |cte| (m)", "frozen mean |cte| (m)"])]
+    lines += [_row(["steering trim", "memorize: mean abs cte (m)", "frozen: mean abs cte (m)"])]
     lines += [_row(["---"] * 3)]
     for t in (trim, -trim, 0.0):
         key = f"{t:+.2f}"
