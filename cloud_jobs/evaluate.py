@@ -409,6 +409,14 @@ def build_parser(prog: str = "cloud_jobs evaluate") -> argparse.ArgumentParser:
     p.add_argument("--memory-lr", type=float, default=None, help="memory lr multiplier")
     p.add_argument("--surprise-threshold", type=float, default=None)
     p.add_argument("--steering-trim", type=float, default=0.0, help="servo mis-trim")
+    p.add_argument(
+        "--memorization-trim",
+        type=float,
+        default=None,
+        metavar="T",
+        help="instead of the evaluation: memorize vs frozen at steering trim +T, -T and 0, "
+        "written to OUT/memorization.json (cloud_jobs.memorization)",
+    )
     p.add_argument("--lighting", default="day", choices=("day", "dusk", "overcast", "glare"))
     p.add_argument("--texture", default="asphalt", choices=("asphalt", "concrete", "carpet"))
     p.add_argument("--width", type=int, default=640, help="camera width before preprocessing")
@@ -507,6 +515,60 @@ def _load_driver(
     return None, None, {"backend": "expert-only"}
 
 
+def _memorization_cli(
+    args: argparse.Namespace,
+    tracks: list[str],
+    conditions: EvalConditions,
+    log: Callable[[str], None] | None,
+) -> int:
+    """``--memorization-trim T``: the torch policy's memory on and off, with and without trim."""
+    from cloud_jobs.memorization import compare
+
+    clash = [
+        flag
+        for flag, given in (
+            ("--onnx", args.onnx is not None),
+            ("--suite", args.suite is not None),
+            ("--memorize/--no-memorize", args.memorize is not None),
+            ("--memory-lr", args.memory_lr is not None),
+            ("--steering-trim", args.steering_trim != 0.0),
+        )
+        if given
+    ]
+    if args.policy is None or clash:
+        why = f"drop {', '.join(clash)}" if clash else "give --policy"
+        print(f"evaluate: --memorization-trim sets trims and memory itself: {why}", file=sys.stderr)
+        return 2
+    try:
+        from brain.model import load_policy
+
+        policy = load_policy(args.policy)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"evaluate: cannot load the policy: {e}", file=sys.stderr)
+        return 1
+
+    def driver(lr: float) -> Driver:
+        return TorchDriver(
+            policy, memory_lr=lr, surprise_threshold=args.surprise_threshold, threads=args.threads
+        )
+
+    try:
+        result = compare(driver, tracks, conditions, args.memorization_trim, log=log)
+    except ValueError as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 2
+    result |= {
+        "software_version": __version__,
+        "policy": str(args.policy),
+        "checkpoint_sha256": sha256_file(args.policy),
+    }
+    out = args.out if args.out is not None else args.policy.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "memorization.json", result, sort_keys=False)
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """``cloud_jobs evaluate``; returns a process exit code."""
     args = build_parser().parse_args(argv)
@@ -518,6 +580,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
+    if args.memorization_trim is not None:
+        return _memorization_cli(args, tracks, conditions, log)
     if args.policy is None and args.onnx is None and not args.expert:
         print("evaluate: give --policy or --onnx (or keep the expert baseline)", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,13 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-tracks", default="chicane")
     p.add_argument("--laps", type=int, default=1, help="closed-loop evaluation laps per track")
+    p.add_argument(
+        "--memorization-trim",
+        type=float,
+        default=0.15,
+        metavar="T",
+        help="report memorize vs frozen with the steering mis-trimmed by +-T and 0 (0: off)",
+    )
     p.add_argument("--drive-laps", type=int, default=1, help="autonomous laps on the daemon")
     p.add_argument(
         "--force",
@@ -48,10 +56,23 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     add_gate_args(p)
 
 
+def _check_memorization_trim(trim: float) -> None:
+    """Refused before anything runs, not after training (the sim's own range check)."""
+    from brain.hardware.sim.closed_loop import EvalConditions, sim_config
+
+    if not (math.isfinite(trim) and trim >= 0):
+        raise ValueError(f"--memorization-trim must be >= 0 (0: off), got {trim}")
+    try:
+        sim_config("oval", EvalConditions(steering_trim=trim))
+    except ValueError as exc:
+        raise ValueError(f"--memorization-trim {trim}: {exc}") from None
+
+
 def _options(args: argparse.Namespace) -> PipelineOptions:
     from cloud_jobs.pipeline.run import PipelineOptions
     from cloud_jobs.release import gate_from_args
 
+    _check_memorization_trim(args.memorization_trim)
     return PipelineOptions(
         budget_minutes=args.budget_minutes,
         skip_train=args.skip_train,
@@ -65,6 +86,7 @@ def _options(args: argparse.Namespace) -> PipelineOptions:
         demo_trim_range=args.demo_trim_range,
         eval_tracks=args.eval_tracks,
         laps=args.laps,
+        memorization_trim=args.memorization_trim,
         drive_laps=args.drive_laps,
         gate=gate_from_args(args),
         force=args.force,
@@ -77,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         opts = _options(args)
-    except ValueError as exc:  # a release-gate threshold out of range, named by pydantic
+    except ValueError as exc:  # an option out of range (gate thresholds: named by pydantic)
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
     try:

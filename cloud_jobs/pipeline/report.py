@@ -84,6 +84,52 @@ def _export_section(ex: dict[str, Any], bench: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ratio(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def _memorization_section(m: dict[str, Any]) -> list[str]:
+    if not m:
+        return []
+    trim, summ, cte = m["trim"], m["summary"], m["mean_abs_cte_m"]
+    lines = ["## Test-time memorization (mis-trimmed car)", ""]
+    lines += [
+        f"The trained policy on {', '.join(m['tracks'])}, {m['laps']} lap each, with the steering "
+        f"servo mis-trimmed by +{trim:g} and -{trim:g} and without a trim, its memory written at "
+        "run time (memory lr 1, memorize) or frozen (lr 0).",
+        "",
+    ]
+    lines += [_row(["steering trim", "memorize: mean abs cte (m)", "frozen: mean abs cte (m)"])]
+    lines += [_row(["---"] * 3)]
+    for t in (trim, -trim, 0.0):
+        key = f"{t:+.2f}"
+        lines.append(_row([key, _fmt(cte[f"{key}/memorize"]), _fmt(cte[f"{key}/frozen"])]))
+    lines += [
+        "",
+        f"Memorize / frozen under the trim: **{_ratio(summ['ratio_trimmed'])}**; without a trim: "
+        f"{_ratio(summ['ratio_untrimmed'])}.  Trim cost (|cte| under the trim / without): "
+        f"memorize {_ratio(summ['trim_cost_memorize'])}, frozen "
+        f"{_ratio(summ['trim_cost_frozen'])}.",
+        "",
+        "Below 1x under the trim the memory helps the car hold the line against the mis-trim; "
+        "the no-trim pair shows whether freezing is simply worse everywhere (then the gain is "
+        "not adaptation).  A report figure, not a release-gate criterion.",
+        "",
+    ]
+    return lines
+
+
+def _recipe_line(recipe: dict[str, Any]) -> list[str]:
+    """Which memorization-recipe switches the model was trained with (docs/training.md)."""
+    if not recipe:
+        return []
+    on = [k for k, v in recipe.items() if v]
+    off = [k for k, v in recipe.items() if not v]
+    text = ", ".join(f"{k}={recipe[k]}" if k == "memory_dropout" else k for k in on)
+    tail = f" (off: {', '.join(off)})" if off else ""
+    return [f"Training recipe switches on: {text or 'none'}{tail}.", ""]
+
+
 def _gate_section(rec: dict[str, Any]) -> list[str]:
     if not rec:
         return []
@@ -134,6 +180,8 @@ def write_report(p: Pipeline) -> dict[str, Any]:
             lines += ["", f"Mean |cross-track error| policy / expert: **{ratio:.2f}x**."]
         lines.append("")
 
+    lines += _recipe_line(figs.get("recipe") or {})
+    lines += _memorization_section(figs.get("memorization") or {})
     lines += _gate_section(figs.get("release_gate") or {})
     drive = figs.get("drive") or {}
     if drive:

@@ -1,6 +1,7 @@
 """The pipeline's stages, in the order a robot builder would run them by hand.
 
-record (daemon + sim expert) → validate/export → train → evaluate → release gate →
+record (daemon + sim expert) → validate/export → train → evaluate → memorize vs frozen
+on a mis-trimmed car (a report figure, not a gate) → release gate →
 export/quantize (parity gate) → bundle → publish (TUF, served on loopback) → the daemon's
 updater installs it (hot swap, health window) → autonomous laps → report.  A model that
 fails the release gate stops the run there (``--force`` publishes it anyway, recorded).
@@ -35,6 +36,7 @@ STAGES = (
     "validate",
     "train",
     "evaluate",
+    "memorization",
     "gate",
     "export",
     "bundle",
@@ -61,6 +63,9 @@ class PipelineOptions:
     demo_trim_range: float = 0.1
     eval_tracks: str = "chicane"
     laps: int = 1
+    #: Memorize vs frozen with the steering trimmed by +-this and 0 (cloud_jobs.memorization);
+    #: 0 leaves the comparison out.
+    memorization_trim: float = 0.15
     drive_laps: int = 1
     camera: tuple[int, int] = (160, 120)  # width, height of the sim camera for this run
     train_steps: int | None = None  # default: the training config's (pi5: 420, tiny: 600)
@@ -193,6 +198,7 @@ class Pipeline:
         raw["name"] = f"pipeline-{self.opts.model}"
         demos = self.run_dir / "demos"
         raw["data"]["sources"] = [{"path": str(self.dataset)}, {"path": str(demos)}]
+        _apply_recipe(raw)
         # Training gets what the budget leaves after the later stages (~40 % of it, >= 1 min).
         minutes = max(1.0, min(self._minutes_left() * 0.55, self.opts.budget_minutes * 0.6))
         raw["train"]["max_minutes"] = round(minutes, 2)
@@ -209,6 +215,7 @@ class Pipeline:
         if not self.policy_pt.is_file():
             raise StageFailed(f"training wrote no {self.policy_pt}")
         replace_file(self.opts.runs_root / "last-policy.txt", f"{self.policy_pt}\n".encode())
+        self.figures["recipe"] = recipe_switches(run_dir / "config.yaml")
         metrics = [
             json.loads(line)
             for line in (run_dir / "metrics.ndjson").read_text().splitlines()
@@ -232,6 +239,7 @@ class Pipeline:
         self.policy_pt = Path(marker.read_text().strip())
         if not self.policy_pt.is_file():
             raise StageFailed(f"{self.policy_pt} (from {marker}) no longer exists")
+        self.figures["recipe"] = recipe_switches(self.policy_pt.parent / "config.yaml")
 
     def evaluate(self) -> dict[str, Any]:
         out = self.run_dir / "eval"
@@ -249,6 +257,28 @@ class Pipeline:
         result = json.loads(self.eval_json.read_text())
         self.figures["closed_loop"] = result.get("summary", {})
         return {"summary": _eval_summary(result), "eval": str(self.eval_json)}
+
+    def memorization(self) -> dict[str, Any]:
+        """Memorize vs frozen under +-trim and none, 1 lap each (report only, never gated)."""
+        w, h = self.opts.camera
+        trim = self.opts.memorization_trim
+        run_cmd(
+            [
+                *cloud_jobs_cmd(),
+                "evaluate",
+                *("--policy", self.policy_pt, "--tracks", self.opts.eval_tracks, "--laps", 1),
+                *("--memorization-trim", trim, "--out", self.run_dir),
+                *("--width", w, "--height", h, "--quiet"),
+            ],
+            self.log,
+        )
+        result = json.loads((self.run_dir / "memorization.json").read_text())
+        self.figures["memorization"] = result
+        r, r0 = result["summary"]["ratio_trimmed"], result["summary"]["ratio_untrimmed"]
+        return {
+            "summary": f"memorize/frozen {_x(r)} at trim +-{trim:g}, {_x(r0)} without",
+            "memorization": str(self.run_dir / "memorization.json"),
+        }
 
     def release_gate(self) -> dict[str, Any]:
         """Judge the evaluation before anything is exported or published (cloud_jobs.release)."""
@@ -280,11 +310,19 @@ class Pipeline:
                 s.run("validate", self.validate)
                 s.run("train", self.train)
             s.run("evaluate", self.evaluate)
+            if self.opts.memorization_trim > 0:
+                s.run("memorization", self.memorization)
+            else:
+                s.skip("memorization", "--memorization-trim 0")
             s.run("gate", self.release_gate)
             run_delivery_stages(self)
         finally:
             s.run("report", lambda: write_report(self))
         return self.run_dir
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _eval_summary(result: dict[str, Any]) -> str:
@@ -296,6 +334,32 @@ def _eval_summary(result: dict[str, Any]) -> str:
             v = pol[k]
             parts.append(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}")
     return ", ".join(parts)
+
+
+#: The memorization recipe (docs/training.md): what the pipeline's training always has on,
+#: whichever model it trains (configs/train/pi5.yaml ships with it; tiny.yaml does not).
+RECIPE_MODEL = {"action_feedback": True, "motion_feedback": True}
+RECIPE_RECURRENCE = {"stateful": True, "teacher_forcing": True, "memory_dropout": 0.25}
+
+
+def _apply_recipe(raw: dict[str, Any]) -> None:
+    """Switch the recipe on where the base config leaves it out (a config's own value wins)."""
+    model = raw.setdefault("model", {})
+    overrides = model.setdefault("overrides", {}) or {}
+    model["overrides"] = {**RECIPE_MODEL, **overrides}
+    raw["recurrence"] = {**RECIPE_RECURRENCE, **(raw.get("recurrence") or {})}
+
+
+def recipe_switches(config_yaml: Path) -> dict[str, Any]:
+    """The recipe's switches as the training run resolved them (its ``config.yaml``)."""
+    if not config_yaml.is_file():
+        return {}
+    raw = yaml.safe_load(config_yaml.read_text()) or {}
+    model = (raw.get("model") or {}).get("overrides") or {}
+    rec = raw.get("recurrence") or {}
+    return {k: model.get(k, False) for k in RECIPE_MODEL} | {
+        k: rec.get(k, False if k != "memory_dropout" else 0.0) for k in RECIPE_RECURRENCE
+    }
 
 
 def run_pipeline(opts: PipelineOptions, run_dir: Path | None = None) -> Path:
