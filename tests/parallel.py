@@ -67,7 +67,8 @@ def register(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         workers = len(getattr(config.option, "tx", None) or ())  # xdist's -n, resolved
         if workers > 1:
-            share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            share = str(max(1, (cores or os.cpu_count() or 1) // workers))
             for var in THREAD_POOLS:
                 os.environ.setdefault(var, share)
         return
