@@ -31,7 +31,7 @@ help:
 	@echo "make run              run the daemon on the simulated robot (foreground, Ctrl-C stops)"
 	@echo "make demo             end-to-end pipeline on the simulated robot (BUDGET=minutes, ARGS=--skip-train)"
 	@echo "make test             install everything needed and run the test suite"
-	@echo "make test-fast        the fast lane: no slow or integration tests, no apt, about a minute"
+	@echo "make test-fast        the fast lane: no slow or integration tests, no apt, under a minute"
 	@echo "make test-random      the fast lane in random order (SEED=n replays an order)"
 	@echo "make pi-check         install and run on an emulated Pi OS root (Debian 12 arm64, qemu; root)"
 	@echo "make bench            run the benchmarks (tables on stdout, JSON in bench/results/)"
@@ -91,13 +91,18 @@ test: venv xla-venv lerobot-venv system-deps
 # The fast lane (docs/testing.md): no apt packages, no side environments, no browser, no daemon
 # subprocess, no training; every package has tests in it.
 FAST_LANE := not slow and not integration
+# pytest-xdist: a worker per core (WORKERS=0: one process, the exact order); a file's tests and
+# its module fixtures stay on one worker; `timing` tests run alone (tests/parallel.py).
+WORKERS ?= auto
+XDIST := -n $(WORKERS) --dist loadfile
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "$(FAST_LANE)"
+	$(BIN)/python -m pytest -q -m "$(FAST_LANE)" $(XDIST)
 
-# Order dependence shows up here: pytest-randomly shuffles modules and tests and prints the seed.
+# Order dependence shows up here: pytest-randomly shuffles modules and tests and prints the seed
+# (SEED=n WORKERS=0 replays it in one process: every worker ran a subsequence of that order).
 test-random: venv
-	$(BIN)/python -m pytest -q -m "$(FAST_LANE)" -p randomly $(if $(SEED),--randomly-seed=$(SEED))
+	$(BIN)/python -m pytest -q -m "$(FAST_LANE)" $(XDIST) -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 # The robot's platform, emulated: a Debian 12 arm64 root (cached under /var/cache/continuon-pi-check)
 # under qemu-user-static, the real installer, daemon, hw-check, policy backends and the torch-free

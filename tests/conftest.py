@@ -11,7 +11,10 @@ fails quietly otherwise:
   torch-free lanes (``-m "not torch"``, the robot's own environment) would import it.
 
 A whole-suite run of the fast lane also fails if it never imported one of our packages: the lane
-is the one every edit runs, so a package it does not touch is a package nobody tests.
+is the one every edit runs, so a package it does not touch is a package nobody tests. Under
+pytest-xdist (``make test-fast`` runs on a worker per core) each worker sends the modules it
+loaded home and the controller checks their union; ``tests.parallel`` shares the cores among the
+workers and runs ``timing`` tests alone.
 
 A module whose own ``pytestmark`` already rules it out of the ``-m`` expression is not imported
 at all: deselecting its tests after import would still pay for TensorFlow, peft or litert-torch
@@ -26,10 +29,12 @@ import re
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _pytest.mark.expression import Expression
 
+from tests import parallel
 from tests.emulation import EMULATED, SLOWDOWN
 
 TESTS = Path(__file__).resolve().parent
@@ -127,6 +132,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    parallel.register(config)
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     if EMULATED:
         return f"CONTINUON_EMULATED=1: @pytest.mark.timing bounds scaled x{SLOWDOWN:g}"
@@ -136,10 +145,23 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 # What `make test-fast` must touch, and its marker expression (Makefile FAST_LANE).
 PACKAGES = ("brain", "rlds", "edge_agent", "cloud_jobs", "common")
 FAST_LANE = "not slow and not integration"
+# Under pytest-xdist the tests run in worker processes: each sends the names of our modules it
+# loaded home in its workeroutput under this key, and the controller counts their union.
+WORKER_MODULES = "continuon_modules"
+_worker_modules = pytest.StashKey[set[str]]()
 
 
-def _loaded(package: str) -> int:
-    return sum(1 for m in list(sys.modules) if m == package or m.startswith(package + "."))
+def _ours(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in PACKAGES)
+
+
+def _loaded_modules(config: pytest.Config) -> set[str]:
+    here = {m for m in list(sys.modules) if _ours(m)}
+    return here | config.stash.get(_worker_modules, set())
+
+
+def _loaded(modules: set[str], package: str) -> int:
+    return sum(1 for m in modules if m == package or m.startswith(package + "."))
 
 
 def _whole_fast_lane(config: pytest.Config) -> bool:
@@ -147,17 +169,30 @@ def _whole_fast_lane(config: pytest.Config) -> bool:
     return config.getoption("markexpr") == FAST_LANE and all(p == TESTS for p in paths)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Controller side of pytest-xdist: a worker finished; keep the modules it loaded."""
+    names = getattr(node, "workeroutput", {}).get(WORKER_MODULES, [])
+    node.config.stash.setdefault(_worker_modules, set()).update(names)
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
-    counts = ", ".join(f"{p} {_loaded(p)}" for p in PACKAGES)
+    modules = _loaded_modules(config)
+    counts = ", ".join(f"{p} {_loaded(modules, p)}" for p in PACKAGES)
     terminalreporter.write_line(f"modules of our packages loaded in this run: {counts}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: report home, the controller decides
+        workeroutput[WORKER_MODULES] = sorted(_loaded_modules(session.config))
+        return
     if exitstatus != 0 or not _whole_fast_lane(session.config):
         return
-    missing = [p for p in PACKAGES if _loaded(p) == 0]
+    modules = _loaded_modules(session.config)
+    missing = [p for p in PACKAGES if _loaded(modules, p) == 0]
     if missing:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from importlib.metadata import entry_points
 
@@ -29,19 +28,13 @@ from tests.emulation import wall
 BOUND_S = 0.250 + 0.050  # teleop_timeout_ms + one tick at 20 Hz
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_robot_api_is_registered_as_a_daemon_service():
     eps = {e.name: e.value for e in entry_points(group="continuon.services")}
     assert eps.get("robot-api") == "edge_agent.api.service:make_service"
 
 
 async def _drive_then_drop(tmp_path, how: str):
-    cfg = make_config(tmp_path, **{"api.host": "127.0.0.1", "api.port": _free_port()})
+    cfg = make_config(tmp_path, **{"api.host": "127.0.0.1", "api.port": 0})
     devices = open_devices(cfg)
     act = devices.actuators = RecordingActuators(devices.actuators)
     daemon = Daemon(cfg, devices=devices, services=[make_service])
@@ -106,7 +99,7 @@ def test_daemon_stops_promptly_with_open_streams(tmp_path):
     """SIGTERM-style stop with a teleop socket and both camera streams open: no hang."""
 
     async def body():
-        cfg = make_config(tmp_path, **{"api.host": "127.0.0.1", "api.port": _free_port()})
+        cfg = make_config(tmp_path, **{"api.host": "127.0.0.1", "api.port": 0})
         daemon = Daemon(cfg, services=[make_service])
         task = asyncio.create_task(daemon.run())
         await daemon.wait_ready(wall(10))
