@@ -21,8 +21,15 @@ Per seed:
    after window, the detached state carried) and memory dropout (``--frozen-slots`` of the
    16 slots always run frozen, so "frozen" is a condition the policy was trained for, not
    an off-distribution ablation);
-3. drive it on ``oval`` (1 lap / 500 ticks) under each trim in ``--trims`` (and its negative)
-   and under no trim, memory lr 1 vs 0, and report mean |cross-track error|.
+3. drive it on each of ``--tracks`` (default ``oval``; 1 lap / 500 ticks, the camera at the
+   model's size) under each trim in ``--trims`` (and its negative) and under no trim, memory
+   lr 1 vs 0, and report mean |cross-track error| per track and pooled over the tracks;
+4. with ``--onnx``, also as the robot runs it: the policy exported twice through
+   ``cloud_jobs export``'s pipeline (memory lr 1 and 0 baked into the step graph, where the
+   memory update runs), FP32 ONNX gated on torch parity and INT8 quantized with the
+   pipeline's calibration and held-out gate (a refused gate is printed and in the JSON), both
+   driven through the robot's loader (``evaluate.OnnxDriver``).  Issue 20, item 4: the INT8
+   ratio within 0.05 of FP32's (``int8_vs_fp32_ratio_diff``).
 
 The ratio is memorize / frozen over the +-trims; the no-trim pair shows whether freezing
 hurts even without a disturbance (then the "gain" is not adaptation), and the trim cost
@@ -36,6 +43,13 @@ their decoded cache) are kept in ``--out``; the runs go to ``--out/run-<preset>-
 
     python bench/memorization.py --preset pi5 --via-cli --out /tmp/memo-pi5 --seeds 1 \
         --episodes 16 --iters 300
+
+Unseen layouts (issue 20, item 3: memorize/frozen <= 0.8 under +-0.15 on every one, and
+freezing <= 1.1x without a trim: the summary's ``worst_ratio_trimmed`` and
+``worst_freeze_cost_untrimmed``), and the INT8 export (item 4):
+
+    python bench/memorization.py --preset pi5 --via-cli --out /tmp/memo-pi5 --seeds 1 \
+        --tracks chicane,snake,random-101 --onnx --json /tmp/memo-pi5.json
 """
 
 from __future__ import annotations
@@ -224,6 +238,8 @@ def score(cte: dict[str, float], trims: list[float]) -> dict[str, Any]:
         "mean_abs_cte_m": cte,
         "ratio_trimmed": ratio(mem, frz),
         "ratio_untrimmed": ratio(cte["+0.00/memorize"], cte["+0.00/frozen"]),
+        # what freezing costs without a disturbance (issue 20, item 3: <= 1.1)
+        "freeze_cost_untrimmed": ratio(cte["+0.00/frozen"], cte["+0.00/memorize"]),
         # what the trim costs each: adaptation is the memorizing policy paying less
         "trim_cost_memorize": ratio(mem, cte["+0.00/memorize"]),
         "trim_cost_frozen": ratio(frz, cte["+0.00/frozen"]),
@@ -231,8 +247,9 @@ def score(cte: dict[str, float], trims: list[float]) -> dict[str, Any]:
 
 
 def score_backend(per_track: dict[str, dict[str, float]], trims: list[float]) -> dict[str, Any]:
-    """Per track, and overall: the |cte| pooled over the tracks, and the worst track's ratios
-    (issue 20's per-layout criterion is on *every* layout)."""
+    """Per track, and overall: the |cte| pooled over the tracks, and the worst track's
+    ratio under the trims and freezing cost without (issue 20, item 3: memorize/frozen
+    <= 0.8 under the trims and freezing <= 1.1x without, on *every* unseen layout)."""
     tracks = {t: score(cte, trims) for t, cte in per_track.items()}
     pooled = {
         k: float(np.mean([c[k] for c in per_track.values()]))
@@ -240,7 +257,7 @@ def score_backend(per_track: dict[str, dict[str, float]], trims: list[float]) ->
     }
     overall = score(pooled, trims)
     del overall["mean_abs_cte_m"]
-    for key in ("ratio_trimmed", "ratio_untrimmed"):
+    for key in ("ratio_trimmed", "freeze_cost_untrimmed"):
         vals = [s[key] for s in tracks.values() if s[key] is not None]
         overall[f"worst_{key}"] = max(vals) if vals else None
     return {"tracks": tracks, "overall": overall}
@@ -324,6 +341,15 @@ def _print_table(rows: list[dict[str, Any]], trims: list[float]) -> None:
             print(f"{r['seed']:>4} |ratio int8 - ratio fp32| under the trims: {cells}")
 
 
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _worst(values: Any) -> float | None:
+    vals = [v for v in values if v is not None]
+    return max(vals) if vals else None
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Over the seeds, per backend: the median ratio, how many seeds it helped and adapted."""
     out: dict[str, Any] = {"seeds": len(rows)}
@@ -338,6 +364,11 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 and o["trim_cost_frozen"] is not None
                 and o["trim_cost_memorize"] < o["trim_cost_frozen"]
                 for o in overall
+            ),
+            # over seeds and tracks: the worst layout (issue 20, item 3: <= 0.8 and <= 1.1)
+            "worst_ratio_trimmed": _worst(o["worst_ratio_trimmed"] for o in overall),
+            "worst_freeze_cost_untrimmed": _worst(
+                o["worst_freeze_cost_untrimmed"] for o in overall
             ),
         }
     diffs = [
@@ -405,8 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{backend}: median ratio {median if median is None else round(median, 2)}; "
             f"memorize < 0.9x frozen: {s['seeds_helped']}/{summary['seeds']}; "
-            f"trim hurts memorize less: {s['seeds_adapted']}/{summary['seeds']}"
+            f"trim hurts memorize less: {s['seeds_adapted']}/{summary['seeds']}; "
+            f"worst track: ratio {_fmt(s['worst_ratio_trimmed'])}, "
+            f"freezing without trim {_fmt(s['worst_freeze_cost_untrimmed'])}x"
         )
+    if "max_int8_vs_fp32_ratio_diff" in summary:
+        diff = summary["max_int8_vs_fp32_ratio_diff"]
+        print(f"|ratio int8 - ratio fp32| (overall, worst seed): {_fmt(diff, 3)} (target <= 0.05)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in vars(args).items() if k not in ("out", "json")}
