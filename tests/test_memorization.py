@@ -107,8 +107,9 @@ def test_int8_export_keeps_the_adaptation(trained) -> None:
     calibrated on the demonstrations and gated on held-out action error), then each graph
     driven through the robot's loader under the trims.
 
-    Measured when written (docs/model.md): ratio memorize/frozen under +-0.15 torch ...,
-    FP32 ONNX ..., INT8 ... (|INT8 - FP32| ...).
+    Measured when written (docs/model.md, seed 0): ratio memorize/frozen under +-0.15
+    torch 0.81, FP32 ONNX 0.81, INT8 0.78 (|INT8 - FP32| 0.03); held-out action error of
+    INT8 +1.2 % (memorize graph) and +0.65 % (frozen) vs FP32, the gate's limit 2 %.
     """
     bench, policy, episodes, run_dir = trained
     exported = bench.export_int8(policy, episodes, run_dir)
