@@ -1,7 +1,9 @@
 """Test-time memorization against a steering mis-trim (issue [model], item 5).
 
 The recipe and the measurement live in ``bench/memorization.py`` (the harness that sweeps
-seeds); these tests run it once at a size that measures something, and once as a smoke run.
+seeds); these tests run it once at a size that measures something -- one trained policy
+(module fixture) driven through torch, then exported to FP32 and INT8 ONNX and driven as the
+robot runs it (issue 20, item 4) -- and once as a smoke run of every option.
 """
 
 from __future__ import annotations
