@@ -69,6 +69,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from cloud_jobs.memorization import MODES, condition_key, ratio  # noqa: E402
+
 #: The recipe's configs: ``tiny`` (48x64, d=32; the fast harness) and the shipped ``pi5``
 #: (120x160): action + motion feedback, stateful TBPTT, teacher forcing, memory dropout.
 CONFIGS = {
@@ -152,7 +154,6 @@ def train(
 
 
 BACKENDS = ("torch", "onnx_fp32", "onnx_int8")
-MODES = {"memorize": 1.0, "frozen": 0.0}
 
 
 def export_int8(policy: Any, episodes: Path, run_dir: Path) -> dict[str, Any]:
@@ -221,28 +222,24 @@ def drive(
                 laps=1, max_steps=max_steps, steering_trim=trim, render_size="model"
             )
             row, _ = evaluate.run_drive(make_driver(lr), track, cond)
-            out[f"{trim:+.2f}/{mode}"] = row["mean_abs_cte_m"]
+            out[condition_key(trim, mode)] = row["mean_abs_cte_m"]
     return out
-
-
-def ratio(a: float, b: float) -> float | None:
-    """a / b, None where b is 0 (a drive too short to leave the line: nothing to compare)."""
-    return float(a / b) if b > 0 else None
 
 
 def score(cte: dict[str, float], trims: list[float]) -> dict[str, Any]:
     """Memorize/frozen under the trims and without, and what the trim costs each."""
-    mem = float(np.mean([cte[f"{t:+.2f}/memorize"] for t in trims if t]))
-    frz = float(np.mean([cte[f"{t:+.2f}/frozen"] for t in trims if t]))
+    mem = float(np.mean([cte[condition_key(t, "memorize")] for t in trims if t]))
+    frz = float(np.mean([cte[condition_key(t, "frozen")] for t in trims if t]))
+    mem0, frz0 = cte[condition_key(0.0, "memorize")], cte[condition_key(0.0, "frozen")]
     return {
         "mean_abs_cte_m": cte,
         "ratio_trimmed": ratio(mem, frz),
-        "ratio_untrimmed": ratio(cte["+0.00/memorize"], cte["+0.00/frozen"]),
+        "ratio_untrimmed": ratio(mem0, frz0),
         # what freezing costs without a disturbance (issue 20, item 3: <= 1.1)
-        "freeze_cost_untrimmed": ratio(cte["+0.00/frozen"], cte["+0.00/memorize"]),
+        "freeze_cost_untrimmed": ratio(frz0, mem0),
         # what the trim costs each: adaptation is the memorizing policy paying less
-        "trim_cost_memorize": ratio(mem, cte["+0.00/memorize"]),
-        "trim_cost_frozen": ratio(frz, cte["+0.00/frozen"]),
+        "trim_cost_memorize": ratio(mem, mem0),
+        "trim_cost_frozen": ratio(frz, frz0),
     }
 
 
@@ -323,7 +320,7 @@ def _print_table(rows: list[dict[str, Any]], trims: list[float]) -> None:
             for track, s in [*res["tracks"].items(), ("overall", res["overall"])]:
                 cte = s.get("mean_abs_cte_m")
                 cells = "  ".join(
-                    f"{cte[f'{t:+.2f}/memorize']:.3f}/{cte[f'{t:+.2f}/frozen']:.3f}"
+                    f"{cte[condition_key(t, 'memorize')]:.3f}/{cte[condition_key(t, 'frozen')]:.3f}"
                     if cte
                     else " " * 11
                     for t in trims

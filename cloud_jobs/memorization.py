@@ -5,8 +5,9 @@ The policy's fast memory is written at run time (memory lr 1, "memorize") or not
 should stay closer to the line than the frozen one; the same pair without a trim shows
 whether freezing merely hurts everywhere (then a "gain" under the trim is not adaptation).
 Each drive is :func:`brain.hardware.sim.closed_loop.run_drive`, the evaluation's one way to
-drive; ``cloud_jobs evaluate --memorization-trim T`` and bench/memorization.py call
-:func:`compare` with their driver factory (this module knows no torch).
+drive; ``cloud_jobs evaluate --memorization-trim T`` (and so the pipeline's report) calls
+:func:`compare` with its driver factory (this module knows no torch); bench/memorization.py,
+which sweeps several trims and backends, shares its modes, keys and ratio.
 """
 
 from __future__ import annotations
