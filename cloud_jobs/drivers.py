@@ -1,8 +1,8 @@
 """The policies ``cloud_jobs evaluate`` drives: a torch checkpoint stepped tick by tick, or an
 exported ONNX step graph through the robot's own loader, each carrying its recurrent state.
 
-Apart from the evaluation's CLI and reports so that the memorization comparison, the
-benches and the parity check build the same drivers.
+Kept apart from the evaluation's CLI and reports so that the memorization comparison and
+the benches build the same drivers without the rest of ``evaluate``.
 """
 
 from __future__ import annotations

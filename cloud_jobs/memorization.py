@@ -64,6 +64,16 @@ def figures(trim: float, cte: dict[str, float]) -> dict[str, Any]:
     }
 
 
+def check_trim(trim: float, conditions: EvalConditions | None = None) -> None:
+    """Refuse a trim the comparison cannot drive (not positive, or +-trim outside the sim's
+    servo range), naming it, before any driving."""
+    if not (math.isfinite(trim) and trim > 0):
+        raise ValueError(f"the memorization trim must be a positive number, got {trim}")
+    base = conditions if conditions is not None else EvalConditions()
+    for t in (trim, -trim):  # the sim's own range check
+        sim_config("oval", dataclasses.replace(base, steering_trim=t))
+
+
 def compare(
     make_driver: Callable[[float], Driver],
     tracks: Sequence[str],
@@ -76,12 +86,9 @@ def compare(
     ``make_driver(memory_lr)`` returns a fresh driver; ``conditions`` give everything but
     the trim (laps, step budget, camera); mean |cte| per condition is averaged over tracks.
     """
-    if not (math.isfinite(trim) and trim > 0):
-        raise ValueError(f"the memorization trim must be a positive number, got {trim}")
+    check_trim(trim, conditions)
     if not tracks:
         raise ValueError("the memorization comparison needs at least one track")
-    for t in (trim, -trim):  # the sim's range check, before any driving
-        sim_config(tracks[0], dataclasses.replace(conditions, steering_trim=t))
     runs: list[dict[str, Any]] = []
     cte: dict[str, float] = {}
     for t in (trim, -trim, 0.0):

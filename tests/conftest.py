@@ -151,8 +151,12 @@ WORKER_MODULES = "continuon_modules"
 _worker_modules = pytest.StashKey[set[str]]()
 
 
+def _in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
 def _ours(name: str) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in PACKAGES)
+    return any(_in(name, p) for p in PACKAGES)
 
 
 def _loaded_modules(config: pytest.Config) -> set[str]:
@@ -161,7 +165,7 @@ def _loaded_modules(config: pytest.Config) -> set[str]:
 
 
 def _loaded(modules: set[str], package: str) -> int:
-    return sum(1 for m in modules if m == package or m.startswith(package + "."))
+    return sum(1 for m in modules if _in(m, package))
 
 
 def _whole_fast_lane(config: pytest.Config) -> bool:

@@ -57,13 +57,14 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_memorization_trim(trim: float) -> None:
-    """Refused before anything runs, not after training (the sim's own range check)."""
-    from brain.hardware.sim.closed_loop import EvalConditions, sim_config
+    """Refused before anything runs, not after training (0 is "off" here)."""
+    from cloud_jobs.memorization import check_trim
 
     if not (math.isfinite(trim) and trim >= 0):
         raise ValueError(f"--memorization-trim must be >= 0 (0: off), got {trim}")
     try:
-        sim_config("oval", EvalConditions(steering_trim=trim))
+        if trim > 0:
+            check_trim(trim)
     except ValueError as exc:
         raise ValueError(f"--memorization-trim {trim}: {exc}") from None
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cloud_jobs.memorization import condition_key
 from cloud_jobs.pipeline.stages import fmt_s
 from common.durable import replace_file
 
@@ -102,8 +103,8 @@ def _memorization_section(m: dict[str, Any]) -> list[str]:
     lines += [_row(["steering trim", "memorize: mean abs cte (m)", "frozen: mean abs cte (m)"])]
     lines += [_row(["---"] * 3)]
     for t in (trim, -trim, 0.0):
-        key = f"{t:+.2f}"
-        lines.append(_row([key, _fmt(cte[f"{key}/memorize"]), _fmt(cte[f"{key}/frozen"])]))
+        mem, frz = cte[condition_key(t, "memorize")], cte[condition_key(t, "frozen")]
+        lines.append(_row([f"{t:+.2f}", _fmt(mem), _fmt(frz)]))
     lines += [
         "",
         f"Memorize / frozen under the trim: **{_ratio(summ['ratio_trimmed'])}**; without a trim: "

@@ -337,7 +337,8 @@ def _eval_summary(result: dict[str, Any]) -> str:
 
 
 #: The memorization recipe (docs/training.md): what the pipeline's training always has on,
-#: whichever model it trains (configs/train/pi5.yaml ships with it; tiny.yaml does not).
+#: whichever model it trains (configs/train/pi5.yaml and the pi5 preset have it; the tiny
+#: preset and tiny.yaml leave parts of it off).
 RECIPE_MODEL = {"action_feedback": True, "motion_feedback": True}
 RECIPE_RECURRENCE = {"stateful": True, "teacher_forcing": True, "memory_dropout": 0.25}
 
