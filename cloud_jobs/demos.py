@@ -58,7 +58,7 @@ TEXTURES = ("asphalt", "concrete", "carpet")
 #: An episode stops early when the car is this far beyond the road edge (it is lost).
 LOST_MARGIN_M = 0.6
 LABELS = ("trim_aware", "nominal")
-DRIVES = ("label", "nominal")
+DRIVES = ("label", "nominal", "misjudged")
 #: SimConfig.steering_trim's bound.
 MAX_TRIM = 0.5
 
@@ -91,8 +91,15 @@ class DemoSpec:
     label: str = "trim_aware"
     #: What the noise is added to for driving: "label" (DART: the car follows the label plus
     #: noise) or "nominal" (the trim-unaware pure pursuit plus noise, so a mis-trim shows in
-    #: the images as the drift it causes while the labels say how to correct it).
+    #: the images as the drift it causes while the labels say how to correct it) or
+    #: "misjudged" (the unaware pure pursuit minus ``drive_trim``, a trim the driver wrongly
+    #: believes in, drawn independently of the true one).  Only "misjudged" keeps the
+    #: commands' offset uncorrelated with the true trim: a policy fed back its executed
+    #: actions cannot read the trim off the commands (at run time it only finds its own
+    #: correction there) and has to read it off how the view answers them.
     drive: str = "label"
+    #: The trim the "misjudged" driver takes out of its commands (0 for the other drives).
+    drive_trim: float = 0.0
     #: The range the trim was drawn from (0: no trim), recorded with the episode.
     trim_range: float = 0.0
     jpeg_quality: int = 90
@@ -164,9 +171,19 @@ def plan_demos(
                 drive=drive,
                 trim_range=float(trim_range),
                 jpeg_quality=int(jpeg_quality),
+                # Its own stream: the other draws stay what they were before this option.
+                drive_trim=_misjudged_trim(seed, i, trim_range) if drive == "misjudged" else 0.0,
             )
         )
     return specs
+
+
+def _misjudged_trim(seed: int, index: int, trim_range: float) -> float:
+    """The "misjudged" driver's belief: uniform in the same range, independent of the trim."""
+    if trim_range <= 0:
+        return 0.0
+    rng = np.random.default_rng([int(seed), index, 11])
+    return round(float(rng.uniform(-trim_range, trim_range)), 4)
 
 
 def start_pose(track_name: str, s: float, lateral: float, yaw_err: float) -> Pose:
@@ -257,6 +274,17 @@ def episode_metadata(
     }
 
 
+def _drive_base(spec: DemoSpec, label: np.ndarray, nominal: np.ndarray) -> np.ndarray:
+    """The command the noise is added to, per ``spec.drive``."""
+    if spec.drive == "label":
+        return label
+    if spec.drive == "nominal" or not spec.drive_trim:
+        return nominal
+    base = nominal.copy()
+    base[0] = max(-1.0, min(1.0, float(base[0]) - spec.drive_trim))
+    return base
+
+
 def record_episode(spec: DemoSpec, out: Path, tags: Sequence[str] = ()) -> dict[str, Any]:
     """Drive one episode with the noisy expert and write it under ``out``; returns a summary."""
     t_wall = time.perf_counter()
@@ -280,7 +308,7 @@ def record_episode(spec: DemoSpec, out: Path, tags: Sequence[str] = ()) -> dict[
             nominal = world.expert_action(trim_aware=False)
             label = expert if spec.label == "trim_aware" else nominal
             noise = np.array([steer_noise(), thr_noise()])
-            base = label if spec.drive == "label" else nominal
+            base = _drive_base(spec, label, nominal)
             executed = np.clip(base + noise, -1.0, 1.0)
             max_noise = max(max_noise, abs(float(noise[0])))
             cte = float(world.tracker.m.cte_m)
@@ -428,7 +456,8 @@ def build_parser(prog: str = "cloud_jobs record-demos") -> argparse.ArgumentPars
         "--drive",
         choices=DRIVES,
         default="label",
-        help="label: the car follows label + noise (DART); nominal: trim-unaware expert + noise",
+        help="label: the car follows label + noise (DART); nominal: trim-unaware expert + "
+        "noise; misjudged: trim-unaware expert minus an independent random trim + noise",
     )
     p.add_argument("--lightings", default=",".join(LIGHTINGS))
     p.add_argument("--textures", default=",".join(TEXTURES))

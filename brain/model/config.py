@@ -64,6 +64,11 @@ class ModelConfig:
     # Feed the previous tick's action (kept at the end of ``state``) into the core: into the
     # memory's q/k/v/gate projections and, through a linear map, the CMS input.  Off by default.
     action_feedback: bool = False
+    # With ``action_feedback``: also add the previous action to the CMS input.  Off, only the
+    # memory sees the command, so only the memory can set it against how the view moved (a
+    # servo-trim estimate): the CMS's slow levels otherwise learn the same estimate from
+    # their 16-tick averages, and freezing the memory then changes nothing (docs/model.md).
+    cms_action_feedback: bool = True
     # Keep the previous tick's encoder features in ``state`` and feed LN(f_t) - LN(f_t-1),
     # how the view moved since the last command (what shows a disturbance in the actuators),
     # into the memory's projections and the CMS input (see docs/model.md).  Off by default.

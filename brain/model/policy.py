@@ -58,7 +58,8 @@ class Policy(nn.Module):
             config.feature_dim, config.periods, config.cms_hidden_mult, config.activation
         )
         self.action_in: nn.Linear | None = None
-        if config.action_feedback:  # previous action -> CMS input; starts as a no-op
+        if config.action_feedback and config.cms_action_feedback:
+            # previous action -> CMS input; starts as a no-op
             self.action_in = nn.Linear(config.action_dim, config.feature_dim)
             with torch.no_grad():
                 self.action_in.weight.zero_()
@@ -188,7 +189,7 @@ class Policy(nn.Module):
         flat_depths = None if depths is None else depths.reshape(b * t, *depths.shape[2:])
         feats = self.encode(images.reshape(b * t, *images.shape[2:]), flat_depths)
         feats = feats.view(b, t, -1)
-        if executed_actions is not None and self.action_in is None:
+        if executed_actions is not None and not self.config.action_feedback:
             raise ValueError("executed_actions needs a model with action_feedback=True")
         actions = []
         for i in range(t):
