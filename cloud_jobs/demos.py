@@ -58,7 +58,7 @@ TEXTURES = ("asphalt", "concrete", "carpet")
 #: An episode stops early when the car is this far beyond the road edge (it is lost).
 LOST_MARGIN_M = 0.6
 LABELS = ("trim_aware", "nominal")
-DRIVES = ("label", "nominal", "misjudged")
+DRIVES = ("label", "nominal", "misjudged", "partial")
 #: SimConfig.steering_trim's bound.
 MAX_TRIM = 0.5
 
@@ -93,12 +93,15 @@ class DemoSpec:
     #: noise) or "nominal" (the trim-unaware pure pursuit plus noise, so a mis-trim shows in
     #: the images as the drift it causes while the labels say how to correct it) or
     #: "misjudged" (the unaware pure pursuit minus ``drive_trim``, a trim the driver wrongly
-    #: believes in, drawn independently of the true one).  Only "misjudged" keeps the
-    #: commands' offset uncorrelated with the true trim: a policy fed back its executed
-    #: actions cannot read the trim off the commands (at run time it only finds its own
-    #: correction there) and has to read it off how the view answers them.
+    #: believes in, drawn independently of the true one) or "partial" (the unaware pure
+    #: pursuit minus a random share, uniform in [0, 1] per episode, of the true trim).
+    #: Under "label" the executed commands already hold the whole correction, so a policy fed
+    #: back its executed actions learns to read the trim off them, which at run time finds
+    #: only its own correction there.  "misjudged" commands say nothing about the trim (it
+    #: shows only in how the view answers them); "partial" ones hold part of it, and the
+    #: drift shows the rest: what a policy that is still adapting sees of its own commands.
     drive: str = "label"
-    #: The trim the "misjudged" driver takes out of its commands (0 for the other drives).
+    #: The trim the "misjudged" or "partial" driver takes out of its commands (0 otherwise).
     drive_trim: float = 0.0
     #: The range the trim was drawn from (0: no trim), recorded with the episode.
     trim_range: float = 0.0
@@ -147,16 +150,19 @@ def plan_demos(
     for i in range(episodes):
         rng = np.random.default_rng([int(seed), i])
         track = make_track(tracks[i % len(tracks)])
+        # The draws keep their order: an episode index means the same episode in every plan.
+        ep_seed = int(rng.integers(0, 2**31 - 1))
+        lighting = str(lightings[int(rng.integers(len(lightings)))])
+        texture = str(textures[int(rng.integers(len(textures)))])
+        trim = round(float(rng.uniform(-trim_range, trim_range)), 4) if trim_range > 0 else 0.0
         specs.append(
             DemoSpec(
                 index=i,
                 track=track.name,
-                seed=int(rng.integers(0, 2**31 - 1)),
-                lighting=str(lightings[int(rng.integers(len(lightings)))]),
-                texture=str(textures[int(rng.integers(len(textures)))]),
-                steering_trim=(
-                    round(float(rng.uniform(-trim_range, trim_range)), 4) if trim_range > 0 else 0.0
-                ),
+                seed=ep_seed,
+                lighting=lighting,
+                texture=texture,
+                steering_trim=trim,
                 start_s=float(rng.uniform(0.0, track.length)) if start_jitter else 0.0,
                 start_lateral_m=float(rng.uniform(-0.15, 0.15)) if start_jitter else 0.0,
                 start_yaw_rad=float(rng.uniform(-0.15, 0.15)) if start_jitter else 0.0,
@@ -172,18 +178,22 @@ def plan_demos(
                 trim_range=float(trim_range),
                 jpeg_quality=int(jpeg_quality),
                 # Its own stream: the other draws stay what they were before this option.
-                drive_trim=_misjudged_trim(seed, i, trim_range) if drive == "misjudged" else 0.0,
+                drive_trim=_drive_trim(drive, seed, i, trim_range, trim),
             )
         )
     return specs
 
 
-def _misjudged_trim(seed: int, index: int, trim_range: float) -> float:
-    """The "misjudged" driver's belief: uniform in the same range, independent of the trim."""
-    if trim_range <= 0:
+def _drive_trim(drive: str, seed: int, index: int, trim_range: float, trim: float) -> float:
+    """The trim the driver takes out: "misjudged", uniform in the same range independent of
+    the true one; "partial", a uniform share of it; from a stream of its own, so the other
+    draws stay what they were before these drives."""
+    if drive not in ("misjudged", "partial") or trim_range <= 0:
         return 0.0
     rng = np.random.default_rng([int(seed), index, 11])
-    return round(float(rng.uniform(-trim_range, trim_range)), 4)
+    if drive == "misjudged":
+        return round(float(rng.uniform(-trim_range, trim_range)), 4)
+    return round(float(rng.uniform(0.0, 1.0)) * trim, 4)
 
 
 def start_pose(track_name: str, s: float, lateral: float, yaw_err: float) -> Pose:
@@ -457,7 +467,8 @@ def build_parser(prog: str = "cloud_jobs record-demos") -> argparse.ArgumentPars
         choices=DRIVES,
         default="label",
         help="label: the car follows label + noise (DART); nominal: trim-unaware expert + "
-        "noise; misjudged: trim-unaware expert minus an independent random trim + noise",
+        "noise; misjudged: trim-unaware expert minus an independent random trim + noise; "
+        "partial: trim-unaware expert minus a random share of the trim + noise",
     )
     p.add_argument("--lightings", default=",".join(LIGHTINGS))
     p.add_argument("--textures", default=",".join(TEXTURES))

@@ -166,24 +166,29 @@ def test_record_demos_parallel_and_trim_aware_labels(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_misjudged_drive_takes_out_an_independent_trim(tmp_path: Path) -> None:
+@pytest.mark.parametrize("drive", ["misjudged", "partial"])
+def test_drives_that_take_out_another_trim(tmp_path: Path, drive: str) -> None:
     specs = demos.plan_demos(["oval"], 6, steps=12, width=64, height=48, trim_range=0.3, seed=4,
-                             drive="misjudged")  # fmt: skip
-    # The believed trims are drawn in range, independent of the true ones, and the other
-    # draws are those of the same plan with another drive.
-    beliefs = [s.drive_trim for s in specs]
-    assert all(abs(b) <= 0.3 for b in beliefs) and len(set(beliefs)) == 6
-    assert beliefs != [s.steering_trim for s in specs]
+                             drive=drive)  # fmt: skip
     plain = demos.plan_demos(["oval"], 6, steps=12, width=64, height=48, trim_range=0.3, seed=4)
+    # The other draws are those of the same plan with the default drive.
     assert [s.steering_trim for s in plain] == [s.steering_trim for s in specs]
+    assert [s.seed for s in plain] == [s.seed for s in specs]
     assert all(s.drive_trim == 0.0 for s in plain)
+    beliefs = [s.drive_trim for s in specs]
+    trims = [s.steering_trim for s in specs]
+    assert len(set(beliefs)) == 6 and all(abs(b) <= 0.3 for b in beliefs)
+    if drive == "misjudged":  # independent of the true trim
+        assert any(b * t < 0 for b, t in zip(beliefs, trims, strict=True))
+    else:  # a share of it
+        assert all(0 <= b / t <= 1 for b, t in zip(beliefs, trims, strict=True))
     demos.record_demos(specs[:2], tmp_path, workers=1)
     for ep in list_episodes(tmp_path):
         belief = ep.metadata["demo"]["drive_trim"]
-        assert ep.metadata["demo"]["drive"] == "misjudged" and belief != 0.0
+        assert ep.metadata["demo"]["drive"] == drive and belief != 0.0
         for s in ep.steps(decode_images=False):
             nominal = np.array(s.extra["nominal_action"])
-            # The label still takes out the true trim; the car is driven by the wrong belief.
+            # The label still takes out the true trim; the car is driven by the belief.
             assert s.action[0] == pytest.approx(s.extra["expert_action"][0], abs=1e-12)
             want = np.clip(np.clip(nominal[0] - belief, -1, 1) + s.extra["noise"][0], -1, 1)
             assert s.extra["executed_action"][0] == pytest.approx(want, abs=1e-12)

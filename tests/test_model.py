@@ -402,6 +402,32 @@ def test_action_feedback_state_and_teacher_forcing() -> None:
         ref.forward_sequence(imgs, *ref.initial_state(2), executed_actions=executed)
 
 
+def test_command_reaches_only_the_memory_without_cms_action_feedback() -> None:
+    p = _policy(cms_action_feedback=False)
+    assert p.action_in is None and p.motion_in is not None
+    cfg = p.config
+    assert cfg.state_layout()["prev_action"].stop - cfg.state_layout()["prev_action"].start == 2
+    imgs = _images(2, 3)
+    with torch.no_grad():
+        state, memory = p.initial_state(2)
+        _, s1, m1 = p.step(imgs[:, 0], state, memory)
+        s_other = s1.clone()
+        s_other[:, cfg.state_layout()["prev_action"]] = 0.7
+        # Memorizing, the command is written into the memory and changes the action ...
+        a1, _, _ = p.step(imgs[:, 1], s1, m1)
+        a2, _, _ = p.step(imgs[:, 1], s_other, m1)
+        assert not torch.allclose(a1, a2)
+        # ... frozen from the start (the memory stays empty), nothing else sees it.
+        p.set_memorize(lr=0.0)
+        f1, _, _ = p.step(imgs[:, 1], s1, memory)
+        f2, _, _ = p.step(imgs[:, 1], s_other, memory)
+        torch.testing.assert_close(f1, f2)
+        # Teacher forcing still feeds the executed actions back.
+        executed = torch.full((2, 3, cfg.action_dim), 0.3)
+        _, st, _ = p.forward_sequence(imgs, *p.initial_state(2), executed_actions=executed)
+        torch.testing.assert_close(st[:, cfg.state_layout()["prev_action"]], executed[:, -1])
+
+
 # --- ONNX -----------------------------------------------------------------------------------------
 
 
@@ -418,9 +444,10 @@ def _session(path: Path) -> ort.InferenceSession:
         {},
         {"memory": False, "cms_levels": 1, "motion_feedback": False},
         {"action_feedback": False, "motion_feedback": False},
+        {"cms_action_feedback": False},
         {"enc_norm": "group", "activation": "silu", "input_norm": "meanstd"},
     ],
-    ids=["pi5", "ablated", "no_feedback", "groupnorm_silu_meanstd"],
+    ids=["pi5", "ablated", "no_feedback", "command_to_memory_only", "groupnorm_silu_meanstd"],
 )
 def test_onnx_export_parity_and_contract(tmp_path: Path, overrides) -> None:
     p = _policy(**overrides)
