@@ -8,31 +8,21 @@ robot runs it (issue 20, item 4) -- and once as a smoke run of every option.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.bench_helpers import load_bench
+
 pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_memorization", ROOT / "bench/memorization.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_memorization_bench_smoke(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = load_bench("memorization")
     out = tmp_path / "report.json"
     argv = [
         "--out", str(tmp_path / "cache"), "--seeds", "0", "--episodes", "4", "--steps", "80",
@@ -75,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and fight xdist)
-    bench = _bench()
+    bench = load_bench("memorization")
     root = tmp_path_factory.mktemp("memorize")
     episodes = bench.record(root, seed=0, episodes=32, steps=300, trim_max=0.3)
     policy = bench.train(episodes, root / "run", seed=0, iters=600, window=32, frozen_slots=4)

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.bench_helpers import load_bench
+
 pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_trim_inference", ROOT / "bench/trim_inference.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_slope_is_the_labels_own_for_a_policy_that_steers_straight(tmp_path: Path) -> None:
@@ -44,7 +34,7 @@ def test_slope_is_the_labels_own_for_a_policy_that_steers_straight(tmp_path: Pat
     out = tmp_path / "ti.json"
     argv = ["--policy", str(tmp_path / "policy.pt"), "--episodes", str(tmp_path / "eps"),
             "--ticks", "40", "--skip", "10", "--json", str(out)]  # fmt: skip
-    assert _bench().main(argv) == 0
+    assert load_bench("trim_inference").main(argv) == 0
     report = json.loads(out.read_text())
     assert report["episodes"] == 5
     trims, means = [], []
@@ -70,4 +60,4 @@ def test_too_few_trimmed_episodes_is_an_error(tmp_path: Path) -> None:
     argv = ["--policy", str(tmp_path / "policy.pt"), "--episodes", str(tmp_path / "eps"),
             "--ticks", "12", "--skip", "2"]  # fmt: skip
     with pytest.raises(SystemExit, match="different steering trims"):
-        _bench().main(argv)
+        load_bench("trim_inference").main(argv)
