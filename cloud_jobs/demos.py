@@ -177,7 +177,6 @@ def plan_demos(
                 drive=drive,
                 trim_range=float(trim_range),
                 jpeg_quality=int(jpeg_quality),
-                # Its own stream: the other draws stay what they were before this option.
                 drive_trim=_drive_trim(drive, seed, i, trim_range, trim),
             )
         )

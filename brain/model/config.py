@@ -66,8 +66,8 @@ class ModelConfig:
     action_feedback: bool = False
     # With ``action_feedback``: also add the previous action to the CMS input.  Off, only the
     # memory sees the command, so only the memory can set it against how the view moved (a
-    # servo-trim estimate): the CMS's slow levels otherwise learn the same estimate from
-    # their 16-tick averages, and freezing the memory then changes nothing (docs/model.md).
+    # servo-trim estimate).  On, the CMS learns whatever the command tells about the trim and
+    # freezing the memory changes nothing (docs/evaluation.md, "What the trained policy infers").
     cms_action_feedback: bool = True
     # Keep the previous tick's encoder features in ``state`` and feed LN(f_t) - LN(f_t-1),
     # how the view moved since the last command (what shows a disturbance in the actuators),
