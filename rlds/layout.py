@@ -48,12 +48,22 @@ def new_episode_id(now: float | None = None) -> str:
 
 
 def is_episode_dir(path: Path) -> bool:
-    """An episode directory: not hidden, and holds at least one of our files."""
-    if path.name.startswith(".") or not path.is_dir():
+    """An episode directory: not hidden, and holds at least one of our files.
+
+    One that vanishes while it is looked at (a concurrent delete moves it to the trash) is
+    not one: listing the episodes must not fail because another request deleted one.
+    """
+    if path.name.startswith("."):
         return False
-    return any((path / name).exists() for name in (EPISODE_FILE, OPEN_FILE, STEPS_FILE)) or any(
-        p.name.startswith((OPEN_FILE, EPISODE_FILE)) for p in path.iterdir()
-    )
+    try:
+        if not path.is_dir():
+            return False
+        names = (EPISODE_FILE, OPEN_FILE, STEPS_FILE)
+        return any((path / name).exists() for name in names) or any(
+            p.name.startswith((OPEN_FILE, EPISODE_FILE)) for p in path.iterdir()
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def episode_dirs(root: Path) -> list[Path]:

@@ -234,6 +234,27 @@ def test_motion_commands_are_refused_with_an_event(tmp_path, broker):
     asyncio.run(body())
 
 
+def test_offline_on_a_stop_while_the_session_is_still_starting(tmp_path, broker):
+    async def body():
+        link = CloudLink(FakeBrain(), cloud_cfg(tmp_path, broker))
+        real, published = link._publish_status, asyncio.Event()
+
+        async def online_then_stall(client):
+            await real(client)  # the broker has "online" retained ...
+            published.set()
+            await asyncio.Event().wait()  # ... and the stop comes before the session goes on
+
+        link._publish_status = online_then_stall
+        async with Watcher(broker.port) as w:
+            async with running(link):
+                await asyncio.wait_for(published.wait(), 10)
+                await w.wait(lambda: [s for s in w.on("status") if s["online"]])
+            last = await w.wait(lambda: not w.on("status")[-1]["online"] and w.on("status")[-1])
+            assert last["reason"] == "stop"
+
+    asyncio.run(body())
+
+
 def test_last_will_when_the_link_dies_and_offline_on_clean_stop(tmp_path, broker):
     async def body():
         brain = FakeBrain()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,25 @@ def test_delete_episode(tmp_path):
         delete_episode(w.path)
     w.close()
     delete_episode(w.path)
+
+
+def test_listing_survives_a_concurrent_delete(tmp_path, monkeypatch):
+    """A delete that lands while the listing looks into the episode: the listing goes on."""
+    paths = _episodes(tmp_path, 3)
+    victim = paths[1]
+    real_exists = Path.exists
+    fired = []
+
+    def exists(self, *args, **kwargs):
+        if self.parent == victim and not fired:  # after is_dir(), before iterdir()
+            fired.append(self)
+            storage._remove_dir(tmp_path, victim)  # what delete_episode does
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    listed = list_episodes(tmp_path)
+    assert fired and not victim.exists()
+    assert [e.path for e in listed] == [paths[0], paths[2]]
 
 
 def test_usage_counts_bytes(tmp_path, free_space):

@@ -351,10 +351,12 @@ class CloudLink:
             _log.info(
                 "cloud link connected to %s:%s", self.config.cloud.host, self.config.cloud.port
             )
-            await client.subscribe(self.topics["cmd"], qos=1)
-            await self._publish_status(client)
-            self.connected.set()
             try:
+                # Inside the try: a stop while the online status awaits its PUBACK must
+                # still leave "offline" retained, not the "online" the broker already took.
+                await client.subscribe(self.topics["cmd"], qos=1)
+                await self._publish_status(client)
+                self.connected.set()
                 await _first_failure(
                     [
                         self._drain(client),
