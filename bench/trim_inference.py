@@ -30,12 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+from harness import print_table
 
-import numpy as np  # noqa: E402
-
-CONDITIONS = (("executed", 1.0), ("executed", 0.0), ("own", 1.0), ("own", 0.0))
+#: (what is fed back, memory lr) -> the condition's name in the table and JSON.
+CONDITIONS = {
+    ("executed", 1.0): "executed-lr1",
+    ("executed", 0.0): "executed-lr0",
+    ("own", 1.0): "own-lr1",
+    ("own", 0.0): "own-lr0",
+}
 
 
 def load_episode(ep: Any, ticks: int, hw: tuple[int, int]) -> tuple[np.ndarray, ...] | None:
@@ -82,7 +86,7 @@ def measure(policy_path: Path, episodes: Path, ticks: int, skip: int) -> dict[st
     policy = load_policy(policy_path).eval()
     hw = policy.config.image_hw
     trims: list[float] = []
-    errors: dict[str, list[float]] = {f"{f}-lr{lr:g}": [] for f, lr in CONDITIONS}
+    errors: dict[tuple[str, float], list[float]] = {c: [] for c in CONDITIONS}
     t0 = time.perf_counter()
     for ep in list_episodes(episodes):
         trim = (ep.metadata.get("sim") or {}).get("steering_trim")
@@ -91,16 +95,16 @@ def measure(policy_path: Path, episodes: Path, ticks: int, skip: int) -> dict[st
             continue
         trims.append(float(trim))
         for feedback, lr in CONDITIONS:
-            errors[f"{feedback}-lr{lr:g}"].append(replay(policy, data, feedback, lr, skip))
+            errors[feedback, lr].append(replay(policy, data, feedback, lr, skip))
     if len(trims) < 3 or np.std(trims) == 0:
         raise SystemExit(f"{episodes}: need >= 3 sim episodes with different steering trims")
     x = np.asarray(trims)
     rows = []
-    for key, errs in errors.items():
+    for cond, errs in errors.items():
         y = np.asarray(errs)
         rows.append(
             {
-                "condition": key,
+                "condition": CONDITIONS[cond],
                 "slope": round(float(np.polyfit(x, y, 1)[0]), 3),
                 "rms_bias": round(float(np.sqrt((y**2).mean())), 4),
             }
@@ -127,13 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.skip < args.ticks:
         ap.error("--skip must be in [0, --ticks)")
     report = measure(args.policy, args.episodes, args.ticks, args.skip)
-    print(
+    print_table(
         f"trim inference: {report['episodes']} episodes, trim std {report['trim_std']}, "
-        f"ticks {args.skip}-{args.ticks} ({report['wall_s']} s)"
+        f"ticks {args.skip}-{args.ticks} ({report['wall_s']} s)",
+        report["rows"],
+        [("condition", "condition"), ("slope", "slope"), ("rms_bias", "rms bias")],
     )
-    print(f"{'condition':>14}  {'slope':>7}  {'rms bias':>8}")
-    for r in report["rows"]:
-        print(f"{r['condition']:>14}  {r['slope']:>7.3f}  {r['rms_bias']:>8.4f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
